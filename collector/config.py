@@ -1,0 +1,46 @@
+"""One typed settings object, read from the environment and overridden by flags."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from collector.errors import ConfigError
+
+#: The gzipped empty layer: referenced implicitly by many images, never collected.
+EMPTY_LAYER_DIGEST = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
+
+
+class Settings(BaseSettings):
+    """Every field reads ``COLLECTOR_<FIELD>`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/registry"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_requests: str = "registry.gc.requests"
+    topic_removals: str = "registry.gc.removals"
+    topic_dead_letter: str = "registry.gc.dead-letter"
+    group_id: str = "registry-collector"
+    topic_partitions: int = Field(default=12, ge=1)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = None
+
+    batch_size: int = Field(default=500, ge=1, le=50_000)
+    repository_concurrency: int = Field(default=4, ge=1, le=64)
+    protected_digests: list[str] = Field(default_factory=lambda: [EMPTY_LAYER_DIGEST])
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the given non-None overrides (flags win)."""
+    try:
+        settings = Settings()
+        update = {key: value for key, value in overrides.items() if value is not None}
+        return Settings.model_validate({**settings.model_dump(), **update})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"invalid setting {field}: {error['msg']}") from exc

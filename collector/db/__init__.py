@@ -1,0 +1,1 @@
+"""Database access: the connection seam, named queries, migrations."""

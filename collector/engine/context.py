@@ -1,0 +1,87 @@
+"""What a collection runs with and what it produces."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from events import BlobRemoved, Removal
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int:
+        """Milliseconds since the epoch (tag lifetimes are stored in these)."""
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+class Mode(enum.Enum):
+    COLLECT = "collect"  # what is due: tags past their window, expired uploads
+    PURGE = "purge"  # everything in a repository marked for deletion
+
+
+@dataclass(frozen=True)
+class RepositoryContext:
+    """One collection of one repository.
+
+    The durable part of the context (the candidates still to decide) lives in
+    ``gc.candidate`` under ``repository_id``; this object only names it.
+    """
+
+    repository_id: int
+    causation_id: str
+    mode: Mode = Mode.COLLECT
+
+
+@dataclass(frozen=True)
+class Removed:
+    """One committed removal and the request that caused it."""
+
+    removal: Removal
+    causation_id: str
+
+
+@dataclass(frozen=True)
+class StepResult:
+    claimed: int  # objects taken up for decision: the fixpoint ends when none are
+    removed: list[Removed] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What a run removed, by event type, and the bytes it freed."""
+
+    removed: Counter[str] = field(default_factory=Counter)
+    bytes_freed: int = 0
+    repositories: int = 0
+    incomplete: list[int] = field(default_factory=list)  # purges that left rows behind
+
+    def add(self, removed: Removed) -> None:
+        self.removed[removed.removal.event_type] += 1
+        if isinstance(removed.removal, BlobRemoved):
+            self.bytes_freed += removed.removal.size
+
+    def merge(self, other: Report) -> None:
+        self.removed.update(other.removed)
+        self.bytes_freed += other.bytes_freed
+        self.repositories += other.repositories
+        self.incomplete.extend(other.incomplete)
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    batch_size: int = 500
+    protected_digests: tuple[str, ...] = ()
+    #: Links of a legacy image chain unwound in one transaction before the
+    #: rest is handed back to the candidate table.
+    chain_steps_per_transaction: int = 1000

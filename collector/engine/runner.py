@@ -1,0 +1,304 @@
+"""The engine: per-repository contexts driven to a fixpoint.
+
+A collection of repository R runs in three phases:
+
+1. roots: tags past their window and expired uploads (a purge: every tag,
+   upload and application tag, and every manifest and legacy image is queued);
+2. fixpoint: rounds in which the manifest, label, image and blob collectors
+   run concurrently, each in its own transaction, each claiming a batch of
+   R's candidates, deciding it with one set-based query and queueing what
+   its deletions freed, until a round claims nothing;
+3. a purge then removes the repository row if nothing is left in it.
+
+Every transaction writes the removal events of its deletions to the outbox
+before it commits. Deadlocks, serialization failures and lost connections
+are retried with jittered backoff; the transaction is replayed from scratch,
+which is safe because every decision is re-made from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+import asyncpg
+import structlog
+
+from collector.db.connector import Connection, Database
+from collector.db.queries import load_queries
+from collector.engine import candidates, images, manifests, tags, uploads
+from collector.engine.blobs import BlobCollector
+from collector.engine.callbacks import Callbacks
+from collector.engine.candidates import Batch
+from collector.engine.context import (
+    Clock,
+    EngineConfig,
+    Mode,
+    Removed,
+    Report,
+    RepositoryContext,
+    StepResult,
+    SystemClock,
+)
+from collector.engine.images import ImageCollector
+from collector.engine.labels import LabelCollector
+from collector.engine.manifests import ManifestCollector
+from collector.errors import (
+    DatabaseUnavailable,
+    RepositoryNotFound,
+    RepositoryNotMarked,
+    StorageError,
+)
+from collector.outbox import store as outbox
+from events import RepoPurged
+
+log = structlog.get_logger(__name__)
+
+_QUERIES = load_queries("repositories.sql")
+
+#: Lost a race with another transaction: replaying it decides afresh.
+_CONFLICTS = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.ForeignKeyViolationError,
+)
+#: The database went away: wait for it.
+_DISCONNECTS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+)
+_MAX_ATTEMPTS = 10
+
+
+class CandidateCollector(Protocol):
+    kind: str
+
+    async def collect(
+        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
+    ) -> list[Removed]: ...
+
+
+Step = Callable[[Connection], Awaitable[StepResult]]
+
+
+class Engine:
+    def __init__(
+        self,
+        db: Database,
+        config: EngineConfig,
+        *,
+        clock: Clock | None = None,
+        callbacks: Callbacks | None = None,
+    ) -> None:
+        self._db = db
+        self._config = config
+        self._clock = clock or SystemClock()
+        self._callbacks = callbacks or Callbacks()
+        self._collectors: list[CandidateCollector] = [
+            ManifestCollector(),
+            LabelCollector(),
+            ImageCollector(config.chain_steps_per_transaction),
+            BlobCollector(config.protected_digests),
+        ]
+
+    # -- public API --------------------------------------------------------
+
+    async def collect(self, repository_id: int, *, causation_id: str) -> Report:
+        """Collect what is due in one repository, and everything that frees."""
+        ctx = RepositoryContext(repository_id, causation_id, Mode.COLLECT)
+        report = Report(repositories=1)
+        log.info("collection_started", repository_id=repository_id, causation_id=causation_id)
+        await asyncio.gather(
+            self._drain(ctx, report, self._roots(ctx, tags.collect_batch)),
+            self._drain(ctx, report, self._roots(ctx, uploads.collect_batch)),
+        )
+        await self._fixpoint(ctx, report)
+        log.info("collection_finished", repository_id=repository_id, removed=report.total)
+        return report
+
+    async def purge(self, repository_id: int, *, causation_id: str) -> Report:
+        """Remove everything in a repository marked for deletion, then the repository.
+
+        Raises :class:`RepositoryNotMarked` (before changing anything) for a
+        repository that is not marked, and stops the same way if it gets
+        unmarked midway: every purge transaction re-checks the mark.
+        """
+        ctx = RepositoryContext(repository_id, causation_id, Mode.PURGE)
+        report = Report(repositories=1)
+        log.info("purge_started", repository_id=repository_id, causation_id=causation_id)
+        await self._run(self._guarded(ctx, self._seed_purge(ctx)))
+        await asyncio.gather(
+            self._drain(ctx, report, self._guarded(ctx, self._roots(ctx, tags.collect_batch))),
+            self._drain(ctx, report, self._guarded(ctx, self._roots(ctx, uploads.collect_batch))),
+            self._drain(ctx, report, self._guarded(ctx, self._app_tags(ctx))),
+        )
+        # Tags are gone now, so each manifest decides on lists and subjects alone.
+        await self._fixpoint(ctx, report)
+        finished = await self._run(self._guarded(ctx, self._delete_repository(ctx)))
+        if finished.removed:
+            report.add(finished.removed[0])
+            log.info("purge_finished", repository_id=repository_id, removed=report.total)
+        else:
+            report.incomplete.append(repository_id)
+            log.warning("purge_incomplete", repository_id=repository_id, removed=report.total)
+        return report
+
+    async def collect_all(
+        self, *, causation_id: str, purge_marked: bool = False, concurrency: int = 4
+    ) -> Report:
+        """Collect every repository with due work or pending candidates, and (with
+        ``purge_marked``) purge every repository marked for deletion, ``concurrency``
+        repositories at a time."""
+        async with self._db.transaction() as conn:
+            now_ms = self._clock.now_ms()
+            due = await conn.fetch(_QUERIES["with_due_work"], now_ms, _timestamp(now_ms))
+            marked = await conn.fetch(_QUERIES["marked"]) if purge_marked else []
+        to_purge = {row["id"] for row in marked}
+        to_collect = [row["id"] for row in due if row["id"] not in to_purge]
+        report = Report()
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(repository_id: int, purge: bool) -> None:
+            async with limit:
+                run = self.purge if purge else self.collect
+                report.merge(await run(repository_id, causation_id=causation_id))
+
+        async with asyncio.TaskGroup() as group:
+            for repository_id in to_collect:
+                group.create_task(one(repository_id, purge=False))
+            for repository_id in sorted(to_purge):
+                group.create_task(one(repository_id, purge=True))
+        return report
+
+    # -- phases ------------------------------------------------------------
+
+    async def _fixpoint(self, ctx: RepositoryContext, report: Report) -> None:
+        rounds = 0
+        while True:
+            rounds += 1
+            results = await asyncio.gather(
+                *(self._run(self._decide(ctx, collector)) for collector in self._collectors)
+            )
+            for result in results:
+                for removed in result.removed:
+                    report.add(removed)
+            if not any(result.claimed for result in results):
+                break
+        log.debug("fixpoint_reached", repository_id=ctx.repository_id, rounds=rounds)
+
+    async def _drain(self, ctx: RepositoryContext, report: Report, step: Step) -> None:
+        """Run ``step`` in fresh transactions until it finds nothing to do."""
+        while True:
+            result = await self._run(step)
+            for removed in result.removed:
+                report.add(removed)
+            if not result.claimed:
+                return
+
+    # -- steps: each runs inside one transaction ---------------------------
+
+    def _roots(
+        self,
+        ctx: RepositoryContext,
+        collect_batch: Callable[..., Awaitable[StepResult]],
+    ) -> Step:
+        async def step(conn: Connection) -> StepResult:
+            return await collect_batch(
+                conn, ctx, now_ms=self._clock.now_ms(), limit=self._config.batch_size
+            )
+
+        return step
+
+    def _decide(self, ctx: RepositoryContext, collector: CandidateCollector) -> Step:
+        async def step(conn: Connection) -> StepResult:
+            batch = await candidates.claim(
+                conn, ctx.repository_id, collector.kind, self._config.batch_size
+            )
+            if not batch:
+                return StepResult(claimed=0)
+            removed = await collector.collect(conn, ctx, batch, self._clock.now_ms())
+            return StepResult(claimed=len(batch), removed=removed)
+
+        return step
+
+    def _seed_purge(self, ctx: RepositoryContext) -> Step:
+        async def step(conn: Connection) -> StepResult:
+            await manifests.queue_all(conn, ctx)
+            await images.queue_all(conn, ctx)
+            return StepResult(claimed=0)
+
+        return step
+
+    def _app_tags(self, ctx: RepositoryContext) -> Step:
+        async def step(conn: Connection) -> StepResult:
+            count: int = await conn.fetchval(
+                _QUERIES["delete_app_tags"], ctx.repository_id, self._config.batch_size
+            )
+            return StepResult(claimed=count)
+
+        return step
+
+    def _delete_repository(self, ctx: RepositoryContext) -> Step:
+        async def step(conn: Connection) -> StepResult:
+            row = await conn.fetchrow(_QUERIES["delete_if_empty"], ctx.repository_id)
+            if row is None:
+                return StepResult(claimed=0)
+            purged = RepoPurged(
+                namespace=row["namespace"], repository=row["name"], repository_id=row["id"]
+            )
+            return StepResult(claimed=1, removed=[Removed(purged, ctx.causation_id)])
+
+        return step
+
+    def _guarded(self, ctx: RepositoryContext, step: Step) -> Step:
+        """``step``, run only while the repository is still marked for deletion."""
+
+        async def guarded(conn: Connection) -> StepResult:
+            marked = await conn.fetchval(_QUERIES["lock_marked"], ctx.repository_id)
+            if marked is None:
+                raise RepositoryNotFound(f"repository {ctx.repository_id} does not exist")
+            if not marked:
+                raise RepositoryNotMarked(
+                    f"repository {ctx.repository_id} is not marked for deletion; refusing to purge"
+                )
+            return await step(conn)
+
+        return guarded
+
+    # -- transactions --------------------------------------------------------
+
+    async def _run(self, step: Step) -> StepResult:
+        """Run ``step`` in one transaction with its outbox rows; retry lost races.
+
+        Callbacks run once the transaction has committed.
+        """
+        delay = 0.05
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                async with self._db.transaction() as conn:
+                    result = await step(conn)
+                    await outbox.write(conn, result.removed, _timestamp(self._clock.now_ms()))
+                break
+            except _CONFLICTS as exc:
+                if attempt == _MAX_ATTEMPTS:
+                    raise StorageError(f"transaction kept conflicting: {exc}") from exc
+                log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt)
+            except _DISCONNECTS as exc:
+                if attempt == _MAX_ATTEMPTS:
+                    raise DatabaseUnavailable(f"lost the database: {exc}") from exc
+                log.warning("database_lost", error=str(exc), attempt=attempt)
+                delay = max(delay, 0.5)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
+        for removed in result.removed:
+            await self._callbacks.dispatch(removed)
+        return result
+
+
+def _timestamp(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -1,0 +1,41 @@
+"""Tags: the roots of collection. Expired ones past their window go (purge: all)."""
+
+from __future__ import annotations
+
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from collector.engine.context import Mode, Removed, RepositoryContext, StepResult
+from events import TagRemoved
+
+_QUERIES = load_queries("tags.sql")
+
+
+async def collect_batch(
+    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
+) -> StepResult:
+    """Remove one batch of due tags and queue their manifests."""
+    purge = ctx.mode is Mode.PURGE
+    if purge:
+        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository_id, limit)
+    else:
+        locked = await conn.fetch(_QUERIES["lock_due"], ctx.repository_id, now_ms, limit)
+    if not locked:
+        return StepResult(claimed=0)
+    rows = await conn.fetch(
+        _QUERIES["delete"], [row["id"] for row in locked], now_ms, purge, ctx.causation_id
+    )
+    removed = [
+        Removed(
+            TagRemoved(
+                namespace=row["namespace"],
+                repository=row["repository"],
+                repository_id=row["repository_id"],
+                tag=row["name"],
+                tag_id=row["id"],
+                manifest_digest=row["manifest_digest"],
+            ),
+            ctx.causation_id,
+        )
+        for row in rows
+    ]
+    return StepResult(claimed=len(locked), removed=removed)

@@ -1,0 +1,27 @@
+"""Uploaded blobs: an upload keeps its blob alive until it expires (purge: all go)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from collector.engine.context import Mode, RepositoryContext, StepResult
+
+_QUERIES = load_queries("uploads.sql")
+
+
+async def collect_batch(
+    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
+) -> StepResult:
+    """Remove one batch of expired uploads and queue their blobs (no event: not an object)."""
+    now = datetime.fromtimestamp(now_ms / 1000, UTC)
+    count: int = await conn.fetchval(
+        _QUERIES["delete_expired"],
+        ctx.repository_id,
+        now,
+        limit,
+        ctx.mode is Mode.PURGE,
+        ctx.causation_id,
+    )
+    return StepResult(claimed=count)

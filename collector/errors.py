@@ -1,0 +1,40 @@
+"""Errors that cross the collector's boundaries.
+
+Each class's docstring is its default message. Driver errors (asyncpg,
+aiokafka) are translated at the boundary with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class CollectorError(Exception):
+    """The collector failed."""
+
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class ConfigError(CollectorError):
+    """The configuration is invalid."""
+
+
+class StorageError(CollectorError):
+    """The database failed."""
+
+
+class DatabaseUnavailable(StorageError):
+    """The database cannot be reached."""
+
+    retriable = True
+
+
+class RepositoryNotFound(CollectorError):
+    """No such repository."""
+
+
+class RepositoryNotMarked(CollectorError):
+    """The repository is not marked for deletion; refusing to purge it."""

@@ -1,0 +1,1 @@
+"""Transactional outbox: removal events written with the deletions they report."""

@@ -1,0 +1,54 @@
+"""CloudEvents 1.0 in structured JSON mode (CONTRACT §2)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from events._removals import Removal
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
+COLLECTOR_SOURCE = "/registry-gc/collector"
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 event; extension attributes such as `causationid` are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: AwareDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    subject: str | None = None
+    data: dict[str, Any]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def removal_event(
+    removal: Removal,
+    *,
+    causation_id: str,
+    time: datetime | None = None,
+    event_id: str | None = None,
+    source: str = COLLECTOR_SOURCE,
+) -> CloudEvent:
+    """Wrap a removal in its envelope; the id is fixed here, once, for good."""
+    return CloudEvent(
+        specversion=SPECVERSION,
+        id=event_id or str(uuid.uuid4()),
+        source=source,
+        type=removal.event_type,
+        time=time or datetime.now(UTC),
+        subject=removal.subject,
+        data=removal.model_dump(mode="json"),
+        causationid=causation_id,
+    )

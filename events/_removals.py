@@ -1,0 +1,124 @@
+"""The removal events the collector emits (CONTRACT §2.2): one per object removed."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+TYPE_PREFIX = "registry.gc."
+
+
+class Removal(BaseModel):
+    """The `data` of a removal event; subclasses pin the CloudEvents `type`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str]
+
+    @property
+    def subject(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def partition_key(self) -> str:
+        """The Kafka record key (CONTRACT §1)."""
+        return self.subject
+
+
+class RepositoryRemoval(Removal):
+    """A removal scoped to one repository: keyed by `<namespace>/<repository>`."""
+
+    namespace: str
+    repository: str
+    repository_id: int
+
+    @property
+    def repository_path(self) -> str:
+        return f"{self.namespace}/{self.repository}"
+
+    @property
+    def partition_key(self) -> str:
+        return self.repository_path
+
+
+class TagRemoved(RepositoryRemoval):
+    event_type: ClassVar[str] = TYPE_PREFIX + "tag-removed"
+
+    tag: str
+    tag_id: int
+    manifest_digest: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.repository_path}:{self.tag}"
+
+
+class ManifestRemoved(RepositoryRemoval):
+    event_type: ClassVar[str] = TYPE_PREFIX + "manifest-removed"
+
+    manifest_id: int
+    digest: str
+    media_type: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.repository_path}@{self.digest}"
+
+
+class LegacyImageRemoved(RepositoryRemoval):
+    event_type: ClassVar[str] = TYPE_PREFIX + "legacy-image-removed"
+
+    image_id: int
+    docker_image_id: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.repository_path}/{self.docker_image_id}"
+
+
+class RepoPurged(RepositoryRemoval):
+    event_type: ClassVar[str] = TYPE_PREFIX + "repo-purged"
+
+    @property
+    def subject(self) -> str:
+        return self.repository_path
+
+
+class BlobRemoved(Removal):
+    """Keyed by digest: after it, the bytes may be deleted from object storage."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "blob-removed"
+
+    blob_id: int
+    digest: str
+    size: int
+    locations: list[str]
+
+    @property
+    def subject(self) -> str:
+        return self.digest
+
+
+class LabelRemoved(Removal):
+    event_type: ClassVar[str] = TYPE_PREFIX + "label-removed"
+
+    label_id: int
+    key: str
+
+    @property
+    def subject(self) -> str:
+        return f"label/{self.label_id}"
+
+
+REMOVAL_TYPES: dict[str, type[Removal]] = {
+    cls.event_type: cls
+    for cls in (
+        TagRemoved,
+        ManifestRemoved,
+        BlobRemoved,
+        LabelRemoved,
+        LegacyImageRemoved,
+        RepoPurged,
+    )
+}

@@ -1,0 +1,220 @@
+"""Builds small registries row by row for tests, and reads their state back."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from collector.db.connector import Connection
+
+DAY_MS = 86_400_000
+NOW_MS = 1_800_000_000_000  # a fixed "now" (2027-01-15) for FixedClock
+WINDOW_S = 14 * 86_400  # the default time-machine window
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+#: Tables the engine removes rows from, with their id column.
+REGISTRY_TABLES = (
+    "namespace",
+    "repository",
+    "blob",
+    "blob_placement",
+    "uploaded_blob",
+    "manifest",
+    "manifest_blob",
+    "manifest_child",
+    "label",
+    "manifest_label",
+    "tag",
+    "image",
+    "derived_image_storage",
+    "manifest_legacy_image",
+    "app_tag",
+)
+
+
+@dataclass
+class FixedClock:
+    ms: int = NOW_MS
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+def at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+class Registry:
+    """Insert helpers; every method returns the new row's id."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._seq = itertools.count(1)
+
+    def digest(self) -> str:
+        return f"sha256:{next(self._seq):064x}"
+
+    async def _insert(self, table: str, **values: Any) -> int:
+        columns = ", ".join(values)
+        params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        row_id: int = await self.conn.fetchval(
+            f"INSERT INTO {table} ({columns}) VALUES ({params}) RETURNING id", *values.values()
+        )
+        return row_id
+
+    async def namespace(self, name: str = "acme", window_s: int = WINDOW_S) -> int:
+        return await self._insert("namespace", name=name, removed_tag_expiration_s=window_s)
+
+    async def repository(
+        self, namespace_id: int, name: str, *, kind: str = "image", state: str = "normal"
+    ) -> int:
+        return await self._insert(
+            "repository", namespace_id=namespace_id, name=name, kind=kind, state=state
+        )
+
+    async def blob(
+        self, *, size: int = 1000, digest: str | None = None, locations: tuple[str, ...] = ("s3",)
+    ) -> int:
+        blob_id = await self._insert("blob", digest=digest or self.digest(), size=size)
+        for location in locations:
+            await self._insert("blob_placement", blob_id=blob_id, location=location)
+        return blob_id
+
+    async def manifest(
+        self,
+        repository_id: int,
+        *,
+        blobs: tuple[int, ...] = (),
+        children: tuple[int, ...] = (),
+        labels: tuple[int, ...] = (),
+        subject: str | None = None,
+        digest: str | None = None,
+    ) -> int:
+        manifest_id = await self._insert(
+            "manifest",
+            repository_id=repository_id,
+            digest=digest or self.digest(),
+            media_type=INDEX if children else MANIFEST,
+            subject_digest=subject,
+        )
+        for blob_id in blobs:
+            await self._insert(
+                "manifest_blob", repository_id=repository_id, manifest_id=manifest_id, blob_id=blob_id
+            )
+        for child_id in children:
+            await self._insert(
+                "manifest_child",
+                repository_id=repository_id,
+                manifest_id=manifest_id,
+                child_manifest_id=child_id,
+            )
+        for label_id in labels:
+            await self._insert(
+                "manifest_label",
+                repository_id=repository_id,
+                manifest_id=manifest_id,
+                label_id=label_id,
+            )
+        return manifest_id
+
+    async def manifest_digest(self, manifest_id: int) -> str:
+        digest: str = await self.conn.fetchval(
+            "SELECT digest FROM manifest WHERE id = $1", manifest_id
+        )
+        return digest
+
+    async def label(self, key: str = "maintainer", value: str = "ops") -> int:
+        return await self._insert("label", key=key, value=value)
+
+    async def tag(
+        self,
+        repository_id: int,
+        manifest_id: int,
+        name: str = "latest",
+        *,
+        end_ms: int | None = None,
+        immutable: bool = False,
+        hidden: bool = False,
+        linked_tag_id: int | None = None,
+    ) -> int:
+        return await self._insert(
+            "tag",
+            repository_id=repository_id,
+            manifest_id=manifest_id,
+            name=name,
+            lifetime_start_ms=(end_ms or NOW_MS) - 30 * DAY_MS,
+            lifetime_end_ms=end_ms,
+            immutable=immutable,
+            hidden=hidden,
+            linked_tag_id=linked_tag_id,
+        )
+
+    async def expired_tag(
+        self, repository_id: int, manifest_id: int, name: str = "old", **kwargs: Any
+    ) -> int:
+        """A tag that ended a day before the default window elapsed: due now."""
+        end_ms = NOW_MS - WINDOW_S * 1000 - DAY_MS
+        return await self.tag(repository_id, manifest_id, name, end_ms=end_ms, **kwargs)
+
+    async def image(self, repository_id: int, storage_id: int, parent_id: int | None = None) -> int:
+        return await self._insert(
+            "image",
+            repository_id=repository_id,
+            docker_image_id=self.digest().removeprefix("sha256:"),
+            storage_id=storage_id,
+            parent_id=parent_id,
+        )
+
+    async def derived(self, image_id: int, blob_id: int, transformation: str = "squash") -> int:
+        return await self._insert(
+            "derived_image_storage",
+            source_image_id=image_id,
+            derivative_id=blob_id,
+            transformation=transformation,
+        )
+
+    async def legacy(self, repository_id: int, manifest_id: int, image_id: int) -> int:
+        return await self._insert(
+            "manifest_legacy_image",
+            repository_id=repository_id,
+            manifest_id=manifest_id,
+            image_id=image_id,
+        )
+
+    async def upload(self, repository_id: int, blob_id: int, expires_ms: int) -> int:
+        return await self._insert(
+            "uploaded_blob", repository_id=repository_id, blob_id=blob_id, expires_at=at(expires_ms)
+        )
+
+    async def app_tag(
+        self, repository_id: int, name: str, linked_tag_id: int | None = None
+    ) -> int:
+        return await self._insert(
+            "app_tag", repository_id=repository_id, name=name, linked_tag_id=linked_tag_id
+        )
+
+
+async def snapshot(conn: Connection) -> dict[str, set[int]]:
+    """The ids in every registry table."""
+    return {
+        table: {row["id"] for row in await conn.fetch(f"SELECT id FROM {table}")}
+        for table in REGISTRY_TABLES
+    }
+
+
+async def exists(conn: Connection, table: str, row_id: int) -> bool:
+    found: bool = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE id = $1)", row_id
+    )
+    return found
+
+
+async def outbox(conn: Connection) -> list[dict[str, Any]]:
+    """The outbox's events, oldest first, decoded."""
+    import json
+
+    rows = await conn.fetch("SELECT key, event FROM gc.outbox ORDER BY id")
+    return [{"key": row["key"], **json.loads(row["event"])} for row in rows]
