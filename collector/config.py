@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     topic_dead_letter: str = "registry.gc.dead-letter"
     group_id: str = "registry-collector"
     topic_partitions: int = Field(default=12, ge=1)
+    #: -1: the broker's default.replication.factor.
+    topic_replication_factor: int = Field(default=-1, ge=-1)
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None

@@ -32,6 +32,12 @@ class DatabaseUnavailable(StorageError):
     retriable = True
 
 
+class BrokerUnavailable(CollectorError):
+    """The Kafka broker cannot be reached."""
+
+    retriable = True
+
+
 class RepositoryNotFound(CollectorError):
     """No such repository."""
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import Removed, RepositoryContext
+from collector.engine.context import Removed, RepositoryContext, ms_to_datetime
 from events import BlobRemoved
 
 _QUERIES = load_queries("blobs.sql")
@@ -32,10 +30,11 @@ class BlobCollector:
     ) -> list[Removed]:
         ids = sorted(batch)
         await conn.execute(_QUERIES["lock"], ids)
-        now = datetime.fromtimestamp(now_ms / 1000, UTC)
         garbage = [
             row["id"]
-            for row in await conn.fetch(_QUERIES["unreferenced"], ids, self._protected, now)
+            for row in await conn.fetch(
+                _QUERIES["unreferenced"], ids, self._protected, ms_to_datetime(now_ms)
+            )
         ]
         if not garbage:
             return []

@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Protocol
 
 import asyncpg
 import structlog
 
 from collector.db.connector import Connection, Database
-from collector.db.queries import load_queries
-from collector.engine import candidates, images, manifests, tags, uploads
+from collector.engine import candidates, images, manifests, repositories, tags, uploads
 from collector.engine.blobs import BlobCollector
 from collector.engine.callbacks import Callbacks
 from collector.engine.candidates import Batch
@@ -42,6 +40,7 @@ from collector.engine.context import (
     RepositoryContext,
     StepResult,
     SystemClock,
+    ms_to_datetime,
 )
 from collector.engine.images import ImageCollector
 from collector.engine.labels import LabelCollector
@@ -53,11 +52,8 @@ from collector.errors import (
     StorageError,
 )
 from collector.outbox import store as outbox
-from events import RepoPurged
 
 log = structlog.get_logger(__name__)
-
-_QUERIES = load_queries("repositories.sql")
 
 #: Lost a race with another transaction: replaying it decides afresh.
 _CONFLICTS = (
@@ -155,11 +151,9 @@ class Engine:
         ``purge_marked``) purge every repository marked for deletion, ``concurrency``
         repositories at a time."""
         async with self._db.transaction() as conn:
-            now_ms = self._clock.now_ms()
-            due = await conn.fetch(_QUERIES["with_due_work"], now_ms, _timestamp(now_ms))
-            marked = await conn.fetch(_QUERIES["marked"]) if purge_marked else []
-        to_purge = {row["id"] for row in marked}
-        to_collect = [row["id"] for row in due if row["id"] not in to_purge]
+            due = await repositories.with_due_work(conn, self._clock.now_ms())
+            to_purge = set(await repositories.marked(conn)) if purge_marked else set()
+        to_collect = [repository_id for repository_id in due if repository_id not in to_purge]
         report = Report()
         limit = asyncio.Semaphore(concurrency)
 
@@ -236,8 +230,8 @@ class Engine:
 
     def _app_tags(self, ctx: RepositoryContext) -> Step:
         async def step(conn: Connection) -> StepResult:
-            count: int = await conn.fetchval(
-                _QUERIES["delete_app_tags"], ctx.repository_id, self._config.batch_size
+            count = await repositories.delete_app_tags(
+                conn, ctx.repository_id, self._config.batch_size
             )
             return StepResult(claimed=count)
 
@@ -245,12 +239,9 @@ class Engine:
 
     def _delete_repository(self, ctx: RepositoryContext) -> Step:
         async def step(conn: Connection) -> StepResult:
-            row = await conn.fetchrow(_QUERIES["delete_if_empty"], ctx.repository_id)
-            if row is None:
+            purged = await repositories.delete_if_empty(conn, ctx.repository_id)
+            if purged is None:
                 return StepResult(claimed=0)
-            purged = RepoPurged(
-                namespace=row["namespace"], repository=row["name"], repository_id=row["id"]
-            )
             return StepResult(claimed=1, removed=[Removed(purged, ctx.causation_id)])
 
         return step
@@ -259,7 +250,7 @@ class Engine:
         """``step``, run only while the repository is still marked for deletion."""
 
         async def guarded(conn: Connection) -> StepResult:
-            marked = await conn.fetchval(_QUERIES["lock_marked"], ctx.repository_id)
+            marked = await repositories.is_marked(conn, ctx.repository_id)
             if marked is None:
                 raise RepositoryNotFound(f"repository {ctx.repository_id} does not exist")
             if not marked:
@@ -282,7 +273,7 @@ class Engine:
             try:
                 async with self._db.transaction() as conn:
                     result = await step(conn)
-                    await outbox.write(conn, result.removed, _timestamp(self._clock.now_ms()))
+                    await outbox.write(conn, result.removed, ms_to_datetime(self._clock.now_ms()))
                 break
             except _CONFLICTS as exc:
                 if attempt == _MAX_ATTEMPTS:
@@ -298,7 +289,3 @@ class Engine:
         for removed in result.removed:
             await self._callbacks.dispatch(removed)
         return result
-
-
-def _timestamp(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Mode, RepositoryContext, StepResult
+from collector.engine.context import Mode, RepositoryContext, StepResult, ms_to_datetime
 
 _QUERIES = load_queries("uploads.sql")
 
@@ -15,11 +13,10 @@ async def collect_batch(
     conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
 ) -> StepResult:
     """Remove one batch of expired uploads and queue their blobs (no event: not an object)."""
-    now = datetime.fromtimestamp(now_ms / 1000, UTC)
     count: int = await conn.fetchval(
         _QUERIES["delete_expired"],
         ctx.repository_id,
-        now,
+        ms_to_datetime(now_ms),
         limit,
         ctx.mode is Mode.PURGE,
         ctx.causation_id,

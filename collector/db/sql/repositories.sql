@@ -4,18 +4,6 @@ SELECT r.id, n.name AS namespace, r.name, r.kind, r.state
 FROM repository r JOIN namespace n ON n.id = r.namespace_id
 WHERE n.name = $1 AND r.name = $2
 
--- name: get
--- $1 bigint repository id
-SELECT r.id, n.name AS namespace, r.name, r.kind, r.state
-FROM repository r JOIN namespace n ON n.id = r.namespace_id
-WHERE r.id = $1
-
--- name: all
--- Every repository, in id order.
-SELECT r.id, n.name AS namespace, r.name, r.kind, r.state
-FROM repository r JOIN namespace n ON n.id = r.namespace_id
-ORDER BY r.id
-
 -- name: lock_marked
 -- Hold repository $1's row (FOR SHARE: no one may unmark it meanwhile) and
 -- say whether it is marked for deletion.

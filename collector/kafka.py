@@ -1,0 +1,76 @@
+"""Kafka plumbing shared by every client the collector runs: options and topics."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from collector.config import Settings
+from collector.errors import BrokerUnavailable
+
+log = structlog.get_logger(__name__)
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection and security options for any aiokafka client."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_sasl_mechanism:
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
+    """Create the collector's topics that are missing; return the names created."""
+    wanted = {
+        settings.topic_requests: settings.topic_partitions,
+        settings.topic_removals: settings.topic_partitions,
+        # An operator's inbox, read in order: one partition is plenty.
+        settings.topic_dead_letter: 1,
+    }
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await _start(admin, wait_s)
+    try:
+        missing = sorted(set(wanted) - set(await admin.list_topics()))
+        if missing:
+            factor = settings.topic_replication_factor
+            # aiokafka accepts the broker-default factor (-1) only with an
+            # explicit, empty replica assignment.
+            assignments = {} if factor == -1 else None
+            await admin.create_topics(
+                [NewTopic(name, wanted[name], factor, assignments) for name in missing]
+            )
+            log.info("topics_created", topics=missing)
+        return missing
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
+    finally:
+        await admin.close()
+
+
+async def _start(admin: AIOKafkaAdminClient, wait_s: float) -> None:
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            await admin.start()
+            return
+        except KafkaConnectionError as exc:
+            if waited >= wait_s:
+                raise BrokerUnavailable(f"cannot reach the Kafka broker: {exc}") from exc
+            log.warning("broker_unreachable", error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
