@@ -49,7 +49,7 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
             factor = settings.topic_replication_factor
             # aiokafka accepts the broker-default factor (-1) only with an
             # explicit, empty replica assignment.
-            assignments = {} if factor == -1 else None
+            assignments: dict[int, list[int]] | None = {} if factor == -1 else None
             await admin.create_topics(
                 [NewTopic(name, wanted[name], factor, assignments) for name in missing]
             )
