@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from collector.errors import ConfigError
 
@@ -37,12 +37,19 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Settings from the environment, with the given non-None overrides (flags win)."""
+    """Settings from the environment, with the given non-None overrides (flags win).
+
+    A flag replaces its environment variable before validation, so a good flag
+    repairs a bad variable.
+    """
+    if unknown := set(overrides) - set(Settings.model_fields):
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    update = {key: value for key, value in overrides.items() if value is not None}
     try:
-        settings = Settings()
-        update = {key: value for key, value in overrides.items() if value is not None}
-        return Settings.model_validate({**settings.model_dump(), **update})
+        return Settings(**update)  # type: ignore[arg-type]  # validated right here
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
         raise ConfigError(f"invalid setting {field}: {error['msg']}") from exc
+    except SettingsError as exc:  # e.g. a list variable that is not JSON
+        raise ConfigError(f"invalid environment: {exc}") from exc

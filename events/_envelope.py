@@ -44,7 +44,7 @@ def removal_event(
     """Wrap a removal in its envelope; the id is fixed here, once, for good."""
     return CloudEvent(
         specversion=SPECVERSION,
-        id=event_id or str(uuid.uuid4()),
+        id=str(uuid.uuid4()) if event_id is None else event_id,
         source=source,
         type=removal.event_type,
         time=time or datetime.now(UTC),

@@ -18,13 +18,15 @@ from collector.db.migrations import migrate
 from collector.engine import Callbacks, Engine, EngineConfig
 from tests.registry import FixedClock, Registry
 
-ADMIN_URL = os.environ.get("COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get(
+    "COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 TEST_DB = "registry_test"
 TEST_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + TEST_DB
 
 
 @pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
+async def database_url() -> str:
     try:
         admin = await asyncpg.connect(ADMIN_URL)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -39,7 +41,7 @@ async def database_url() -> AsyncIterator[str]:
         await migrate(conn)
     finally:
         await conn.close()
-    yield TEST_URL
+    return TEST_URL
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +83,6 @@ def callbacks() -> Callbacks:
 
 
 @pytest.fixture
-def engine(
-    db: asyncpg.Pool[asyncpg.Record], clock: FixedClock, callbacks: Callbacks
-) -> Engine:
+def engine(db: asyncpg.Pool[asyncpg.Record], clock: FixedClock, callbacks: Callbacks) -> Engine:
     config = EngineConfig(batch_size=50, protected_digests=("sha256:" + "e" * 64,))
     return Engine(PoolDatabase(db), config, clock=clock, callbacks=callbacks)

@@ -53,6 +53,7 @@ class Registry:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._seq = itertools.count(1)
+        self.used_digests: set[str] = set()
 
     def digest(self) -> str:
         return f"sha256:{next(self._seq):064x}"
@@ -102,7 +103,10 @@ class Registry:
         )
         for blob_id in blobs:
             await self._insert(
-                "manifest_blob", repository_id=repository_id, manifest_id=manifest_id, blob_id=blob_id
+                "manifest_blob",
+                repository_id=repository_id,
+                manifest_id=manifest_id,
+                blob_id=blob_id,
             )
         for child_id in children:
             await self._insert(
@@ -189,9 +193,7 @@ class Registry:
             "uploaded_blob", repository_id=repository_id, blob_id=blob_id, expires_at=at(expires_ms)
         )
 
-    async def app_tag(
-        self, repository_id: int, name: str, linked_tag_id: int | None = None
-    ) -> int:
+    async def app_tag(self, repository_id: int, name: str, linked_tag_id: int | None = None) -> int:
         return await self._insert(
             "app_tag", repository_id=repository_id, name=name, linked_tag_id=linked_tag_id
         )

@@ -33,7 +33,7 @@ class Repository:
 def split_path(path: str) -> tuple[str, str]:
     """``"namespace/repository"`` into its two parts; a usage error otherwise."""
     namespace, sep, name = path.partition("/")
-    if not (sep and namespace and name):
+    if not (sep and namespace and name) or "" in name.split("/"):
         raise ConfigError(f"expected NAMESPACE/REPOSITORY, got {path!r}")
     return namespace, name
 

@@ -38,4 +38,6 @@ async def collect_batch(
         )
         for row in rows
     ]
-    return StepResult(claimed=len(locked), removed=removed)
+    # Progress is what was deleted, not what was locked: a tag whose re-check
+    # fails (its window just grew) must not keep the drain loop spinning.
+    return StepResult(claimed=len(removed), removed=removed)

@@ -205,9 +205,7 @@ async def test_hidden_and_alive_tags_keep_their_manifests(
     assert await snapshot(registry.conn) == before
 
 
-async def test_immutable_expired_tag_is_never_collected(
-    registry: Registry, engine: Engine
-) -> None:
+async def test_immutable_expired_tag_is_never_collected(registry: Registry, engine: Engine) -> None:
     """Immutable tags survive expiry, and so does what they point at."""
     ns = await registry.namespace()
     repo = await registry.repository(ns, "app")

@@ -62,12 +62,10 @@ async def test_purge_removes_everything_in_the_repository_then_the_repository(
 
     conn = registry.conn
     assert not await exists(conn, "repository", doomed)
-    for table in ("tag", "manifest", "image", "uploaded_blob", "manifest_blob", "label"):
-        count = await conn.fetchval(
-            f"SELECT count(*) FROM {table} WHERE {'true' if table == 'label' else 'repository_id = $1'}",
-            *(() if table == "label" else (doomed,)),
-        )
-        assert count == 0, table
+    for table in ("tag", "manifest", "image", "uploaded_blob", "manifest_blob", "app_tag"):
+        query = f"SELECT count(*) FROM {table} WHERE repository_id = $1"
+        assert await conn.fetchval(query, doomed) == 0, table
+    assert not await exists(conn, "label", objects["label"])
     assert await exists(conn, "blob", objects["shared_blob"])
     assert not await exists(conn, "blob", objects["own_blob"])
     assert await exists(conn, "manifest", kept_manifest)
@@ -80,7 +78,11 @@ async def test_purge_removes_everything_in_the_repository_then_the_repository(
     assert len(images) == 2
     events = await outbox(conn)
     assert events[-1]["type"] == "registry.gc.repo-purged"
-    assert events[-1]["data"] == {"namespace": "acme", "repository": "doomed", "repository_id": doomed}
+    assert events[-1]["data"] == {
+        "namespace": "acme",
+        "repository": "doomed",
+        "repository_id": doomed,
+    }
     assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
 
 

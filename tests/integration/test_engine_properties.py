@@ -1,0 +1,312 @@
+"""Property: on random registries, the engine removes exactly what became unreachable.
+
+The registries are built so that nothing is garbage beforehand; a run then
+removes its roots (due tags, expired uploads, or all of a purged repository)
+and the reference model below says what must survive: everything still
+reachable from the remaining roots, by the rules of CONTRACT §3.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import asyncpg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from collector.db.connector import PoolDatabase
+from collector.engine import Engine, EngineConfig
+from tests.registry import DAY_MS, NOW_MS, WINDOW_S, FixedClock, Registry, outbox, snapshot
+
+PROTECTED = "sha256:" + "e" * 64
+
+
+@dataclass
+class Model:
+    """The registry as the test built it."""
+
+    windows: dict[int, int] = field(default_factory=dict)  # namespace -> window (s)
+    repos: dict[int, tuple[int, bool]] = field(default_factory=dict)  # -> (namespace, marked)
+    blob_exempt: set[int] = field(default_factory=set)  # placeholder or protected
+    blobs: set[int] = field(default_factory=set)
+    manifests: dict[int, int] = field(default_factory=dict)  # -> repository
+    digests: dict[int, str] = field(default_factory=dict)
+    subject: dict[int, str] = field(default_factory=dict)  # referrer -> subject digest
+    manifest_blobs: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    children: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    manifest_labels: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    labels: set[int] = field(default_factory=set)
+    tags: dict[int, tuple[int, int, int | None, bool]] = field(default_factory=dict)
+    images: dict[int, tuple[int, int, int | None]] = field(
+        default_factory=dict
+    )  # repo, storage, parent
+    derived: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (image, blob)
+    legacy: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (manifest, image)
+    uploads: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # repo, blob, expired
+
+    def tag_due(self, tag_id: int) -> bool:
+        repo, _, end_ms, immutable = self.tags[tag_id]
+        window_ms = self.windows[self.repos[repo][0]] * 1000
+        return end_ms is not None and not immutable and end_ms + window_ms <= NOW_MS
+
+
+async def build(reg: Registry, rng: random.Random) -> Model:
+    model = Model()
+    blob_pool: list[int] = []
+    label_pool: list[int] = []
+    names = iter(range(10_000))
+
+    async def blob() -> int:
+        if blob_pool and rng.random() < 0.4:
+            return rng.choice(blob_pool)
+        roll = rng.random()
+        if roll < 0.1:
+            blob_id = await reg.blob(locations=())
+            model.blob_exempt.add(blob_id)
+        elif roll < 0.2 and PROTECTED not in reg.used_digests:
+            reg.used_digests.add(PROTECTED)
+            blob_id = await reg.blob(digest=PROTECTED)
+            model.blob_exempt.add(blob_id)
+        else:
+            blob_id = await reg.blob(locations=tuple(rng.sample(["s3", "gcs"], rng.randint(1, 2))))
+        model.blobs.add(blob_id)
+        blob_pool.append(blob_id)
+        return blob_id
+
+    async def label() -> int:
+        if label_pool and rng.random() < 0.5:
+            return rng.choice(label_pool)
+        label_id = await reg.label(f"k{next(names)}")
+        model.labels.add(label_id)
+        label_pool.append(label_id)
+        return label_id
+
+    async def manifest(
+        repo: int, *, children: tuple[int, ...] = (), subject: str | None = None
+    ) -> int:
+        blobs = {await blob() for _ in range(rng.randint(0, 3))}
+        labels = {await label() for _ in range(rng.randint(0, 2))}
+        digest = reg.digest()
+        manifest_id = await reg.manifest(
+            repo,
+            blobs=tuple(blobs),
+            labels=tuple(labels),
+            children=children,
+            subject=subject,
+            digest=digest,
+        )
+        model.manifests[manifest_id] = repo
+        model.digests[manifest_id] = digest
+        model.manifest_blobs[manifest_id] = blobs
+        model.manifest_labels[manifest_id] = labels
+        model.children[manifest_id] = set(children)
+        if subject is not None:
+            model.subject[manifest_id] = subject
+        return manifest_id
+
+    for i in range(rng.randint(1, 2)):
+        window = rng.choice([0, WINDOW_S])
+        model.windows[await reg.namespace(f"ns{i}", window_s=window)] = window
+    for r in range(rng.randint(1, 3)):
+        namespace = rng.choice(list(model.windows))
+        marked = rng.random() < 0.35
+        state = "marked_for_deletion" if marked else "normal"
+        repo = await reg.repository(namespace, f"r{r}", state=state)
+        model.repos[repo] = (namespace, marked)
+        plain = [await manifest(repo) for _ in range(rng.randint(1, 5))]
+        lists = [
+            await manifest(repo, children=tuple(rng.sample(plain, rng.randint(1, len(plain)))))
+            for _ in range(rng.randint(0, 2))
+        ]
+        referrers = [
+            await manifest(repo, subject=model.digests[rng.choice(plain + lists)])
+            for _ in range(rng.randint(0, 2))
+        ]
+        listed = set().union(*(model.children[m] for m in lists)) if lists else set()
+        for manifest_id in plain + lists + referrers:
+            needs_tag = manifest_id not in listed and manifest_id not in referrers
+            for _ in range(rng.randint(1 if needs_tag else 0, 2)):
+                kind = rng.choice(["alive", "due", "in-window", "immutable", "hidden"])
+                end_ms = {
+                    "alive": None,
+                    "hidden": None,
+                    "due": NOW_MS - WINDOW_S * 1000 - DAY_MS,
+                    "in-window": NOW_MS - DAY_MS,
+                    "immutable": NOW_MS - WINDOW_S * 1000 - DAY_MS,
+                }[kind]
+                tag_id = await reg.tag(
+                    repo,
+                    manifest_id,
+                    f"t{next(names)}",
+                    end_ms=end_ms,
+                    immutable=kind == "immutable",
+                    hidden=kind == "hidden",
+                )
+                model.tags[tag_id] = (repo, manifest_id, end_ms, kind == "immutable")
+        unlinked = plain + lists + referrers
+        rng.shuffle(unlinked)
+        for _ in range(rng.randint(0, 2)):  # legacy chains, leaf linked from a manifest
+            if not unlinked:
+                break
+            parent: int | None = None
+            chain: list[int] = []
+            for _ in range(rng.randint(1, 4)):
+                storage = await blob()
+                parent = await reg.image(repo, storage, parent)
+                model.images[parent] = (repo, storage, chain[-1] if chain else None)
+                chain.append(parent)
+                if rng.random() < 0.3:
+                    derivative = await blob()
+                    model.derived[await reg.derived(parent, derivative)] = (parent, derivative)
+            manifest_id = unlinked.pop()
+            image_id = chain[-1]
+            if len(chain) > 1 and unlinked and rng.random() < 0.5:  # a branch off the chain
+                storage = await blob()
+                branch = await reg.image(repo, storage, chain[0])
+                model.images[branch] = (repo, storage, chain[0])
+                other = unlinked.pop()
+                model.legacy[await reg.legacy(repo, other, branch)] = (other, branch)
+            model.legacy[await reg.legacy(repo, manifest_id, image_id)] = (manifest_id, image_id)
+        for _ in range(rng.randint(0, 2)):
+            expired = rng.random() < 0.5
+            # An expired upload only ever names a blob something else keeps alive,
+            # so the registry starts without garbage.
+            if expired and not blob_pool:
+                continue
+            blob_id = rng.choice(blob_pool) if expired else await blob()
+            expires = NOW_MS - DAY_MS if expired else NOW_MS + DAY_MS
+            model.uploads[await reg.upload(repo, blob_id, expires_ms=expires)] = (
+                repo,
+                blob_id,
+                expired,
+            )
+    return model
+
+
+def expected(model: Model, collected: set[int], purged: set[int]) -> dict[str, set[int]]:
+    """What must survive a run that collected ``collected`` and purged ``purged``."""
+    tags = {
+        t
+        for t, (repo, *_rest) in model.tags.items()
+        if repo not in purged and not (repo in collected and model.tag_due(t))
+    }
+    uploads = {
+        u
+        for u, (repo, _blob, expired) in model.uploads.items()
+        if repo not in purged and not (repo in collected and expired)
+    }
+    survivors_repo = {m: r for m, r in model.manifests.items() if r not in purged}
+    tagged = {model.tags[t][1] for t in tags}
+    live: set[int] = set()
+    changed = True
+    while changed:  # least fixpoint of "kept alive by"
+        changed = False
+        for m, repo in survivors_repo.items():
+            if m in live:
+                continue
+            listed = any(m in model.children[parent] for parent in live)
+            subject_live = m in model.subject and any(
+                model.digests[s] == model.subject[m] and survivors_repo[s] == repo for s in live
+            )
+            if m in tagged or listed or subject_live:
+                live.add(m)
+                changed = True
+    images: set[int] = {image for (m, image) in model.legacy.values() if m in live}
+    frontier = list(images)
+    while frontier:
+        parent = model.images[frontier.pop()][2]
+        if parent is not None and parent not in images:
+            images.add(parent)
+            frontier.append(parent)
+    blobs = set(model.blob_exempt)
+    blobs |= {b for m in live for b in model.manifest_blobs[m]}
+    blobs |= {model.images[i][1] for i in images}
+    blobs |= {b for (i, b) in model.derived.values() if i in images}
+    blobs |= {model.uploads[u][1] for u in uploads if not model.uploads[u][2]}
+    uploads = {u for u in uploads if model.uploads[u][1] in blobs}
+    return {
+        "repository": set(model.repos) - purged,
+        "tag": tags,
+        "manifest": live,
+        "image": images,
+        "label": {label for m in live for label in model.manifest_labels[m]},
+        "blob": blobs,
+        "uploaded_blob": uploads,
+        "derived_image_storage": {d for d, (i, _b) in model.derived.items() if i in images},
+        "manifest_legacy_image": {row for row, (m, _i) in model.legacy.items() if m in live},
+    }
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rng=st.randoms(use_true_random=False), batch_size=st.integers(1, 6), data=st.data())
+async def test_engine_removes_exactly_what_became_unreachable(
+    db: asyncpg.Pool[asyncpg.Record], rng: random.Random, batch_size: int, data: st.DataObject
+) -> None:
+    """Random registries, collections and purges: survivors equal the reachability model,
+    every removal has its event, and a second run changes nothing."""
+    async with db.acquire() as conn:
+        await conn.execute(
+            "TRUNCATE namespace, repository, blob, label, gc.candidate, gc.outbox"
+            " RESTART IDENTITY CASCADE"
+        )
+        reg = Registry(conn)
+        model = await build(reg, rng)
+        before = await snapshot(conn)
+        config = EngineConfig(batch_size=batch_size, protected_digests=(PROTECTED,))
+        engine = Engine(PoolDatabase(db), config, clock=FixedClock())
+
+        if data.draw(st.booleans(), label="collect_all"):
+            purge_marked = data.draw(st.booleans(), label="purge_marked")
+            purged = {r for r, (_ns, marked) in model.repos.items() if marked and purge_marked}
+            collected = set(model.repos) - purged
+
+            async def run() -> None:
+                await engine.collect_all(causation_id="c", purge_marked=purge_marked, concurrency=2)
+
+        else:
+            chosen = data.draw(st.sets(st.sampled_from(sorted(model.repos))), label="repositories")
+            purged = {r for r in chosen if model.repos[r][1] and data.draw(st.booleans())}
+            collected = chosen - purged
+
+            async def run() -> None:
+                for repo in sorted(chosen):
+                    if repo in purged:
+                        # A repeated purge finds the repository gone: nothing to do.
+                        if await conn.fetchval("SELECT 1 FROM repository WHERE id = $1", repo):
+                            await engine.purge(repo, causation_id="c")
+                    else:
+                        await engine.collect(repo, causation_id="c")
+
+        await run()
+        after = await snapshot(conn)
+        want = expected(model, collected, purged)
+        for table, ids in want.items():
+            assert after[table] == ids, table
+
+        events = await outbox(conn)
+        reported: dict[str, set[int]] = defaultdict(set)
+        id_field = {
+            "tag-removed": ("tag", "tag_id"),
+            "manifest-removed": ("manifest", "manifest_id"),
+            "blob-removed": ("blob", "blob_id"),
+            "label-removed": ("label", "label_id"),
+            "legacy-image-removed": ("image", "image_id"),
+            "repo-purged": ("repository", "repository_id"),
+        }
+        for event in events:
+            table, key = id_field[event["type"].removeprefix("registry.gc.")]
+            assert event["data"][key] not in reported[table], "one event per removal"
+            reported[table].add(event["data"][key])
+        for table in ("tag", "manifest", "blob", "label", "image", "repository"):
+            assert reported[table] == before[table] - after[table], table
+        assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+
+        await run()
+        assert await snapshot(conn) == after
+        assert len(await outbox(conn)) == len(events)

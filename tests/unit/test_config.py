@@ -1,0 +1,187 @@
+"""Settings: contract defaults, COLLECTOR_* environment variables, flags winning."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from collector.config import EMPTY_LAYER_DIGEST, Settings, load_settings
+from collector.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No COLLECTOR_* variable of the calling shell leaks into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith("COLLECTOR_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_match_contract() -> None:
+    """Without environment or flags, the settings are the defaults CONTRACT §1 and §4 pin."""
+    settings = load_settings()
+    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/registry"
+    assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.topic_requests == "registry.gc.requests"
+    assert settings.topic_removals == "registry.gc.removals"
+    assert settings.topic_dead_letter == "registry.gc.dead-letter"
+    assert settings.group_id == "registry-collector"
+    assert settings.topic_partitions == 12
+
+
+def test_empty_layer_protected_by_default() -> None:
+    """The gzipped empty layer is a protected digest by default."""
+    assert EMPTY_LAYER_DIGEST in load_settings().protected_digests
+
+
+def test_empty_layer_digest_is_a_sha256_digest() -> None:
+    """EMPTY_LAYER_DIGEST is a well-formed sha256 digest."""
+    algorithm, _, hex_digest = EMPTY_LAYER_DIGEST.partition(":")
+    assert algorithm == "sha256"
+    assert len(hex_digest) == 64
+    assert int(hex_digest, 16) >= 0
+
+
+def test_load_settings_returns_settings() -> None:
+    """load_settings gives a Settings object."""
+    assert isinstance(load_settings(), Settings)
+
+
+@pytest.mark.parametrize(
+    ("variable", "field", "value"),
+    [
+        ("COLLECTOR_DATABASE_URL", "database_url", "postgresql://gc@db.example:5433/reg"),
+        ("COLLECTOR_KAFKA_BOOTSTRAP", "kafka_bootstrap", "kafka-1:9093,kafka-2:9093"),
+        ("COLLECTOR_TOPIC_REQUESTS", "topic_requests", "acme.gc.requests"),
+        ("COLLECTOR_TOPIC_REMOVALS", "topic_removals", "acme.gc.removals"),
+        ("COLLECTOR_TOPIC_DEAD_LETTER", "topic_dead_letter", "acme.gc.dlq"),
+        ("COLLECTOR_GROUP_ID", "group_id", "acme-collector"),
+        ("COLLECTOR_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "SASL_SSL"),
+    ],
+)
+def test_environment_variable_is_read(
+    monkeypatch: pytest.MonkeyPatch, variable: str, field: str, value: str
+) -> None:
+    """Each COLLECTOR_<FIELD> variable sets its field."""
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), field) == value
+
+
+def test_environment_integers_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Numeric settings given in the environment are parsed to integers."""
+    monkeypatch.setenv("COLLECTOR_BATCH_SIZE", "250")
+    monkeypatch.setenv("COLLECTOR_TOPIC_PARTITIONS", "3")
+    settings = load_settings()
+    assert settings.batch_size == 250
+    assert settings.topic_partitions == 3
+
+
+def test_environment_list_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list setting is read from a JSON array in the environment."""
+    monkeypatch.setenv("COLLECTOR_PROTECTED_DIGESTS", '["sha256:aa", "sha256:bb"]')
+    assert load_settings().protected_digests == ["sha256:aa", "sha256:bb"]
+
+
+def test_environment_secret_is_kept_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SASL password is read from the environment and not shown in the settings' repr."""
+    monkeypatch.setenv("COLLECTOR_KAFKA_SASL_PASSWORD", "hunter2")
+    settings = load_settings()
+    assert settings.kafka_sasl_password is not None
+    assert settings.kafka_sasl_password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(settings)
+
+
+def test_override_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A non-None override (a flag) beats the environment variable for the same field."""
+    monkeypatch.setenv("COLLECTOR_DATABASE_URL", "postgresql://env/db")
+    monkeypatch.setenv("COLLECTOR_BATCH_SIZE", "250")
+    settings = load_settings(database_url="postgresql://flag/db", batch_size=10)
+    assert settings.database_url == "postgresql://flag/db"
+    assert settings.batch_size == 10
+
+
+def test_override_keeps_other_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overriding one field leaves the environment's values for the others."""
+    monkeypatch.setenv("COLLECTOR_GROUP_ID", "env-group")
+    settings = load_settings(kafka_bootstrap="flag:9092")
+    assert settings.kafka_bootstrap == "flag:9092"
+    assert settings.group_id == "env-group"
+
+
+def test_override_wins_over_default() -> None:
+    """A non-None override replaces the default."""
+    assert load_settings(group_id="flag-group").group_id == "flag-group"
+
+
+def test_none_override_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A None override (a flag not given) leaves the environment value in place."""
+    monkeypatch.setenv("COLLECTOR_DATABASE_URL", "postgresql://env/db")
+    settings = load_settings(database_url=None, batch_size=None)
+    assert settings.database_url == "postgresql://env/db"
+    assert settings.batch_size == 500
+
+
+def test_none_override_keeps_default() -> None:
+    """A None override leaves the default in place."""
+    assert load_settings(kafka_bootstrap=None).kafka_bootstrap == "127.0.0.1:9092"
+
+
+def test_falsy_override_is_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only None is ignored: a falsy value such as an empty list still overrides."""
+    monkeypatch.setenv("COLLECTOR_PROTECTED_DIGESTS", '["sha256:aa"]')
+    assert load_settings(protected_digests=[]).protected_digests == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0),
+        ("batch_size", 50_001),
+        ("repository_concurrency", 0),
+        ("topic_partitions", 0),
+        ("topic_replication_factor", -2),
+        ("batch_size", "abc"),
+    ],
+)
+def test_invalid_override_is_config_error(field: str, value: object) -> None:
+    """An out-of-range or unparsable override raises ConfigError naming the field."""
+    with pytest.raises(ConfigError, match=f"invalid setting {field}"):
+        load_settings(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "field", "value"),
+    [
+        ("COLLECTOR_BATCH_SIZE", "batch_size", "abc"),
+        ("COLLECTOR_BATCH_SIZE", "batch_size", "0"),
+        ("COLLECTOR_REPOSITORY_CONCURRENCY", "repository_concurrency", "65"),
+        ("COLLECTOR_TOPIC_PARTITIONS", "topic_partitions", "many"),
+    ],
+)
+def test_invalid_environment_is_config_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, field: str, value: str
+) -> None:
+    """An invalid COLLECTOR_* value raises ConfigError naming the field, not ValidationError."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"invalid setting {field}"):
+        load_settings()
+
+
+def test_valid_override_repairs_invalid_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A valid flag for a field whose environment value is invalid is used (flags win)."""
+    monkeypatch.setenv("COLLECTOR_BATCH_SIZE", "abc")
+    assert load_settings(batch_size=100).batch_size == 100
+
+
+def test_unparsable_environment_list_is_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A COLLECTOR_PROTECTED_DIGESTS that is not a JSON array raises ConfigError naming it."""
+    monkeypatch.setenv("COLLECTOR_PROTECTED_DIGESTS", "sha256:aa,sha256:bb")
+    with pytest.raises(ConfigError, match="protected_digests"):
+        load_settings()
+
+
+def test_unknown_override_is_refused() -> None:
+    """A misspelt override is a programming error, never silently ignored."""
+    with pytest.raises(TypeError, match="batchsize"):
+        load_settings(batchsize=3)
