@@ -1,0 +1,1 @@
+"""The demo: a realistic registry seeded, partly expired and deleted, then collected."""
