@@ -1,0 +1,66 @@
+"""Acceptance tests run the real ``collector`` command as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import asyncpg
+import pytest
+
+from collector.db.migrations import migrate
+from tests.conftest import ADMIN_URL
+
+
+def collector_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collector", *args]
+
+
+def run_collector(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion; logs stay quiet unless something fails."""
+    env = {**os.environ, "COLLECTOR_LOG_LEVEL": "warning"}
+    return subprocess.run(
+        collector_command(*args), capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def database_url(name: str) -> str:
+    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
+async def _admin(*statements: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+CreateDatabase = Callable[..., Coroutine[Any, Any, str]]
+
+
+@pytest.fixture
+async def create_database() -> AsyncIterator[CreateDatabase]:
+    """Makes throwaway databases (migrated, or copied from a template); drops them after."""
+    made: list[str] = []
+
+    async def create(name: str, *, template: str | None = None) -> str:
+        await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        if template:
+            await _admin(f"CREATE DATABASE {name} TEMPLATE {template}")
+        else:
+            await _admin(f"CREATE DATABASE {name}")
+            conn = await asyncpg.connect(database_url(name))
+            try:
+                await migrate(conn)
+            finally:
+                await conn.close()
+        made.append(name)
+        return database_url(name)
+
+    yield create
+    await _admin(*(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in reversed(made)))

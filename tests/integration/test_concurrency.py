@@ -1,0 +1,114 @@
+"""Pushes racing the collector: foreign keys and row locks decide every race, and no
+committed row ever references something the collector removed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+
+from collector.db.connector import Connection, PoolDatabase
+from collector.engine import Engine, EngineConfig
+from collector.verify import verify
+from tests.registry import NOW_MS, FixedClock, Registry, outbox
+
+
+async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
+    registry: Registry, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """A writer links the doomed repository's blobs into new manifests elsewhere and re-tags
+    doomed manifests while they are collected: every write either commits and keeps its
+    target alive, or fails its foreign-key check; nothing dangles."""
+    ns = await registry.namespace()
+    doomed = await registry.repository(ns, "doomed")
+    pushes = await registry.repository(ns, "pushes")
+    pool_blobs = [await registry.blob() for _ in range(150)]
+    manifests = []
+    for _ in range(300):
+        manifest = await registry.manifest(doomed, blobs=tuple(random.sample(pool_blobs, 3)))
+        await registry.expired_tag(doomed, manifest, f"t{manifest}")
+        manifests.append(manifest)
+
+    engine = Engine(PoolDatabase(db), EngineConfig(batch_size=10), clock=FixedClock())
+    linked: set[int] = set()  # blobs a committed push references
+    rescued: set[int] = set()  # manifests a committed tag references
+    refused: list[str] = []
+    collecting = True
+
+    async def writer(conn: Connection) -> int:
+        rng = random.Random(1)
+        during = 0
+        while collecting:
+            try:
+                async with conn.transaction():
+                    if rng.random() < 0.5:
+                        blob = rng.choice(pool_blobs)
+                        manifest = await conn.fetchval(
+                            "INSERT INTO manifest (repository_id, digest, media_type)"
+                            " VALUES ($1, md5(random()::text), 'm') RETURNING id",
+                            pushes,
+                        )
+                        await conn.execute(
+                            "INSERT INTO manifest_blob (repository_id, manifest_id, blob_id)"
+                            " VALUES ($1, $2, $3)",
+                            pushes,
+                            manifest,
+                            blob,
+                        )
+                        await conn.execute(
+                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
+                            " VALUES ($1, $2, $3, $4)",
+                            pushes,
+                            manifest,
+                            f"p{manifest}",
+                            NOW_MS,
+                        )
+                        linked.add(blob)
+                    else:
+                        target = rng.choice(manifests)
+                        await conn.execute(
+                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
+                            " VALUES ($1, $2, md5(random()::text), $3)",
+                            doomed,
+                            target,
+                            NOW_MS,
+                        )
+                        rescued.add(target)
+                during += 1
+            except asyncpg.ForeignKeyViolationError as exc:
+                refused.append(exc.constraint_name or "")
+            await asyncio.sleep(0)
+        return during
+
+    async with db.acquire() as writer_conn:
+        writing = asyncio.create_task(writer(writer_conn))
+        await asyncio.sleep(0.05)
+        await engine.collect(doomed, causation_id="race")
+        collecting = False
+        commits = await writing
+
+    conn = registry.conn
+    assert commits > 20, "the writer must have raced the engine"
+    existing_blobs = {row["id"] for row in await conn.fetch("SELECT id FROM blob")}
+    existing_manifests = {row["id"] for row in await conn.fetch("SELECT id FROM manifest")}
+    assert linked <= existing_blobs
+    assert rescued <= existing_manifests
+    rescued_blobs = {
+        row["blob_id"]
+        for row in await conn.fetch(
+            "SELECT blob_id FROM manifest_blob WHERE manifest_id = ANY($1)", list(rescued)
+        )
+    }
+    assert rescued_blobs <= existing_blobs
+    assert set(refused) <= {"manifest_blob_blob_id_fkey", "tag_manifest_id_fkey"}
+    events = await outbox(conn)
+    removed_blobs = {e["data"]["blob_id"] for e in events if e["type"].endswith("blob-removed")}
+    removed_manifests = {
+        e["data"]["manifest_id"] for e in events if e["type"].endswith("manifest-removed")
+    }
+    assert removed_blobs, "the engine must have removed blobs meanwhile"
+    assert removed_blobs.isdisjoint(existing_blobs)
+    assert removed_manifests.isdisjoint(existing_manifests)
+    result = await verify(conn, now_ms=NOW_MS, protected_digests=[])
+    assert result.dangling == []
