@@ -29,6 +29,8 @@ from collector.db.connector import (
     create_pool,
 )
 from collector.db.migrations import migrate as apply_migrations
+from collector.demo.run import print_summary, run_demo
+from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
 from collector.engine import repositories as repository_rows
 from collector.errors import CollectorError, ConfigError, DatabaseUnavailable, RepositoryNotFound
@@ -160,11 +162,11 @@ def collect(
 async def _collect(
     settings: Settings, paths: list[str], *, purge: bool, dry_run: bool, causation_id: str
 ) -> Report:
-    console = Console(highlight=False)
     verb = "would remove" if dry_run else "removed"
 
     async def show(removal: Removal, cause: str) -> None:
-        console.print(f"{verb} {removal.event_type.removeprefix('registry.gc.')} {removal.subject}")
+        # One plain line per removal, never wrapped: scripts read these.
+        typer.echo(f"{verb} {removal.event_type.removeprefix('registry.gc.')} {removal.subject}")
 
     callbacks = Callbacks()
     callbacks.on(Removal, show)
@@ -204,7 +206,8 @@ async def _collect(
 
 def _print_report(report: Report, *, dry_run: bool) -> None:
     console = Console(highlight=False)
-    table = Table(title="would remove" if dry_run else "removed", title_justify="left")
+    title = "summary (dry run: nothing was changed)" if dry_run else "summary"
+    table = Table(title=title, title_justify="left")
     table.add_column("kind")
     table.add_column("count", justify="right")
     for event_type, count in sorted(report.removed.items()):
@@ -251,6 +254,24 @@ def verify(
     else:
         _print_verification(result)
     raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def demo(
+    repositories: Annotated[int, typer.Option(min=1, help="Image repositories to seed.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed of the seeded registry.")] = 0,
+    database_url: DatabaseUrl = None,
+    log_level: Annotated[
+        str, typer.Option(help="[env: COLLECTOR_LOG_LEVEL]", envvar="COLLECTOR_LOG_LEVEL")
+    ] = "warning",
+) -> None:
+    """Seed a realistic registry, expire and delete part of it, collect it, verify."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url)
+    console = Console(highlight=False)
+    result = _run(run_demo(settings, Shape(repositories=repositories), seed=seed, console=console))
+    print_summary(result, console)
+    raise typer.Exit(0 if result.verification.ok else 1)
 
 
 def _print_verification(result: Verification) -> None:

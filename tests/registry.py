@@ -50,8 +50,9 @@ def at(ms: int) -> datetime:
 class Registry:
     """Insert helpers; every method returns the new row's id."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, now_ms: int = NOW_MS) -> None:
         self.conn = conn
+        self.now_ms = now_ms
         self._seq = itertools.count(1)
         self.used_digests: set[str] = set()
 
@@ -149,7 +150,7 @@ class Registry:
             repository_id=repository_id,
             manifest_id=manifest_id,
             name=name,
-            lifetime_start_ms=(end_ms or NOW_MS) - 30 * DAY_MS,
+            lifetime_start_ms=(end_ms or self.now_ms) - 30 * DAY_MS,
             lifetime_end_ms=end_ms,
             immutable=immutable,
             hidden=hidden,
@@ -160,7 +161,7 @@ class Registry:
         self, repository_id: int, manifest_id: int, name: str = "old", **kwargs: Any
     ) -> int:
         """A tag that ended a day before the default window elapsed: due now."""
-        end_ms = NOW_MS - WINDOW_S * 1000 - DAY_MS
+        end_ms = self.now_ms - WINDOW_S * 1000 - DAY_MS
         return await self.tag(repository_id, manifest_id, name, end_ms=end_ms, **kwargs)
 
     async def image(self, repository_id: int, storage_id: int, parent_id: int | None = None) -> int:

@@ -1,0 +1,235 @@
+"""The command line as users and scripts see it: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from collector.engine import SystemClock
+from tests.acceptance.conftest import CreateDatabase, run_collector
+from tests.registry import DAY_MS, Registry, outbox, snapshot
+
+
+@dataclass
+class Seeded:
+    url: str
+    conn: asyncpg.Connection[asyncpg.Record]
+    registry: Registry
+    repo: int
+    live: int
+    manifest: int
+    blob: int
+
+
+@pytest.fixture
+async def seeded(create_database: CreateDatabase) -> AsyncIterator[Seeded]:
+    """acme/app with one expired tag (manifest, blob) and acme/live with a live one."""
+    url = await create_database("cli_test")
+    conn = await asyncpg.connect(url)
+    reg = Registry(conn, now_ms=SystemClock().now_ms())
+    ns = await reg.namespace("acme")
+    repo = await reg.repository(ns, "app")
+    blob = await reg.blob(size=4096)
+    manifest = await reg.manifest(repo, blobs=(blob,))
+    await reg.expired_tag(repo, manifest, "v1")
+    await reg.tag(repo, await reg.manifest(repo), "latest")
+    live = await reg.repository(ns, "live")
+    await reg.tag(live, await reg.manifest(live, blobs=(await reg.blob(),)), "latest")
+    try:
+        yield Seeded(url, conn, reg, repo, live, manifest, blob)
+    finally:
+        await conn.close()
+
+
+def single_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("collector: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+async def test_collect_prints_removals_and_removes_them(seeded: Seeded) -> None:
+    """`collect NS/REPO` removes what is due, prints each removal and a summary, exits 0."""
+    result = run_collector("collect", "acme/app", "--database-url", seeded.url)
+
+    assert result.returncode == 0, result.stderr
+    assert "removed tag-removed acme/app:v1" in result.stdout
+    assert "removed manifest-removed acme/app@sha256:" in result.stdout
+    assert "removed blob-removed sha256:" in result.stdout
+    assert "4,096" in result.stdout  # bytes freed
+    rows = await snapshot(seeded.conn)
+    assert seeded.manifest not in rows["manifest"]
+    assert seeded.blob not in rows["blob"]
+    assert len(await outbox(seeded.conn)) == 3
+
+
+async def test_dry_run_prints_the_same_removals_and_changes_nothing(seeded: Seeded) -> None:
+    """`--dry-run` lists exactly what the real run then removes, and changes no row."""
+    before = await snapshot(seeded.conn)
+
+    dry = run_collector("collect", "--all", "--dry-run", "--database-url", seeded.url)
+
+    assert dry.returncode == 0, dry.stderr
+    assert await snapshot(seeded.conn) == before
+    assert await outbox(seeded.conn) == []
+    assert await seeded.conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+    real = run_collector("collect", "--all", "--database-url", seeded.url)
+    assert real.returncode == 0, real.stderr
+    would = sorted(
+        line.removeprefix("would remove ")
+        for line in dry.stdout.splitlines()
+        if line.startswith("would remove ")
+    )
+    did = sorted(
+        line.removeprefix("removed ")
+        for line in real.stdout.splitlines()
+        if line.startswith("removed ")
+    )
+    assert would == did
+    assert len(did) == 3
+
+
+async def test_purge_of_a_live_repository_exits_2_and_changes_nothing(seeded: Seeded) -> None:
+    """A purge request for a repository not marked for deletion is refused up front."""
+    before = await snapshot(seeded.conn)
+
+    result = run_collector("collect", "acme/live", "--purge", "--database-url", seeded.url)
+
+    assert result.returncode == 2
+    assert "refusing to purge: acme/live" in single_error_line(result.stderr)
+    assert await snapshot(seeded.conn) == before
+
+
+async def test_purge_of_a_marked_repository(seeded: Seeded) -> None:
+    """`--purge` on a marked repository removes it and everything in it."""
+    await seeded.conn.execute(
+        "UPDATE repository SET state = 'marked_for_deletion' WHERE id = $1", seeded.live
+    )
+
+    result = run_collector("collect", "acme/live", "--purge", "--database-url", seeded.url)
+
+    assert result.returncode == 0, result.stderr
+    assert "removed repo-purged acme/live" in result.stdout
+    assert seeded.live not in (await snapshot(seeded.conn))["repository"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["collect"], "name repositories or give --all"),
+        (["collect", "acme/app", "--all"], "name repositories or give --all"),
+        (["collect", "acme"], "expected NAMESPACE/REPOSITORY"),
+        (["collect", "acme/nope"], "no repository acme/nope"),
+        (["collect", "--all", "--batch-size", "0"], "batch_size"),
+        (["collect", "--bogus"], "No such option"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+async def test_usage_errors_exit_2_with_one_line(
+    seeded: Seeded, args: list[str], message: str
+) -> None:
+    """Usage and configuration errors: exit 2, one line on stderr, nothing changed."""
+    before = await snapshot(seeded.conn)
+
+    result = run_collector(*args, "--database-url", seeded.url)
+
+    assert result.returncode == 2, result.stderr
+    assert message in single_error_line(result.stderr)
+    assert await snapshot(seeded.conn) == before
+
+
+async def test_bad_environment_exits_2(seeded: Seeded) -> None:
+    """An invalid COLLECTOR_* variable is a configuration error, named on one line."""
+    os.environ["COLLECTOR_PROTECTED_DIGESTS"] = "not-json"
+    try:
+        result = run_collector("collect", "--all", "--database-url", seeded.url)
+    finally:
+        del os.environ["COLLECTOR_PROTECTED_DIGESTS"]
+    assert result.returncode == 2
+    assert "protected_digests" in single_error_line(result.stderr)
+
+
+async def test_verify_clean_registry_lists_due_garbage_and_exits_0(seeded: Seeded) -> None:
+    """verify exits 0 without dangling references and reports the garbage still due."""
+    result = run_collector("verify", "--json", "--database-url", seeded.url)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["dangling"] == []
+    assert {"what": "tag past its window", "rows": 1, "sample": [1]} in report["garbage"]
+
+
+async def test_verify_finds_a_dangling_reference_and_exits_1(seeded: Seeded) -> None:
+    """With a foreign key dropped and a dangling row inserted, verify names it and exits 1."""
+    await seeded.conn.execute(
+        "ALTER TABLE manifest_blob DROP CONSTRAINT manifest_blob_blob_id_fkey"
+    )
+    await seeded.conn.execute(
+        "INSERT INTO manifest_blob (repository_id, manifest_id, blob_id) VALUES ($1, $2, 999999)",
+        seeded.repo,
+        seeded.manifest,
+    )
+
+    result = run_collector("verify", "--database-url", seeded.url)
+
+    assert result.returncode == 1
+    assert "dangling references" in result.stdout
+    assert "manifest_blob.blob_id" in result.stdout
+
+
+async def test_unreachable_database_exits_1_with_one_line() -> None:
+    """A database that cannot be reached is a failure, reported on one line."""
+    result = run_collector("verify", "--database-url", "postgresql://postgres@127.0.0.1:1/none")
+
+    assert result.returncode == 1
+    assert "cannot reach the database" in single_error_line(result.stderr)
+
+
+async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
+    """migrate on a migrated database applies nothing and says so."""
+    url = await create_database("cli_migrate")
+
+    result = run_collector("migrate", "--skip-topics", "--database-url", url)
+
+    assert result.returncode == 0, result.stderr
+    assert "database: up to date" in result.stdout
+
+
+async def test_demo_runs_and_verifies_clean(create_database: CreateDatabase) -> None:
+    """The demo seeds, expires, deletes, collects and ends with verify ok."""
+    url = await create_database("cli_demo")
+
+    result = run_collector("demo", "--repositories", "15", "--database-url", url)
+
+    assert result.returncode == 0, result.stderr
+    assert "repo-purged" in result.stdout
+    assert "verify: ok" in result.stdout
+    conn = await asyncpg.connect(url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM gc.outbox") > 0
+        assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+    finally:
+        await conn.close()
+
+
+async def test_window_not_elapsed_is_left_for_later(create_database: CreateDatabase) -> None:
+    """A tag that ended yesterday in a 14-day namespace is not collected by the CLI."""
+    url = await create_database("cli_window")
+    conn = await asyncpg.connect(url)
+    try:
+        now = SystemClock().now_ms()
+        reg = Registry(conn, now_ms=now)
+        repo = await reg.repository(await reg.namespace("acme"), "app")
+        tag = await reg.tag(repo, await reg.manifest(repo), "recent", end_ms=now - DAY_MS)
+
+        result = run_collector("collect", "acme/app", "--database-url", url)
+
+        assert result.returncode == 0, result.stderr
+        assert tag in (await snapshot(conn))["tag"]
+    finally:
+        await conn.close()
