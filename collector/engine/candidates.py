@@ -13,21 +13,24 @@ _QUERIES = load_queries("candidates.sql")
 Batch = dict[int, str]
 
 
-async def claim(conn: Connection, repository_id: int, kind: str, limit: int) -> Batch:
-    rows = await conn.fetch(_QUERIES["claim"], repository_id, kind, limit)
+async def claim(conn: Connection, repository_id: int | None, kind: str, limit: int) -> Batch:
+    """Up to ``limit`` candidates of ``kind`` of one repository (None: of any)."""
+    if repository_id is None:
+        rows = await conn.fetch(_QUERIES["claim_any"], kind, limit)
+    else:
+        rows = await conn.fetch(_QUERIES["claim"], repository_id, kind, limit)
     batch: Batch = {}
     for row in rows:
         batch.setdefault(row["object_id"], row["causation_id"])
     return batch
 
 
-async def queue(
-    conn: Connection, repository_id: int, kind: str, objects: Mapping[int, str]
-) -> None:
+async def queue(conn: Connection, kind: str, objects: Mapping[int, tuple[int, str]]) -> None:
+    """Queue ``objects``: object id -> (repository id, causation id)."""
     await conn.execute(
         _QUERIES["queue"],
-        [kind] * len(objects),
+        kind,
         list(objects),
-        list(objects.values()),
-        repository_id,
+        [repository_id for repository_id, _ in objects.values()],
+        [causation_id for _, causation_id in objects.values()],
     )

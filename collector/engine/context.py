@@ -33,15 +33,24 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True)
 class RepositoryContext:
-    """One collection of one repository.
+    """One collection of one repository, or of all of them (``repository_id`` None).
 
     The durable part of the context (the candidates still to decide) lives in
-    ``gc.candidate`` under ``repository_id``; this object only names it.
+    ``gc.candidate`` under ``repository_id``; this object only names it. A
+    registry-wide context decides candidates of every repository in full
+    batches, however few objects each repository holds.
     """
 
-    repository_id: int
+    repository_id: int | None
     causation_id: str
     mode: Mode = Mode.COLLECT
+
+    @property
+    def repository(self) -> int:
+        """The repository of a per-repository context (every purge is one)."""
+        if self.repository_id is None:
+            raise ValueError("a registry-wide context names no single repository")
+        return self.repository_id
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class ImageCollector:
         """
         removed: list[Removed] = []
         frontier = batch
+        parents: dict[int, tuple[int, str]] = {}
         for _ in range(self._max_steps):
             if not frontier:
                 return removed
@@ -36,9 +37,7 @@ class ImageCollector:
             garbage = [row["id"] for row in await conn.fetch(_QUERIES["unreferenced"], ids)]
             if not garbage:
                 return removed
-            rows = await conn.fetch(
-                _QUERIES["delete"], garbage, [frontier[i] for i in garbage], ctx.repository_id
-            )
+            rows = await conn.fetch(_QUERIES["delete"], garbage, [frontier[i] for i in garbage])
             removed.extend(
                 Removed(
                     LegacyImageRemoved(
@@ -52,12 +51,13 @@ class ImageCollector:
                 )
                 for row in rows
             )
-            frontier = {
-                row["parent_id"]: row["causation_id"]
+            parents = {
+                row["parent_id"]: (row["repository_id"], row["causation_id"])
                 for row in rows
                 if row["parent_id"] is not None
             }
-        await candidates.queue(conn, ctx.repository_id, self.kind, frontier)
+            frontier = {parent: cause for parent, (_, cause) in parents.items()}
+        await candidates.queue(conn, self.kind, parents)
         return removed
 
 

@@ -22,9 +22,7 @@ class ManifestCollector:
         garbage = [row["id"] for row in await conn.fetch(_QUERIES["unreferenced"], ids)]
         if not garbage:
             return []
-        rows = await conn.fetch(
-            _QUERIES["delete"], garbage, [batch[i] for i in garbage], ctx.repository_id
-        )
+        rows = await conn.fetch(_QUERIES["delete"], garbage, [batch[i] for i in garbage])
         return [
             Removed(
                 ManifestRemoved(

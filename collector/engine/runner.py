@@ -110,8 +110,8 @@ class Engine:
         report = Report(repositories=1)
         log.info("collection_started", repository_id=repository_id, causation_id=causation_id)
         await asyncio.gather(
-            self._drain(ctx, report, self._roots(ctx, tags.collect_batch)),
-            self._drain(ctx, report, self._roots(ctx, uploads.collect_batch)),
+            self._drain(report, self._roots(ctx, tags.collect_batch)),
+            self._drain(report, self._roots(ctx, uploads.collect_batch)),
         )
         await self._fixpoint(ctx, report)
         log.info("collection_finished", repository_id=repository_id, removed=report.total)
@@ -126,57 +126,86 @@ class Engine:
         """
         ctx = RepositoryContext(repository_id, causation_id, Mode.PURGE)
         report = Report(repositories=1)
-        log.info("purge_started", repository_id=repository_id, causation_id=causation_id)
-        await self._run(self._guarded(ctx, self._seed_purge(ctx)))
-        await asyncio.gather(
-            self._drain(ctx, report, self._guarded(ctx, self._roots(ctx, tags.collect_batch))),
-            self._drain(ctx, report, self._guarded(ctx, self._roots(ctx, uploads.collect_batch))),
-            self._drain(ctx, report, self._guarded(ctx, self._app_tags(ctx))),
-        )
+        await self._purge_roots(ctx, report)
         # Tags are gone now, so each manifest decides on lists and subjects alone.
         await self._fixpoint(ctx, report)
-        finished = await self._run(self._guarded(ctx, self._delete_repository(ctx)))
-        if finished.removed:
-            report.add(finished.removed[0])
-            log.info("purge_finished", repository_id=repository_id, removed=report.total)
-        else:
-            report.incomplete.append(repository_id)
-            log.warning("purge_incomplete", repository_id=repository_id, removed=report.total)
+        await self._finish_purge(ctx, report)
         return report
 
     async def collect_all(
         self, *, causation_id: str, purge_marked: bool = False, concurrency: int = 4
     ) -> Report:
-        """Collect every repository with due work or pending candidates, and (with
-        ``purge_marked``) purge every repository marked for deletion, ``concurrency``
-        repositories at a time."""
+        """Collect every repository with due work or pending candidates and (with
+        ``purge_marked``) purge every repository marked for deletion.
+
+        One registry-wide context: roots are taken in batches across
+        repositories and the fixpoint claims full batches of candidates
+        whatever repository they belong to, ``concurrency`` claims per kind
+        at a time; only purges keep per-repository steps (their guard and
+        the final removal of the repository row).
+        """
         async with self._db.transaction() as conn:
             due = await repositories.with_due_work(conn, self._clock.now_ms())
-            to_purge = set(await repositories.marked(conn)) if purge_marked else set()
-        to_collect = [repository_id for repository_id in due if repository_id not in to_purge]
-        report = Report()
+            marked = await repositories.marked(conn) if purge_marked else []
+        report = Report(repositories=len(set(due) | set(marked)))
+        everywhere = RepositoryContext(None, causation_id, Mode.COLLECT)
         limit = asyncio.Semaphore(concurrency)
+        purging: list[RepositoryContext] = []
 
-        async def one(repository_id: int, purge: bool) -> None:
+        async def purge_roots(repository_id: int) -> None:
+            ctx = RepositoryContext(repository_id, causation_id, Mode.PURGE)
             async with limit:
-                run = self.purge if purge else self.collect
-                report.merge(await run(repository_id, causation_id=causation_id))
+                try:
+                    await self._purge_roots(ctx, report)
+                except (RepositoryNotMarked, RepositoryNotFound) as exc:
+                    log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
+                    return
+            purging.append(ctx)
 
+        log.info("collection_started", repositories=report.repositories, purges=len(marked))
         async with asyncio.TaskGroup() as group:
-            for repository_id in to_collect:
-                group.create_task(one(repository_id, purge=False))
-            for repository_id in sorted(to_purge):
-                group.create_task(one(repository_id, purge=True))
+            group.create_task(self._drain(report, self._roots(everywhere, tags.collect_batch)))
+            group.create_task(self._drain(report, self._roots(everywhere, uploads.collect_batch)))
+            for repository_id in marked:
+                group.create_task(purge_roots(repository_id))
+        await self._fixpoint(everywhere, report, claimers=concurrency)
+        for ctx in sorted(purging, key=lambda ctx: ctx.repository_id or 0):
+            await self._finish_purge(ctx, report)
+        log.info("collection_finished", removed=report.total)
         return report
 
     # -- phases ------------------------------------------------------------
 
-    async def _fixpoint(self, ctx: RepositoryContext, report: Report) -> None:
+    async def _purge_roots(self, ctx: RepositoryContext, report: Report) -> None:
+        """Queue everything in the repository and remove its tags, uploads and app tags."""
+        log.info("purge_started", repository_id=ctx.repository_id, causation_id=ctx.causation_id)
+        await self._run(self._guarded(ctx, self._seed_purge(ctx)))
+        await asyncio.gather(
+            self._drain(report, self._guarded(ctx, self._roots(ctx, tags.collect_batch))),
+            self._drain(report, self._guarded(ctx, self._roots(ctx, uploads.collect_batch))),
+            self._drain(report, self._guarded(ctx, self._app_tags(ctx))),
+        )
+
+    async def _finish_purge(self, ctx: RepositoryContext, report: Report) -> None:
+        finished = await self._run(self._guarded(ctx, self._delete_repository(ctx)))
+        if finished.removed:
+            report.add(finished.removed[0])
+            log.info("purge_finished", repository_id=ctx.repository_id)
+        else:
+            report.incomplete.append(ctx.repository)
+            log.warning("purge_incomplete", repository_id=ctx.repository_id)
+
+    async def _fixpoint(self, ctx: RepositoryContext, report: Report, claimers: int = 1) -> None:
+        """Rounds of every collector, ``claimers`` claims each, until a round claims nothing."""
         rounds = 0
         while True:
             rounds += 1
             results = await asyncio.gather(
-                *(self._run(self._decide(ctx, collector)) for collector in self._collectors)
+                *(
+                    self._run(self._decide(ctx, collector))
+                    for collector in self._collectors
+                    for _ in range(claimers)
+                )
             )
             for result in results:
                 for removed in result.removed:
@@ -185,7 +214,7 @@ class Engine:
                 break
         log.debug("fixpoint_reached", repository_id=ctx.repository_id, rounds=rounds)
 
-    async def _drain(self, ctx: RepositoryContext, report: Report, step: Step) -> None:
+    async def _drain(self, report: Report, step: Step) -> None:
         """Run ``step`` in fresh transactions until it finds nothing to do."""
         while True:
             result = await self._run(step)
@@ -231,7 +260,7 @@ class Engine:
     def _app_tags(self, ctx: RepositoryContext) -> Step:
         async def step(conn: Connection) -> StepResult:
             count = await repositories.delete_app_tags(
-                conn, ctx.repository_id, self._config.batch_size
+                conn, ctx.repository, self._config.batch_size
             )
             return StepResult(claimed=count)
 
@@ -239,7 +268,7 @@ class Engine:
 
     def _delete_repository(self, ctx: RepositoryContext) -> Step:
         async def step(conn: Connection) -> StepResult:
-            purged = await repositories.delete_if_empty(conn, ctx.repository_id)
+            purged = await repositories.delete_if_empty(conn, ctx.repository)
             if purged is None:
                 return StepResult(claimed=0)
             return StepResult(claimed=1, removed=[Removed(purged, ctx.causation_id)])
@@ -250,7 +279,7 @@ class Engine:
         """``step``, run only while the repository is still marked for deletion."""
 
         async def guarded(conn: Connection) -> StepResult:
-            marked = await repositories.is_marked(conn, ctx.repository_id)
+            marked = await repositories.is_marked(conn, ctx.repository)
             if marked is None:
                 raise RepositoryNotFound(f"repository {ctx.repository_id} does not exist")
             if not marked:

@@ -17,6 +17,8 @@ async def collect_batch(
     purge = ctx.mode is Mode.PURGE
     if purge:
         locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository_id, limit)
+    elif ctx.repository_id is None:
+        locked = await conn.fetch(_QUERIES["lock_due_any"], now_ms, limit)
     else:
         locked = await conn.fetch(_QUERIES["lock_due"], ctx.repository_id, now_ms, limit)
     if not locked:

@@ -18,6 +18,7 @@ CREATE TABLE gc.candidate (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX candidate_claim_idx ON gc.candidate (repository_id, kind, id);
+CREATE INDEX candidate_claim_any_idx ON gc.candidate (kind, id);
 CREATE INDEX candidate_object_idx ON gc.candidate (kind, object_id);
 
 -- Transactional outbox: removal events written in the deleting transaction,

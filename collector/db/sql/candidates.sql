@@ -12,9 +12,23 @@ WHERE id IN (
 )
 RETURNING object_id, causation_id
 
+-- name: claim_any
+-- Take up to $2 candidates of kind $1, whatever their repository (a
+-- registry-wide collection: full batches however small each repository is).
+-- $1 text kind, $2 int limit
+DELETE FROM gc.candidate
+WHERE id IN (
+    SELECT id FROM gc.candidate
+    WHERE kind = $1
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING object_id, causation_id
+
 -- name: queue
--- Queue objects as candidates of one repository context.
--- $1 text[] kinds, $2 bigint[] object ids, $3 text[] causation ids (parallel), $4 bigint repository id
+-- Queue objects as candidates.
+-- $1 text kind, $2 bigint[] object ids, $3 bigint[] repository ids, $4 text[] causation ids (parallel)
 INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
-SELECT kind, object_id, $4, causation_id
-FROM unnest($1::text[], $2::bigint[], $3::text[]) AS q (kind, object_id, causation_id)
+SELECT $1, object_id, repository_id, causation_id
+FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS q (object_id, repository_id, causation_id)

@@ -17,12 +17,14 @@ ORDER BY i.id
 -- Delete garbage images and their derived storage rows, queue the blobs
 -- they held, and return what the events need (with parent_id, the next
 -- link of the chain to decide).
--- $1 bigint[] image ids, $2 text[] causation ids (parallel), $3 bigint context repository id
+-- $1 bigint[] image ids, $2 text[] causation ids (parallel)
 WITH batch AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[]) AS b (id, causation_id)
+    SELECT b.*, i.repository_id
+    FROM unnest($1::bigint[], $2::text[]) AS b (id, causation_id)
+    JOIN image i ON i.id = b.id
 ), derived AS (
     DELETE FROM derived_image_storage d USING batch b WHERE d.source_image_id = b.id
-    RETURNING d.derivative_id AS blob_id, b.causation_id
+    RETURNING d.derivative_id AS blob_id, b.repository_id, b.causation_id
 ), gone AS (
     DELETE FROM image i
     USING batch b, repository r, namespace n
@@ -31,10 +33,10 @@ WITH batch AS (
               r.name AS repository, n.name AS namespace, b.causation_id
 ), queued AS (
     INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
-    SELECT DISTINCT ON (blob_id) 'blob', blob_id, $3, causation_id
+    SELECT DISTINCT ON (blob_id) 'blob', blob_id, repository_id, causation_id
     FROM (
-        SELECT blob_id, causation_id FROM derived
-        UNION ALL SELECT storage_id, causation_id FROM gone
+        SELECT blob_id, repository_id, causation_id FROM derived
+        UNION ALL SELECT storage_id, repository_id, causation_id FROM gone
     ) AS freed
     ORDER BY blob_id, causation_id
 )

@@ -25,30 +25,32 @@ ORDER BY m.id
 -- Delete garbage manifests with their links, queue what the links pointed
 -- at (children, referrers, blobs, labels, legacy images), and return what
 -- the removal events need. One statement: foreign keys are checked at its end.
--- $1 bigint[] manifest ids, $2 text[] causation ids (parallel), $3 bigint context repository id
+-- Candidates belong to the repository of the link that freed them.
+-- $1 bigint[] manifest ids, $2 text[] causation ids (parallel)
 WITH batch AS (
     SELECT * FROM unnest($1::bigint[], $2::text[]) AS b (id, causation_id)
 ), children AS (
     DELETE FROM manifest_child mc USING batch b WHERE mc.manifest_id = b.id
-    RETURNING 'manifest' AS kind, mc.child_manifest_id AS object_id, b.causation_id
+    RETURNING 'manifest' AS kind, mc.child_manifest_id AS object_id, mc.repository_id,
+              b.causation_id
 ), blobs AS (
     DELETE FROM manifest_blob mb USING batch b WHERE mb.manifest_id = b.id
-    RETURNING 'blob' AS kind, mb.blob_id AS object_id, b.causation_id
+    RETURNING 'blob' AS kind, mb.blob_id AS object_id, mb.repository_id, b.causation_id
 ), labels AS (
     DELETE FROM manifest_label ml USING batch b WHERE ml.manifest_id = b.id
-    RETURNING 'label' AS kind, ml.label_id AS object_id, b.causation_id
+    RETURNING 'label' AS kind, ml.label_id AS object_id, ml.repository_id, b.causation_id
 ), images AS (
     DELETE FROM manifest_legacy_image li USING batch b WHERE li.manifest_id = b.id
-    RETURNING 'image' AS kind, li.image_id AS object_id, b.causation_id
+    RETURNING 'image' AS kind, li.image_id AS object_id, li.repository_id, b.causation_id
 ), referrers AS (
-    SELECT 'manifest' AS kind, r.id AS object_id, b.causation_id
+    SELECT 'manifest' AS kind, r.id AS object_id, r.repository_id, b.causation_id
     FROM batch b
     JOIN manifest s ON s.id = b.id
     JOIN manifest r ON r.repository_id = s.repository_id AND r.subject_digest = s.digest
     WHERE r.id <> ALL($1::bigint[])
 ), queued AS (
     INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
-    SELECT DISTINCT ON (kind, object_id) kind, object_id, $3, causation_id
+    SELECT DISTINCT ON (kind, object_id) kind, object_id, repository_id, causation_id
     FROM (
         SELECT * FROM children
         UNION ALL SELECT * FROM blobs

@@ -15,6 +15,20 @@ ORDER BY t.id
 LIMIT $3
 FOR UPDATE OF t SKIP LOCKED
 
+-- name: lock_due_any
+-- Lock up to $2 tags of any repository past their window at $1.
+-- $1 bigint now (ms), $2 int limit
+SELECT t.id
+FROM tag t
+JOIN repository r ON r.id = t.repository_id
+JOIN namespace n ON n.id = r.namespace_id
+WHERE t.lifetime_end_ms IS NOT NULL
+  AND NOT t.immutable
+  AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $1
+ORDER BY t.id
+LIMIT $2
+FOR UPDATE OF t SKIP LOCKED
+
 -- name: lock_all
 -- Lock up to $2 tags of repository $1, whatever their state (purge).
 -- $1 bigint repository id, $2 int limit

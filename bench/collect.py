@@ -1,0 +1,152 @@
+"""Benchmark: how fast the engine collects, and whether cost follows garbage or size.
+
+    .venv/bin/python -m bench.collect [--repositories 600] [--scale 10]
+
+1. throughput: seed a registry, expire 40% of its tags and mark 10% of its
+   repositories for deletion, then time one `collect --all --purge`; report
+   rows deleted per second (every table, link rows included) and objects
+   (removal events) per second.
+2. invariant 9: collect the same garbage (one namespace's worth) in a
+   registry and in one ``--scale`` times larger; the times should match.
+
+Runs on a throwaway database `registry_bench` on the local services. Not
+part of the test suite: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+
+import asyncpg
+
+from collector.config import EMPTY_LAYER_DIGEST
+from collector.db.connector import Connection, PoolDatabase
+from collector.db.migrations import migrate
+from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
+from collector.engine import Engine, EngineConfig, SystemClock
+from collector.logging import configure_logging
+
+ADMIN_URL = os.environ.get(
+    "COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+URL = ADMIN_URL.rsplit("/", 1)[0] + "/registry_bench"
+TABLES = [
+    "repository",
+    "blob",
+    "blob_placement",
+    "uploaded_blob",
+    "manifest",
+    "manifest_blob",
+    "manifest_child",
+    "label",
+    "manifest_label",
+    "tag",
+    "image",
+    "derived_image_storage",
+    "manifest_legacy_image",
+    "app_tag",
+]
+
+
+async def fresh_database() -> None:
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute("DROP DATABASE IF EXISTS registry_bench WITH (FORCE)")
+        await admin.execute("CREATE DATABASE registry_bench")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(URL)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def total_rows(conn: Connection) -> int:
+    counts = [await conn.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES]
+    return sum(counts)
+
+
+async def collect(
+    pool: asyncpg.Pool[asyncpg.Record], batch_size: int, concurrency: int
+) -> tuple[float, int]:
+    config = EngineConfig(batch_size=batch_size, protected_digests=(EMPTY_LAYER_DIGEST,))
+    engine = Engine(PoolDatabase(pool), config)
+    started = time.perf_counter()
+    report = await engine.collect_all(
+        causation_id="bench", purge_marked=True, concurrency=concurrency
+    )
+    return time.perf_counter() - started, report.total
+
+
+async def throughput(repositories: int, batch_size: int, concurrency: int) -> None:
+    await fresh_database()
+    async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
+        async with pool.acquire() as conn:
+            now = SystemClock().now_ms()
+            plan = plan_registry(Shape(repositories=repositories), now_ms=now, seed=1)
+            started = time.perf_counter()
+            seeded = sum((await write(conn, plan)).values())
+            seed_s = time.perf_counter() - started
+            await expire_tags(conn, plan.run, fraction=0.4, now_ms=now, seed=1)
+            await delete_repositories(conn, plan.run, fraction=0.1, seed=1)
+            await conn.execute("VACUUM ANALYZE")
+            before = await total_rows(conn)
+        seconds, objects = await collect(pool, batch_size, concurrency)
+        async with pool.acquire() as conn:
+            deleted = before - await total_rows(conn)
+    print(f"seeded {seeded:,} rows in {seed_s:.2f}s ({seeded / seed_s:,.0f} rows/s)")
+    print(
+        f"collected {deleted:,} rows ({objects:,} objects) in {seconds:.2f}s: "
+        f"{deleted / seconds:,.0f} rows/s, {objects / seconds:,.0f} objects/s "
+        f"(batch {batch_size}, {concurrency} repositories at a time)"
+    )
+
+
+async def garbage_vs_size(repositories: int, scale: int, batch_size: int, concurrency: int) -> None:
+    """The same garbage, collected from a registry and from one `scale` times larger."""
+    timings = []
+    for live_repositories in (repositories, repositories * scale):
+        await fresh_database()
+        async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
+            async with pool.acquire() as conn:
+                now = SystemClock().now_ms()
+                live = plan_registry(Shape(repositories=live_repositories), now_ms=now, seed=2)
+                await write(conn, live)
+                # Old tag versions past their window are due in the live part too:
+                # collect them first, so only the garbage under test remains.
+            await collect(pool, batch_size, concurrency)
+            async with pool.acquire() as conn:
+                garbage = plan_registry(
+                    Shape(repositories=repositories // 4, namespaces=1), now_ms=now, seed=3
+                )
+                await write(conn, garbage)
+                await expire_tags(conn, garbage.run, fraction=0.5, now_ms=now, seed=3)
+                await delete_repositories(conn, garbage.run, fraction=0.2, seed=3)
+                await conn.execute("VACUUM ANALYZE")
+                rows = await total_rows(conn)
+            seconds, objects = await collect(pool, batch_size, concurrency)
+            timings.append(seconds)
+            print(f"registry of {rows:,} rows: {objects:,} objects collected in {seconds:.2f}s")
+    print(f"time ratio, {scale}x larger registry / base: {timings[1] / timings[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repositories", type=int, default=600)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+    configure_logging("warning")
+    asyncio.run(throughput(args.repositories, args.batch_size, args.concurrency))
+    asyncio.run(
+        garbage_vs_size(args.repositories // 10, args.scale, args.batch_size, args.concurrency)
+    )
+
+
+if __name__ == "__main__":
+    main()
