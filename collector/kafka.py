@@ -8,11 +8,11 @@ from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
 from collector.config import Settings
-from collector.errors import BrokerUnavailable
+from collector.errors import BrokerUnavailable, CollectorError
 
 log = structlog.get_logger(__name__)
 
@@ -50,11 +50,21 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
             # aiokafka accepts the broker-default factor (-1) only with an
             # explicit, empty replica assignment.
             assignments: dict[int, list[int]] | None = {} if factor == -1 else None
-            await admin.create_topics(
+            response = await admin.create_topics(
                 [NewTopic(name, wanted[name], factor, assignments) for name in missing]
             )
-            log.info("topics_created", topics=missing)
-        return missing
+            # The broker answers per topic, and aiokafka raises for none of them.
+            created = []
+            for topic, code, *message in response.topic_errors:
+                if code == 0:
+                    created.append(topic)
+                elif code != TopicAlreadyExistsError.errno:  # a concurrent migrate won
+                    error = for_code(code).__name__
+                    detail = f" ({message[0]})" if message and message[0] else ""
+                    raise CollectorError(f"cannot create topic {topic}: {error}{detail}")
+            log.info("topics_created", topics=sorted(created))
+            return sorted(created)
+        return []
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
     finally:

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from collector.config import Settings
-from collector.errors import BrokerUnavailable
+from collector.errors import BrokerUnavailable, CollectorError
 from collector.kafka import ensure_topics
 
 CONTENT_TYPE = ("content-type", b"application/cloudevents+json; charset=utf-8")
@@ -202,3 +202,20 @@ async def test_ensure_topics_without_a_broker_raises_broker_unavailable() -> Non
     settings = Settings(kafka_bootstrap="127.0.0.1:1", topic_partitions=3)
     with pytest.raises(BrokerUnavailable):
         await asyncio.wait_for(ensure_topics(settings, wait_s=0.5), WAIT_S)
+
+
+async def test_ensure_topics_reports_a_topic_the_broker_refused(admin: Any) -> None:
+    """A per-topic refusal (replication factor 3 on one broker) is an error, not a success."""
+    suffix = uuid.uuid4().hex[:12]
+    settings = Settings(
+        kafka_bootstrap=bootstrap(),
+        topic_requests=f"test.requests.{suffix}",
+        topic_removals=f"test.removals.{suffix}",
+        topic_dead_letter=f"test.dead-letter.{suffix}",
+        topic_replication_factor=3,
+    )
+    with pytest.raises(CollectorError, match="InvalidReplicationFactorError"):
+        await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
+    assert set(await admin.list_topics()).isdisjoint(
+        {settings.topic_requests, settings.topic_removals, settings.topic_dead_letter}
+    )

@@ -291,3 +291,34 @@ async def test_migrate_adopts_existing_registry_tables(new_database: NewDatabase
             )
     finally:
         await conn.close()
+
+
+async def test_migrate_indexes_foreign_keys_of_adopted_tables(new_database: NewDatabase) -> None:
+    """A registry's own blob_placement table, without the unique key, gets the index on
+    blob_id that collection needs (keys are indexes of their own, not table constraints)."""
+    conn = await connect(await new_database())
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE blob (
+                id bigserial PRIMARY KEY, digest text NOT NULL UNIQUE, size bigint NOT NULL,
+                created_at timestamptz NOT NULL DEFAULT now()
+            );
+            CREATE TABLE blob_placement (
+                id bigserial PRIMARY KEY,
+                blob_id bigint NOT NULL REFERENCES blob (id),
+                location text NOT NULL
+            );
+            """
+        )
+        await asyncio.wait_for(migrate(conn), MIGRATE_TIMEOUT_S)
+        leading = await conn.fetchval(
+            """
+            SELECT count(*) FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = 'blob_placement'::regclass AND a.attname = 'blob_id'
+            """
+        )
+        assert leading == 1
+    finally:
+        await conn.close()

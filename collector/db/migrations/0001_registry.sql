@@ -5,7 +5,9 @@
 -- linking an object the collector is deleting. Every foreign-key column is
 -- indexed, or each deleted row would scan the referencing table.
 -- IF NOT EXISTS throughout: on a registry that already has these tables, the
--- migration only adds the indexes garbage collection needs.
+-- migration only adds the indexes garbage collection needs. That is why the
+-- unique keys that lead with a foreign-key column are indexes of their own
+-- rather than table constraints: they are the index of that column.
 
 CREATE TABLE IF NOT EXISTS namespace (
     id bigserial PRIMARY KEY,
@@ -19,9 +21,9 @@ CREATE TABLE IF NOT EXISTS repository (
     name text NOT NULL,
     kind text NOT NULL DEFAULT 'image' CHECK (kind IN ('image', 'application')),
     state text NOT NULL DEFAULT 'normal'
-        CHECK (state IN ('normal', 'read_only', 'marked_for_deletion')),
-    UNIQUE (namespace_id, name)
+        CHECK (state IN ('normal', 'read_only', 'marked_for_deletion'))
 );
+CREATE UNIQUE INDEX IF NOT EXISTS repository_namespace_name_key ON repository (namespace_id, name);
 CREATE INDEX IF NOT EXISTS repository_marked_idx ON repository (id) WHERE state = 'marked_for_deletion';
 
 CREATE TABLE IF NOT EXISTS blob (
@@ -34,9 +36,9 @@ CREATE TABLE IF NOT EXISTS blob (
 CREATE TABLE IF NOT EXISTS blob_placement (
     id bigserial PRIMARY KEY,
     blob_id bigint NOT NULL REFERENCES blob (id),
-    location text NOT NULL,
-    UNIQUE (blob_id, location)
+    location text NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS blob_placement_blob_location_key ON blob_placement (blob_id, location);
 
 CREATE TABLE IF NOT EXISTS uploaded_blob (
     id bigserial PRIMARY KEY,
@@ -53,9 +55,9 @@ CREATE TABLE IF NOT EXISTS manifest (
     digest text NOT NULL,
     media_type text NOT NULL,
     manifest_bytes text NOT NULL DEFAULT '',
-    subject_digest text,
-    UNIQUE (repository_id, digest)
+    subject_digest text
 );
+CREATE UNIQUE INDEX IF NOT EXISTS manifest_repository_digest_key ON manifest (repository_id, digest);
 CREATE INDEX IF NOT EXISTS manifest_subject_idx ON manifest (repository_id, subject_digest)
     WHERE subject_digest IS NOT NULL;
 
@@ -63,9 +65,9 @@ CREATE TABLE IF NOT EXISTS manifest_blob (
     id bigserial PRIMARY KEY,
     repository_id bigint NOT NULL REFERENCES repository (id),
     manifest_id bigint NOT NULL REFERENCES manifest (id),
-    blob_id bigint NOT NULL REFERENCES blob (id),
-    UNIQUE (manifest_id, blob_id)
+    blob_id bigint NOT NULL REFERENCES blob (id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS manifest_blob_manifest_blob_key ON manifest_blob (manifest_id, blob_id);
 CREATE INDEX IF NOT EXISTS manifest_blob_blob_idx ON manifest_blob (blob_id);
 CREATE INDEX IF NOT EXISTS manifest_blob_repository_idx ON manifest_blob (repository_id);
 
@@ -73,9 +75,9 @@ CREATE TABLE IF NOT EXISTS manifest_child (
     id bigserial PRIMARY KEY,
     repository_id bigint NOT NULL REFERENCES repository (id),
     manifest_id bigint NOT NULL REFERENCES manifest (id),
-    child_manifest_id bigint NOT NULL REFERENCES manifest (id),
-    UNIQUE (manifest_id, child_manifest_id)
+    child_manifest_id bigint NOT NULL REFERENCES manifest (id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS manifest_child_manifest_child_key ON manifest_child (manifest_id, child_manifest_id);
 CREATE INDEX IF NOT EXISTS manifest_child_child_idx ON manifest_child (child_manifest_id);
 CREATE INDEX IF NOT EXISTS manifest_child_repository_idx ON manifest_child (repository_id);
 
@@ -91,9 +93,9 @@ CREATE TABLE IF NOT EXISTS manifest_label (
     id bigserial PRIMARY KEY,
     repository_id bigint NOT NULL REFERENCES repository (id),
     manifest_id bigint NOT NULL REFERENCES manifest (id),
-    label_id bigint NOT NULL REFERENCES label (id),
-    UNIQUE (manifest_id, label_id)
+    label_id bigint NOT NULL REFERENCES label (id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS manifest_label_manifest_label_key ON manifest_label (manifest_id, label_id);
 CREATE INDEX IF NOT EXISTS manifest_label_label_idx ON manifest_label (label_id);
 CREATE INDEX IF NOT EXISTS manifest_label_repository_idx ON manifest_label (repository_id);
 
@@ -123,9 +125,9 @@ CREATE TABLE IF NOT EXISTS image (
     repository_id bigint NOT NULL REFERENCES repository (id),
     docker_image_id text NOT NULL,
     storage_id bigint NOT NULL REFERENCES blob (id),
-    parent_id bigint REFERENCES image (id),
-    UNIQUE (repository_id, docker_image_id)
+    parent_id bigint REFERENCES image (id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS image_repository_docker_image_key ON image (repository_id, docker_image_id);
 CREATE INDEX IF NOT EXISTS image_storage_idx ON image (storage_id);
 CREATE INDEX IF NOT EXISTS image_parent_idx ON image (parent_id) WHERE parent_id IS NOT NULL;
 
@@ -133,17 +135,19 @@ CREATE TABLE IF NOT EXISTS derived_image_storage (
     id bigserial PRIMARY KEY,
     source_image_id bigint NOT NULL REFERENCES image (id),
     derivative_id bigint NOT NULL REFERENCES blob (id),
-    transformation text NOT NULL,
-    UNIQUE (source_image_id, transformation)
+    transformation text NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS derived_image_storage_source_key ON derived_image_storage (source_image_id, transformation);
 CREATE INDEX IF NOT EXISTS derived_image_storage_derivative_idx ON derived_image_storage (derivative_id);
 
 CREATE TABLE IF NOT EXISTS manifest_legacy_image (
     id bigserial PRIMARY KEY,
     repository_id bigint NOT NULL REFERENCES repository (id),
-    manifest_id bigint NOT NULL UNIQUE REFERENCES manifest (id),
+    manifest_id bigint NOT NULL REFERENCES manifest (id),
     image_id bigint NOT NULL REFERENCES image (id)
 );
+CREATE UNIQUE INDEX IF NOT EXISTS manifest_legacy_image_manifest_key
+    ON manifest_legacy_image (manifest_id);
 CREATE INDEX IF NOT EXISTS manifest_legacy_image_image_idx ON manifest_legacy_image (image_id);
 CREATE INDEX IF NOT EXISTS manifest_legacy_image_repository_idx ON manifest_legacy_image (repository_id);
 
