@@ -261,9 +261,7 @@ def demo(
     repositories: Annotated[int, typer.Option(min=1, help="Image repositories to seed.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed of the seeded registry.")] = 0,
     database_url: DatabaseUrl = None,
-    log_level: Annotated[
-        str, typer.Option(help="[env: COLLECTOR_LOG_LEVEL]", envvar="COLLECTOR_LOG_LEVEL")
-    ] = "warning",
+    log_level: LogLevel = "warning",
 ) -> None:
     """Seed a realistic registry, expire and delete part of it, collect it, verify."""
     configure_logging(log_level)

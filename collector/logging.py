@@ -7,8 +7,14 @@ import sys
 
 import structlog
 
+from collector.errors import ConfigError
+
+LEVELS = ("debug", "info", "warning", "error")
+
 
 def configure_logging(level: str = "info") -> None:
+    if level.lower() not in LEVELS:
+        raise ConfigError(f"invalid log level {level!r}: expected one of {', '.join(LEVELS)}")
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

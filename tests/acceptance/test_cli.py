@@ -127,6 +127,7 @@ async def test_purge_of_a_marked_repository(seeded: Seeded) -> None:
         (["collect", "--all", "--batch-size", "0"], "batch_size"),
         (["collect", "--bogus"], "No such option"),
         (["frobnicate"], "No such command"),
+        (["verify", "--log-level", "loud"], "invalid log level"),
     ],
 )
 async def test_usage_errors_exit_2_with_one_line(
