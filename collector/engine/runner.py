@@ -61,12 +61,16 @@ _CONFLICTS = (
     asyncpg.SerializationError,
     asyncpg.ForeignKeyViolationError,
 )
-#: The database went away: wait for it.
+#: The database went away: wait for it. (A connection broken mid-operation
+#: fails its reset when the pool takes it back: InternalClientError; the pool
+#: has terminated it by then.)
 _DISCONNECTS = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
 )
 _MAX_ATTEMPTS = 10
 

@@ -1,0 +1,93 @@
+"""Lost races and lost connections: the engine retries and still finishes exactly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from collector.db.connector import PoolDatabase
+from collector.engine import Engine, EngineConfig
+from collector.engine.context import StepResult
+from collector.errors import StorageError
+from tests.conftest import ADMIN_URL, TEST_DB
+from tests.registry import FixedClock, Registry, outbox
+
+
+async def test_connections_killed_mid_collection_are_retried(
+    registry: Registry, db: asyncpg.Pool[asyncpg.Record], database_url: str
+) -> None:
+    """Terminating the engine's busy database sessions six times during a collection (as
+    failovers or an operator would) costs retries, not work: everything due goes, each
+    removal reported once."""
+    ns = await registry.namespace()
+    repo = await registry.repository(ns, "big")
+    for i in range(250):
+        manifest = await registry.manifest(repo, blobs=(await registry.blob(),))
+        await registry.expired_tag(repo, manifest, f"t{i}")
+    own_pid = await registry.conn.fetchval("SELECT pg_backend_pid()")
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=6) as engine_pool:
+        engine = Engine(PoolDatabase(engine_pool), EngineConfig(batch_size=10), clock=FixedClock())
+        admin = await asyncpg.connect(ADMIN_URL)
+        killed = 0
+        try:
+            collecting = asyncio.create_task(engine.collect(repo, causation_id="failover"))
+            while not collecting.done() and killed < 6:
+                await asyncio.sleep(0.2)
+                killed += await admin.fetchval(
+                    """
+                    SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))
+                    FROM pg_stat_activity
+                    WHERE datname = $1 AND pid <> $2 AND state <> 'idle'
+                      AND backend_type = 'client backend'
+                    """,
+                    TEST_DB,
+                    own_pid,
+                )
+            report = await collecting
+        finally:
+            await admin.close()
+    assert killed > 0, "sessions must have been terminated mid-run"
+    conn = registry.conn
+    assert await conn.fetchval("SELECT count(*) FROM manifest") == 0
+    assert await conn.fetchval("SELECT count(*) FROM blob") == 0
+    # The outbox is the record: a transaction whose COMMIT reply was lost with its
+    # connection did commit, but the engine cannot know, so its report may count less.
+    assert report.total <= 750
+    events = await outbox(conn)
+    assert len(events) == len({e["id"] for e in events}) == 750  # tags, manifests, blobs
+
+
+async def test_a_step_that_keeps_deadlocking_gives_up_with_a_storage_error(
+    db: asyncpg.Pool[asyncpg.Record],
+) -> None:
+    """A transaction that loses every race is retried a bounded number of times, then
+    reported as a StorageError instead of spinning forever."""
+    engine = Engine(PoolDatabase(db), EngineConfig(), clock=FixedClock())
+    attempts = 0
+
+    async def always_deadlocks(conn: object) -> StepResult:
+        nonlocal attempts
+        attempts += 1
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
+    with pytest.raises(StorageError, match="kept conflicting"):
+        await engine._run(always_deadlocks)  # the retry loop itself is under test
+    assert attempts == 10
+
+
+async def test_a_step_that_deadlocks_once_is_replayed(db: asyncpg.Pool[asyncpg.Record]) -> None:
+    """One lost race costs one replay of the whole transaction, nothing more."""
+    engine = Engine(PoolDatabase(db), EngineConfig(), clock=FixedClock())
+    attempts = 0
+
+    async def deadlocks_once(conn: object) -> StepResult:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return StepResult(claimed=3)
+
+    result = await engine._run(deadlocks_once)  # the retry loop itself is under test
+    assert (attempts, result.claimed) == (2, 3)
