@@ -121,7 +121,7 @@ async def garbage_vs_size(repositories: int, scale: int, batch_size: int, concur
             await collect(pool, batch_size, concurrency)
             async with pool.acquire() as conn:
                 garbage = plan_registry(
-                    Shape(repositories=repositories // 4, namespaces=1), now_ms=now, seed=3
+                    Shape(repositories=repositories, namespaces=1), now_ms=now, seed=3
                 )
                 await write(conn, garbage)
                 await expire_tags(conn, garbage.run, fraction=0.5, now_ms=now, seed=3)

@@ -34,3 +34,14 @@ CREATE TABLE gc.outbox (
     published_at timestamptz
 );
 CREATE INDEX outbox_pending_idx ON gc.outbox (id) WHERE published_at IS NULL;
+
+-- The expiry rule of CONTRACT §2.1/§3 in one place: a tag is due once its
+-- lifetime ended at least its namespace's time-machine window ago, unless it
+-- is immutable. A plain SQL expression, inlined by the planner.
+CREATE FUNCTION gc.tag_is_due(
+    lifetime_end_ms bigint, immutable boolean, window_s bigint, now_ms bigint
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN lifetime_end_ms IS NOT NULL
+    AND NOT immutable
+    AND lifetime_end_ms + window_s * 1000 <= now_ms;

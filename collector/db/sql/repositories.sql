@@ -50,9 +50,7 @@ SELECT t.repository_id AS id
 FROM tag t
 JOIN repository r ON r.id = t.repository_id
 JOIN namespace n ON n.id = r.namespace_id
-WHERE t.lifetime_end_ms IS NOT NULL
-  AND NOT t.immutable
-  AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $1
+WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
 UNION
 SELECT repository_id FROM uploaded_blob WHERE expires_at <= $2
 UNION

@@ -8,9 +8,7 @@ FROM tag t
 JOIN repository r ON r.id = t.repository_id
 JOIN namespace n ON n.id = r.namespace_id
 WHERE t.repository_id = $1
-  AND t.lifetime_end_ms IS NOT NULL
-  AND NOT t.immutable
-  AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $2
+  AND gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $2)
 ORDER BY t.id
 LIMIT $3
 FOR UPDATE OF t SKIP LOCKED
@@ -22,9 +20,7 @@ SELECT t.id
 FROM tag t
 JOIN repository r ON r.id = t.repository_id
 JOIN namespace n ON n.id = r.namespace_id
-WHERE t.lifetime_end_ms IS NOT NULL
-  AND NOT t.immutable
-  AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $1
+WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
 ORDER BY t.id
 LIMIT $2
 FOR UPDATE OF t SKIP LOCKED
@@ -45,10 +41,7 @@ WITH gone AS (
       AND r.id = t.repository_id
       AND n.id = r.namespace_id
       AND m.id = t.manifest_id
-      AND ($3 OR (
-          t.lifetime_end_ms IS NOT NULL
-          AND NOT t.immutable
-          AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $2))
+      AND ($3 OR gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $2))
     RETURNING t.id, t.name, t.manifest_id, t.repository_id, m.digest AS manifest_digest,
               r.name AS repository, n.name AS namespace
 ), queued AS (

@@ -68,9 +68,7 @@ FROM (
     FROM tag t
     JOIN repository r ON r.id = t.repository_id
     JOIN namespace n ON n.id = r.namespace_id
-    WHERE t.lifetime_end_ms IS NOT NULL
-      AND NOT t.immutable
-      AND t.lifetime_end_ms + n.removed_tag_expiration_s * 1000 <= $1
+    WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
     UNION ALL
     SELECT 'expired upload', u.id FROM uploaded_blob u WHERE u.expires_at <= $2
     UNION ALL
