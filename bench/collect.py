@@ -25,6 +25,7 @@ import asyncpg
 from collector.config import EMPTY_LAYER_DIGEST
 from collector.db.connector import Connection, PoolDatabase
 from collector.db.migrations import migrate
+from collector.demo.seed import TABLES as SEEDED_TABLES
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
 from collector.engine import Engine, EngineConfig, SystemClock
 from collector.logging import configure_logging
@@ -33,22 +34,8 @@ ADMIN_URL = os.environ.get(
     "COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 URL = ADMIN_URL.rsplit("/", 1)[0] + "/registry_bench"
-TABLES = [
-    "repository",
-    "blob",
-    "blob_placement",
-    "uploaded_blob",
-    "manifest",
-    "manifest_blob",
-    "manifest_child",
-    "label",
-    "manifest_label",
-    "tag",
-    "image",
-    "derived_image_storage",
-    "manifest_legacy_image",
-    "app_tag",
-]
+#: What a collection can remove (namespaces are never removed).
+TABLES = [table for table, _ in SEEDED_TABLES if table != "namespace"]
 
 
 async def fresh_database() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import random
 from typing import Any
 
 import structlog
@@ -11,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.helpers import create_ssl_context
 
+from collector.backoff import reach
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, CollectorError
 
@@ -42,7 +41,13 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
         settings.topic_dead_letter: 1,
     }
     admin = AIOKafkaAdminClient(**client_options(settings))
-    await _start(admin, wait_s)
+    await reach(
+        admin.start,
+        errors=(KafkaConnectionError,),
+        wait_s=wait_s,
+        unavailable=lambda reason: BrokerUnavailable(f"cannot reach the Kafka broker: {reason}"),
+        event="broker_unreachable",
+    )
     try:
         missing = sorted(set(wanted) - set(await admin.list_topics()))
         if missing:
@@ -69,18 +74,3 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
         raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
     finally:
         await admin.close()
-
-
-async def _start(admin: AIOKafkaAdminClient, wait_s: float) -> None:
-    delay, waited = 0.2, 0.0
-    while True:
-        try:
-            await admin.start()
-            return
-        except KafkaConnectionError as exc:
-            if waited >= wait_s:
-                raise BrokerUnavailable(f"cannot reach the Kafka broker: {exc}") from exc
-            log.warning("broker_unreachable", error=str(exc), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)

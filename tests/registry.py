@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.db.connector import Connection
+from collector.demo.seed import TABLES
 
 DAY_MS = 86_400_000
 NOW_MS = 1_800_000_000_000  # a fixed "now" (2027-01-15) for FixedClock
@@ -15,24 +16,8 @@ WINDOW_S = 14 * 86_400  # the default time-machine window
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
 
-#: Tables the engine removes rows from, with their id column.
-REGISTRY_TABLES = (
-    "namespace",
-    "repository",
-    "blob",
-    "blob_placement",
-    "uploaded_blob",
-    "manifest",
-    "manifest_blob",
-    "manifest_child",
-    "label",
-    "manifest_label",
-    "tag",
-    "image",
-    "derived_image_storage",
-    "manifest_legacy_image",
-    "app_tag",
-)
+#: Every registry table, in foreign-key order.
+REGISTRY_TABLES = tuple(table for table, _ in TABLES)
 
 
 @dataclass

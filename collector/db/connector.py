@@ -10,18 +10,15 @@ would remove while changing nothing.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, TypeAlias
 
 import asyncpg
-import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from collector.backoff import reach
 from collector.errors import DatabaseUnavailable
-
-log = structlog.get_logger(__name__)
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError)
@@ -72,15 +69,11 @@ class RollbackDatabase:
 async def create_pool(
     dsn: str, *, max_size: int = 10, wait_s: float = 30.0
 ) -> asyncpg.Pool[asyncpg.Record]:
-    """A pool, retrying with capped, jittered backoff while the server is unreachable."""
-    delay, waited = 0.2, 0.0
-    while True:
-        try:
-            return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
-        except CONNECT_ERRORS as exc:
-            if waited >= wait_s:
-                raise DatabaseUnavailable(f"cannot reach the database: {exc}") from exc
-            log.warning("database_unreachable", error=str(exc), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0) * random.uniform(0.8, 1.2)
+    """A pool, retrying with backoff while the server is unreachable."""
+    return await reach(
+        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size),
+        errors=CONNECT_ERRORS,
+        wait_s=wait_s,
+        unavailable=lambda reason: DatabaseUnavailable(f"cannot reach the database: {reason}"),
+        event="database_unreachable",
+    )

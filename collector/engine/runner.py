@@ -19,13 +19,13 @@ which is safe because every decision is re-made from the database.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import asyncpg
 import structlog
 
+from collector.backoff import Backoff
 from collector.db.connector import Connection, Database
 from collector.engine import candidates, images, manifests, repositories, tags, uploads
 from collector.engine.blobs import BlobCollector
@@ -301,7 +301,7 @@ class Engine:
 
         Callbacks run once the transaction has committed.
         """
-        delay = 0.05
+        backoff = Backoff(first=0.05)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 async with self._db.transaction() as conn:
@@ -316,9 +316,8 @@ class Engine:
                 if attempt == _MAX_ATTEMPTS:
                     raise DatabaseUnavailable(f"lost the database: {exc}") from exc
                 log.warning("database_lost", error=str(exc), attempt=attempt)
-                delay = max(delay, 0.5)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 5.0)
+                backoff.at_least(0.5)
+            await asyncio.sleep(backoff.next())
         for removed in result.removed:
             await self._callbacks.dispatch(removed)
         return result

@@ -1,0 +1,57 @@
+"""How the collector waits before trying again: capped, jittered, exponential."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import structlog
+
+from collector.errors import CollectorError
+
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+
+
+class Backoff:
+    """Delays that double from ``first`` up to ``cap``, each jittered by ±``jitter``
+    so that many waiting clients do not come back at the same instant."""
+
+    def __init__(self, first: float = 0.2, cap: float = 5.0, jitter: float = 0.25) -> None:
+        self._next = first
+        self._cap = cap
+        self._jitter = jitter
+
+    def next(self) -> float:
+        delay = self._next * random.uniform(1 - self._jitter, 1 + self._jitter)
+        self._next = min(self._next * 2, self._cap)
+        return delay
+
+    def at_least(self, floor: float) -> None:
+        """Make the next delay no shorter than ``floor``."""
+        self._next = max(self._next, floor)
+
+
+async def reach(
+    connect: Callable[[], Awaitable[T]],
+    *,
+    errors: tuple[type[BaseException], ...],
+    wait_s: float,
+    unavailable: Callable[[str], CollectorError],
+    event: str,
+) -> T:
+    """``connect()``, retried with backoff while it fails with ``errors``, for up to
+    ``wait_s`` seconds; then ``unavailable(reason)`` is raised."""
+    backoff, waited = Backoff(), 0.0
+    while True:
+        try:
+            return await connect()
+        except errors as exc:
+            if waited >= wait_s:
+                raise unavailable(str(exc)) from exc
+            delay = backoff.next()
+            log.warning(event, error=str(exc), retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
+            waited += delay
