@@ -1,13 +1,14 @@
-"""The engine: per-repository contexts driven to a fixpoint.
+"""The engine: repository contexts driven to a fixpoint.
 
-A collection of repository R runs in three phases:
+A collection runs in three phases, for one repository (a request) or for
+the whole registry at once (``collect_all``, whose batches span repositories):
 
 1. roots: tags past their window and expired uploads (a purge: every tag,
    upload and application tag, and every manifest and legacy image is queued);
 2. fixpoint: rounds in which the manifest, label, image and blob collectors
    run concurrently, each in its own transaction, each claiming a batch of
-   R's candidates, deciding it with one set-based query and queueing what
-   its deletions freed, until a round claims nothing;
+   the context's candidates, deciding it with one set-based query and
+   queueing what its deletions freed, until a round claims nothing;
 3. a purge then removes the repository row if nothing is left in it.
 
 Every transaction writes the removal events of its deletions to the outbox
@@ -173,7 +174,7 @@ class Engine:
             for repository_id in marked:
                 group.create_task(purge_roots(repository_id))
         await self._fixpoint(everywhere, report, claimers=concurrency)
-        for ctx in sorted(purging, key=lambda ctx: ctx.repository_id or 0):
+        for ctx in sorted(purging, key=lambda ctx: ctx.repository):
             await self._finish_purge(ctx, report)
         log.info("collection_finished", removed=report.total)
         return report
