@@ -10,10 +10,8 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, NoReturn
 
-import asyncpg
 import structlog
 import typer
 from rich.console import Console
@@ -22,7 +20,6 @@ from rich.table import Table
 from collector import kafka
 from collector.config import Settings, load_settings
 from collector.db.connector import (
-    CONNECT_ERRORS,
     Database,
     PoolDatabase,
     RollbackDatabase,
@@ -33,14 +30,12 @@ from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
 from collector.engine import repositories as repository_rows
-from collector.errors import CollectorError, ConfigError, DatabaseUnavailable, RepositoryNotFound
+from collector.errors import CollectorError, ConfigError, RepositoryNotFound
 from collector.logging import configure_logging
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import Removal
 
-T = TypeVar("T")
-log = structlog.get_logger("collector")
 app = typer.Typer(
     name="collector",
     help="Garbage collector for container registry metadata and storage.",
@@ -83,10 +78,6 @@ LogLevel = Annotated[
 ]
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
 @app.command()
 def migrate(
     database_url: DatabaseUrl = None,
@@ -101,7 +92,7 @@ def migrate(
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
 
     async def main() -> None:
-        pool = await create_pool(settings.database_url, max_size=1)
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
         try:
             async with pool.acquire() as conn:
                 applied = await apply_migrations(conn)
@@ -111,10 +102,10 @@ def migrate(
             f"database: {len(applied)} migration(s) applied" if applied else "database: up to date"
         )
         if not skip_topics:
-            created = await kafka.ensure_topics(settings)
+            created = await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
             typer.echo(f"topics: created {', '.join(created)}" if created else "topics: up to date")
 
-    _run(main())
+    asyncio.run(main())
 
 
 @app.command()
@@ -151,7 +142,7 @@ def collect(
     )
     causation_id = f"cli-{uuid.uuid4()}"
     structlog.contextvars.bind_contextvars(causation_id=causation_id)
-    report = _run(
+    report = asyncio.run(
         _collect(
             settings, repositories or [], purge=purge, dry_run=dry_run, causation_id=causation_id
         )
@@ -174,7 +165,9 @@ async def _collect(
         batch_size=settings.batch_size, protected_digests=tuple(settings.protected_digests)
     )
     pool = await create_pool(
-        settings.database_url, max_size=4 * settings.repository_concurrency + 2
+        settings.database_url,
+        max_size=4 * settings.repository_concurrency + 2,
+        wait_s=settings.connect_wait_s,
     )
     try:
         async with pool.acquire() as conn:
@@ -232,15 +225,18 @@ def verify(
     settings = load_settings(database_url=database_url)
 
     async def main() -> Verification:
-        conn = await _connect(settings)
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
         try:
-            return await verify_registry(
-                conn, now_ms=SystemClock().now_ms(), protected_digests=settings.protected_digests
-            )
+            async with pool.acquire() as conn:
+                return await verify_registry(
+                    conn,
+                    now_ms=SystemClock().now_ms(),
+                    protected_digests=settings.protected_digests,
+                )
         finally:
-            await conn.close()
+            await pool.close()
 
-    result = _run(main())
+    result = asyncio.run(main())
     if as_json:
         typer.echo(
             json.dumps(
@@ -267,7 +263,9 @@ def demo(
     configure_logging(log_level)
     settings = load_settings(database_url=database_url)
     console = Console(highlight=False)
-    result = _run(run_demo(settings, Shape(repositories=repositories), seed=seed, console=console))
+    result = asyncio.run(
+        run_demo(settings, Shape(repositories=repositories), seed=seed, console=console)
+    )
     print_summary(result, console)
     raise typer.Exit(0 if result.verification.ok else 1)
 
@@ -292,13 +290,6 @@ def _print_verification(result: Verification) -> None:
         console.print(table)
     else:
         console.print("garbage: none due")
-
-
-async def _connect(settings: Settings) -> asyncpg.Connection[asyncpg.Record]:
-    try:
-        return await asyncpg.connect(settings.database_url)
-    except CONNECT_ERRORS as exc:
-        raise DatabaseUnavailable(f"cannot reach the database: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> None:

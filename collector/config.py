@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = None
 
+    #: How long a command waits for an unreachable database or broker before
+    #: it gives up with a one-line error (retrying with backoff meanwhile).
+    connect_wait_s: float = Field(default=30.0, ge=0)
+
     batch_size: int = Field(default=500, ge=1, le=50_000)
     repository_concurrency: int = Field(default=4, ge=1, le=64)
     protected_digests: list[str] = Field(default_factory=lambda: [EMPTY_LAYER_DIGEST])

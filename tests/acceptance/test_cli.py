@@ -183,12 +183,18 @@ async def test_verify_finds_a_dangling_reference_and_exits_1(seeded: Seeded) -> 
     assert "manifest_blob.blob_id" in result.stdout
 
 
-async def test_unreachable_database_exits_1_with_one_line() -> None:
-    """A database that cannot be reached is a failure, reported on one line."""
-    result = run_collector("verify", "--database-url", "postgresql://postgres@127.0.0.1:1/none")
+async def test_unreachable_database_is_retried_then_exits_1_with_one_line() -> None:
+    """A database that cannot be reached is retried for COLLECTOR_CONNECT_WAIT_S, then
+    reported as a failure on one line."""
+    os.environ["COLLECTOR_CONNECT_WAIT_S"] = "1"
+    try:
+        result = run_collector("verify", "--database-url", "postgresql://postgres@127.0.0.1:1/x")
+    finally:
+        del os.environ["COLLECTOR_CONNECT_WAIT_S"]
 
     assert result.returncode == 1
     assert "cannot reach the database" in single_error_line(result.stderr)
+    assert "database_unreachable" in result.stderr  # the retries were logged
 
 
 async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
