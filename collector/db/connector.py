@@ -18,7 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from collector.backoff import reach
-from collector.errors import DatabaseUnavailable
+from collector.errors import ConfigError, DatabaseUnavailable
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError)
@@ -69,11 +69,18 @@ class RollbackDatabase:
 async def create_pool(
     dsn: str, *, max_size: int = 10, wait_s: float = 30.0
 ) -> asyncpg.Pool[asyncpg.Record]:
-    """A pool, retrying with backoff while the server is unreachable."""
-    return await reach(
-        lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size),
-        errors=CONNECT_ERRORS,
-        wait_s=wait_s,
-        unavailable=lambda reason: DatabaseUnavailable(f"cannot reach the database: {reason}"),
-        event="database_unreachable",
-    )
+    """A pool, retrying with backoff while the server is unreachable.
+
+    A server that answers but refuses (no such database, bad credentials) is
+    a configuration error: waiting would not help.
+    """
+    try:
+        return await reach(
+            lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size),
+            errors=CONNECT_ERRORS,
+            wait_s=wait_s,
+            unavailable=lambda reason: DatabaseUnavailable(f"cannot reach the database: {reason}"),
+            event="database_unreachable",
+        )
+    except (asyncpg.PostgresError, ValueError) as exc:  # ValueError: a malformed DSN
+        raise ConfigError(f"cannot use the database: {exc}") from exc

@@ -12,6 +12,7 @@ import hashlib
 import random
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -122,7 +123,7 @@ def _plan_repository(
     shape: Shape,
     bases: list[Ref],
     shared_labels: list[Ref],
-    blob: Any,
+    blob: Callable[[int], Ref],
     now_ms: int,
 ) -> None:
     manifests: list[tuple[Ref, str]] = []

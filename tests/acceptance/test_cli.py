@@ -197,6 +197,18 @@ async def test_unreachable_database_is_retried_then_exits_1_with_one_line() -> N
     assert "database_unreachable" in result.stderr  # the retries were logged
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://postgres@127.0.0.1:5432/no_such_database", "postgresql://postgres@[oops"],
+)
+async def test_a_database_that_refuses_is_a_configuration_error(url: str) -> None:
+    """No such database, or a malformed DSN: exit 2 at once with one line, no retries."""
+    result = run_collector("verify", "--database-url", url)
+
+    assert result.returncode == 2
+    assert "cannot use the database" in single_error_line(result.stderr)
+
+
 async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
     """migrate on a migrated database applies nothing and says so."""
     url = await create_database("cli_migrate")
