@@ -4,12 +4,16 @@ Importable on its own (no database or Kafka client needed) by every team that
 produces requests for the collector or consumes what it removed.
 """
 
+from events._dead_letter import RequestRejected, rejection_event
+from events._decode import DecodeError, DecodeReason, Request, decode_request
 from events._envelope import (
     COLLECTOR_SOURCE,
     CONTENT_TYPE,
     SPECVERSION,
     CloudEvent,
     removal_event,
+    request_event,
+    to_record,
 )
 from events._removals import (
     REMOVAL_TYPES,
@@ -22,20 +26,36 @@ from events._removals import (
     RepositoryRemoval,
     TagRemoved,
 )
+from events._requests import REQUEST_TYPES, RepoDeleted, RepoSweep, RequestData, TagExpired
+from events._schemas import json_schemas
 
 __all__ = [
     "COLLECTOR_SOURCE",
     "CONTENT_TYPE",
     "REMOVAL_TYPES",
+    "REQUEST_TYPES",
     "SPECVERSION",
     "BlobRemoved",
     "CloudEvent",
+    "DecodeError",
+    "DecodeReason",
     "LabelRemoved",
     "LegacyImageRemoved",
     "ManifestRemoved",
     "Removal",
+    "RepoDeleted",
     "RepoPurged",
+    "RepoSweep",
     "RepositoryRemoval",
+    "Request",
+    "RequestData",
+    "RequestRejected",
+    "TagExpired",
     "TagRemoved",
+    "decode_request",
+    "json_schemas",
+    "rejection_event",
     "removal_event",
+    "request_event",
+    "to_record",
 ]

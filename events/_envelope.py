@@ -9,10 +9,14 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from events._removals import Removal
+from events._requests import RequestData
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 COLLECTOR_SOURCE = "/registry-gc/collector"
+
+#: Kafka record headers: a name and its raw bytes, as aiokafka gives and takes them.
+Headers = list[tuple[str, bytes]]
 
 
 class CloudEvent(BaseModel):
@@ -52,3 +56,29 @@ def removal_event(
         data=removal.model_dump(mode="json"),
         causationid=causation_id,
     )
+
+
+def request_event(
+    data: RequestData,
+    *,
+    source: str,
+    event_id: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """Wrap a request in its envelope, for whoever asks the collector for work."""
+    return CloudEvent(
+        specversion=SPECVERSION,
+        id=str(uuid.uuid4()) if event_id is None else event_id,
+        source=source,
+        type=data.event_type,
+        time=time or datetime.now(UTC),
+        data=data.model_dump(mode="json"),
+    )
+
+
+def to_record(event: CloudEvent) -> tuple[bytes, Headers]:
+    """The Kafka record value and headers of an event in structured mode (CONTRACT §2).
+
+    The key is not the envelope's to choose: it depends on the topic (CONTRACT §1).
+    """
+    return event.to_json().encode(), [("content-type", CONTENT_TYPE.encode())]

@@ -43,6 +43,8 @@ class RepositoryRemoval(Removal):
 
 
 class TagRemoved(RepositoryRemoval):
+    """A tag was removed: past its time-machine window, or purged with its repository."""
+
     event_type: ClassVar[str] = TYPE_PREFIX + "tag-removed"
 
     tag: str
@@ -55,6 +57,8 @@ class TagRemoved(RepositoryRemoval):
 
 
 class ManifestRemoved(RepositoryRemoval):
+    """A manifest nothing referenced any more was removed from its repository."""
+
     event_type: ClassVar[str] = TYPE_PREFIX + "manifest-removed"
 
     manifest_id: int
@@ -67,6 +71,8 @@ class ManifestRemoved(RepositoryRemoval):
 
 
 class LegacyImageRemoved(RepositoryRemoval):
+    """A legacy V1 image nothing referenced any more was removed from its repository."""
+
     event_type: ClassVar[str] = TYPE_PREFIX + "legacy-image-removed"
 
     image_id: int
@@ -78,6 +84,8 @@ class LegacyImageRemoved(RepositoryRemoval):
 
 
 class RepoPurged(RepositoryRemoval):
+    """A repository marked for deletion was purged, all of it."""
+
     event_type: ClassVar[str] = TYPE_PREFIX + "repo-purged"
 
     @property
@@ -101,6 +109,8 @@ class BlobRemoved(Removal):
 
 
 class LabelRemoved(Removal):
+    """A label no manifest carries any more was removed."""
+
     event_type: ClassVar[str] = TYPE_PREFIX + "label-removed"
 
     label_id: int

@@ -311,3 +311,19 @@ def test_cloudevent_is_frozen() -> None:
     event = removal_event(TAG, causation_id="request-1")
     with pytest.raises(ValidationError, match="frozen"):
         event.id = "other"  # type: ignore[misc]
+
+
+def test_events_imports_without_the_collector_or_drivers() -> None:
+    """Other teams import `events` alone: it pulls in no collector, asyncpg or aiokafka."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, events; "
+        "loaded = {'collector', 'asyncpg', 'aiokafka'} & {m.split('.')[0] for m in sys.modules}; "
+        "print(sorted(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,144 @@
+"""The dead-letter event (CONTRACT §2.3): a refused input, kept whole with the reason."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from events._envelope import COLLECTOR_SOURCE, SPECVERSION, CloudEvent
+from events._removals import TYPE_PREFIX
+
+Encoding = Literal["utf-8", "base64"]
+
+
+class RequestRejected(BaseModel):
+    """The `data` of a dead letter: why the record was refused, and the record itself.
+
+    `key` and `value` hold the original bytes as text: decoded when they are
+    UTF-8, base64 otherwise, as `key_encoding` and `value_encoding` say. A
+    record without a key (or value) has null there and a null encoding.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "request-rejected"
+
+    reason: str = Field(min_length=1)
+    detail: str
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key: str | None
+    key_encoding: Encoding | None
+    value: str | None
+    value_encoding: Encoding | None
+
+    @model_validator(mode="after")
+    def _encodings_match(self) -> RequestRejected:
+        for name, text, encoding in (
+            ("key", self.key, self.key_encoding),
+            ("value", self.value, self.value_encoding),
+        ):
+            if (text is None) != (encoding is None):
+                raise ValueError(f"{name} and {name}_encoding must both be null or both be set")
+            if encoding == "base64" and text is not None:
+                try:
+                    base64.b64decode(text, validate=True)
+                except binascii.Error as exc:
+                    raise ValueError(f"{name} is not base64: {exc}") from None
+        return self
+
+    @classmethod
+    def of_record(
+        cls,
+        *,
+        reason: str,
+        detail: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> RequestRejected:
+        """Describe a refused record, keeping its key and value byte for byte."""
+        key_text, key_encoding = _to_text(key)
+        value_text, value_encoding = _to_text(value)
+        return cls(
+            reason=reason,
+            detail=detail,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key_text,
+            key_encoding=key_encoding,
+            value=value_text,
+            value_encoding=value_encoding,
+        )
+
+    @property
+    def key_bytes(self) -> bytes | None:
+        """The refused record's key, as it was."""
+        return _to_bytes(self.key, self.key_encoding)
+
+    @property
+    def value_bytes(self) -> bytes | None:
+        """The refused record's value, as it was."""
+        return _to_bytes(self.value, self.value_encoding)
+
+
+def rejection_event(
+    *,
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    source: str = COLLECTOR_SOURCE,
+    causation_id: str | None = None,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """The dead letter for a refused record; its Kafka key is the record's own key.
+
+    `causation_id` is the refused request's id when it could be read.
+    """
+    data = RequestRejected.of_record(
+        reason=reason,
+        detail=detail,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+    )
+    extensions = {} if causation_id is None else {"causationid": causation_id}
+    return CloudEvent(
+        specversion=SPECVERSION,
+        id=str(uuid.uuid4()),
+        source=source,
+        type=RequestRejected.event_type,
+        time=time or datetime.now(UTC),
+        data=data.model_dump(mode="json"),
+        **extensions,
+    )
+
+
+def _to_text(raw: bytes | None) -> tuple[str | None, Encoding | None]:
+    if raw is None:
+        return None, None
+    try:
+        return raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _to_bytes(text: str | None, encoding: Encoding | None) -> bytes | None:
+    if text is None:
+        return None
+    return base64.b64decode(text) if encoding == "base64" else text.encode()
