@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     repository_concurrency: int = Field(default=4, ge=1, le=64)
     protected_digests: list[str] = Field(default_factory=lambda: [EMPTY_LAYER_DIGEST])
+    #: The relay polls the outbox this often when no NOTIFY wakes it earlier; a
+    #: standing-by relay tries to become the publishing one as often.
+    relay_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,1 +1,2 @@
-"""Transactional outbox: removal events written with the deletions they report."""
+"""Transactional outbox: removal events written with the deletions they report, and the
+relay that publishes them to Kafka."""

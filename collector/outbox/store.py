@@ -1,10 +1,10 @@
-"""Writes removal events to ``gc.outbox`` inside the deleting transaction."""
+"""The outbox table: events written inside the deleting transaction, counted, pruned."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
@@ -25,3 +25,15 @@ async def write(conn: Connection, removed: Sequence[Removed], time: datetime) ->
         [r.removal.partition_key for r in removed],
         [event.to_json() for event in events],
     )
+
+
+async def pending(conn: Connection) -> int:
+    """How many events still wait for the relay."""
+    count: int = await conn.fetchval(_QUERIES["count_pending"])
+    return count
+
+
+async def prune(conn: Connection, retention: timedelta) -> int:
+    """Delete events published longer than ``retention`` ago; return how many went."""
+    count: int = await conn.fetchval(_QUERIES["prune"], retention)
+    return count

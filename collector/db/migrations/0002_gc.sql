@@ -29,7 +29,8 @@ CREATE TABLE gc.outbox (
     event_id uuid NOT NULL UNIQUE,
     event_type text NOT NULL,
     key text NOT NULL,
-    event jsonb NOT NULL,
+    -- json, not jsonb: the relay publishes the very text the engine wrote.
+    event json NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     published_at timestamptz
 );

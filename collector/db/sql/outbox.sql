@@ -2,5 +2,41 @@
 -- Write removal events in the deleting transaction.
 -- $1 uuid[] event ids, $2 text[] types, $3 text[] keys, $4 text[] event JSON (parallel)
 INSERT INTO gc.outbox (event_id, event_type, key, event)
-SELECT event_id, event_type, key, event::jsonb
+SELECT event_id, event_type, key, event::json
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS e (event_id, event_type, key, event)
+
+-- name: try_relay_lock
+-- Become the one publishing relay: a session-level advisory lock, released
+-- when the session ends (or its connection dies). True when taken.
+-- $1 bigint lock key
+SELECT pg_try_advisory_lock($1::bigint)
+
+-- name: claim
+-- Lock the oldest pending events for publication, in id order.
+-- $1 integer how many at most
+SELECT id, event_id, key, event::text AS event
+FROM gc.outbox
+WHERE published_at IS NULL
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+
+-- name: mark_published
+-- Record that the broker acknowledged these events.
+-- $1 bigint[] outbox ids
+UPDATE gc.outbox SET published_at = now()
+WHERE id = ANY($1::bigint[]) AND published_at IS NULL
+
+-- name: count_pending
+-- How many events still wait for publication. No parameters.
+SELECT count(*) FROM gc.outbox WHERE published_at IS NULL
+
+-- name: prune
+-- Delete published events older than the retention; returns how many went.
+-- $1 interval retention
+WITH pruned AS (
+    DELETE FROM gc.outbox
+    WHERE published_at IS NOT NULL AND published_at < now() - $1::interval
+    RETURNING 1
+)
+SELECT count(*) FROM pruned

@@ -1,0 +1,324 @@
+"""Publishes outbox rows to the removals topic, one relay at a time across all processes.
+
+Ordering: a key's events must reach Kafka in outbox id order. Two things keep it:
+
+* One publisher. The relay holds a session-level advisory lock on a dedicated
+  connection, and claims, publishes and marks its batches in transactions on
+  that same connection. Should the connection die, the lock goes with it *and*
+  so does the open claim: the relay that takes over claims the same rows again,
+  in the same order. The rows both may send are then duplicates of the same
+  sequence, which keeps each event's first appearance in id order (consumers
+  drop duplicates by event id). Relays that do not get the lock stand by and
+  try again every poll interval.
+* The idempotent producer (``acks="all"``): the broker accepts a partition's
+  batches only in sequence, so a failed batch is never overtaken by a later one
+  of the same partition, and retries never duplicate within one producer.
+
+A row is marked published only after the broker acknowledged every row of its
+batch, in the transaction that claimed it; a crash in between means the batch
+is sent again with the same event ids (CONTRACT §2.2: at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+)
+from asyncpg.transaction import Transaction
+
+from collector.backoff import Backoff
+from collector.config import Settings
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from collector.errors import CollectorError
+from collector.kafka import client_options
+from collector.outbox import store
+from events import CONTENT_TYPE
+
+log = structlog.get_logger(__name__)
+
+_QUERIES = load_queries("outbox.sql")
+
+#: The advisory lock that makes a relay the publishing one (an arbitrary, fixed key).
+LOCK_KEY = 0x6763_7265_6C61
+#: The channel the outbox trigger (migration 0003) notifies on every insert.
+CHANNEL = "gc_outbox"
+_HEADERS = [("content-type", CONTENT_TYPE.encode())]
+
+#: The database went away: reconnect (the lock went with the connection).
+_DISCONNECTS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+#: Broker errors that a later attempt with a fresh producer may not meet again.
+_TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)
+_CLOSE_TIMEOUT_S = 10.0
+#: No relay query takes long; one that does is on a dead connection.
+_COMMAND_TIMEOUT_S = 60.0
+#: The server drops a silent client within about 25 s, which frees the lock for a
+#: standing-by relay (the default is two hours of silence).
+_SESSION_SETTINGS = {
+    "application_name": "collector-relay",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    STANDING_BY = "standing_by"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class Relay:
+    """``run()`` until ``stop()``; publishes while it holds the relay lock."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], settings: Settings) -> None:
+        #: For ``pending()``; the relay's own session uses ``settings.database_url``.
+        self._pool = pool
+        self._settings = settings
+        self._topic = settings.topic_removals
+        self._poll_s = settings.relay_poll_interval_s
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self.state = State.CONNECTING
+        #: Events the broker acknowledged and this relay marked published.
+        self.published = 0
+        #: Batches published (empty claims excluded) and claims attempted.
+        self.batches = 0
+        self.claims = 0
+        #: Publication attempts that failed on the broker.
+        self.publish_failures = 0
+
+    async def pending(self) -> int:
+        """How many events still wait for publication (by any relay)."""
+        async with self._pool.acquire() as conn:
+            return await store.pending(conn)
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return once the batch in hand is settled."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Stand by or publish until stopped. Database and broker outages are waited
+        out; any other error propagates."""
+        log.info("relay_started", topic=self._topic)
+        backoff, database_down = Backoff(), False
+        try:
+            while not self._stopping.is_set():
+                self.state = State.CONNECTING
+                try:
+                    conn = await asyncpg.connect(
+                        self._settings.database_url,
+                        command_timeout=_COMMAND_TIMEOUT_S,
+                        server_settings=_SESSION_SETTINGS,
+                    )
+                except _DISCONNECTS as exc:
+                    database_down = _log_change(database_down, True, "database_unavailable", exc)
+                    await self._sleep(backoff.next())
+                    continue
+                try:
+                    database_down = _log_change(database_down, False, "database_recovered")
+                    backoff = Backoff()
+                    await self._session(conn)
+                except _DISCONNECTS as exc:
+                    database_down = _log_change(database_down, True, "database_unavailable", exc)
+                    delay = backoff.next()
+                else:
+                    delay = 0.0  # stopping
+                finally:
+                    self.state = State.CONNECTING
+                    await _close(conn)
+                await self._sleep(delay)
+        finally:
+            self.state = State.STOPPED
+            log.info("relay_stopped", published=self.published)
+
+    # -- one database session ------------------------------------------------
+
+    async def _session(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        """Take the relay lock (or stand by for it), then publish until stopped."""
+        conn.add_termination_listener(lambda _conn: self._wakeup.set())
+        while not self._stopping.is_set():
+            if await conn.fetchval(_QUERIES["try_relay_lock"], LOCK_KEY):
+                break
+            if self.state is not State.STANDING_BY:
+                self.state = State.STANDING_BY
+                log.info("relay_standing_by")
+            await self._sleep(self._poll_s)
+        else:
+            return
+        await conn.add_listener(CHANNEL, self._on_notify)
+        self.state = State.ACTIVE
+        log.info("relay_activated", topic=self._topic)
+        await self._publish_loop(conn)
+
+    def _on_notify(self, *_args: object) -> None:
+        self._wakeup.set()
+
+    async def _publish_loop(self, conn: Connection) -> None:
+        producer: Any = None
+        backoff, broker_down = Backoff(), False
+        try:
+            while not self._stopping.is_set():
+                self._wakeup.clear()
+                try:
+                    if producer is None:
+                        producer = await self._start_producer()
+                    count = await self._publish_batch(conn, producer)
+                except KafkaError as exc:
+                    if not (exc.retriable or isinstance(exc, _TRANSIENT_KAFKA)):
+                        raise CollectorError(f"cannot publish to {self._topic}: {exc!r}") from exc
+                    self.publish_failures += 1
+                    broker_down = _log_change(broker_down, True, "broker_unavailable", exc)
+                    if producer is not None:
+                        await _stop_producer(producer)
+                        producer = None
+                    await self._sleep(backoff.next())
+                    continue
+                if broker_down:
+                    broker_down = _log_change(broker_down, False, "broker_recovered")
+                    backoff = Backoff()
+                if count < self._settings.batch_size:  # drained: wait for news
+                    await self._wait(self._poll_s)
+        finally:
+            if producer is not None:
+                await _stop_producer(producer)
+
+    async def _start_producer(self) -> Any:
+        producer = AIOKafkaProducer(
+            acks="all", enable_idempotence=True, **client_options(self._settings)
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_producer(producer)
+            raise
+        return producer
+
+    # -- one batch -------------------------------------------------------------
+
+    async def _publish_batch(self, conn: Connection, producer: Any) -> int:
+        """Claim, publish and mark one batch in one transaction; return its size."""
+        transaction = conn.transaction()
+        await transaction.start()
+        settled = False
+        try:
+            rows = await conn.fetch(_QUERIES["claim"], self._settings.batch_size)
+            self.claims += 1
+            if rows:
+                await self._produce(producer, rows)
+            # The broker has every row: persist that, whatever cancels us meanwhile.
+            decision = asyncio.ensure_future(self._settle(conn, transaction, rows))
+            try:
+                await asyncio.shield(decision)
+            except asyncio.CancelledError:
+                await asyncio.wait([decision])
+                settled = not decision.cancelled() and decision.exception() is None
+                raise
+            settled = True
+        finally:
+            if not settled:
+                # Rows stay pending; the error that got us here is what counts.
+                with contextlib.suppress(asyncpg.PostgresError, *_DISCONNECTS):
+                    await transaction.rollback()
+        if rows:
+            self.published += len(rows)
+            self.batches += 1
+            log.info(
+                "batch_published",
+                count=len(rows),
+                first_id=rows[0]["id"],
+                last_id=rows[-1]["id"],
+            )
+        return len(rows)
+
+    async def _produce(self, producer: Any, rows: list[asyncpg.Record]) -> None:
+        """Send every row and wait until the broker acknowledged them all."""
+        deliveries: list[asyncio.Future[Any]] = []
+        try:
+            for row in rows:
+                deliveries.append(
+                    await producer.send(
+                        self._topic,
+                        row["event"].encode(),
+                        key=row["key"].encode(),
+                        headers=_HEADERS,
+                    )
+                )
+        finally:
+            # Even after a failure: nothing of this batch may still be on its way.
+            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def _settle(
+        self, conn: Connection, transaction: Transaction, rows: list[asyncpg.Record]
+    ) -> None:
+        if rows:
+            await self._mark(conn, [row["id"] for row in rows])
+        await transaction.commit()
+
+    async def _mark(self, conn: Connection, ids: list[int]) -> None:
+        await conn.execute(_QUERIES["mark_published"], ids)
+
+    # -- waiting ---------------------------------------------------------------
+
+    async def _wait(self, seconds: float) -> None:
+        """Until a NOTIFY, ``stop()`` or ``seconds``, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until ``stop()`` or ``seconds`` (a NOTIFY does not cut a backoff short)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+
+def _log_change(current: bool, new: bool, event: str, error: BaseException | None = None) -> bool:
+    """Log ``event`` when a down/up state flips; return the new state."""
+    if current != new:
+        if error is None:
+            log.info(event)
+        else:
+            log.warning(event, error=repr(error))
+    return new
+
+
+async def _stop_producer(producer: Any) -> None:
+    try:
+        await asyncio.wait_for(producer.stop(), _CLOSE_TIMEOUT_S)
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("producer_stop_failed", error=repr(exc))
+
+
+async def _close(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Close the session (which releases the lock); terminate it when that fails."""
+    try:
+        await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT_S)
+    except (*_DISCONNECTS, asyncpg.PostgresError):
+        conn.terminate()
+    except BaseException:
+        conn.terminate()
+        raise
