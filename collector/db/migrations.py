@@ -9,6 +9,7 @@ from importlib.resources import files
 import structlog
 
 from collector.db.connector import Connection
+from collector.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -46,11 +47,17 @@ async def migrate(conn: Connection) -> list[Migration]:
             )
             """
         )
-        rows = await conn.fetch("SELECT version FROM gc.schema_migration")
-        done = {row["version"] for row in rows}
+        rows = await conn.fetch("SELECT version, name FROM gc.schema_migration")
+        done = {row["version"]: row["name"] for row in rows}
         applied = []
         for migration in available_migrations():
             if migration.version in done:
+                if done[migration.version] != migration.name:
+                    raise ConfigError(
+                        f"migration {migration.version} was applied as "
+                        f"{done[migration.version]!r} but this collector has "
+                        f"{migration.name!r}: the database belongs to another version"
+                    )
                 continue
             await conn.execute(migration.sql)
             await conn.execute(

@@ -1,23 +1,29 @@
-"""`collector demo`: seed a realistic registry, expire and delete part of it, collect it.
+"""`collector demo`: seed a realistic registry, expire and delete part of it, collect it,
+publish the removal events to Kafka, verify.
 
-Until the Kafka pipeline lands, the demo drives the engine directly; the
-removal events it produces wait in the outbox for the relay.
+Until the Kafka intake lands, the demo drives the engine directly; its
+removal events still reach the removals topic through the outbox relay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
+import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from collector import kafka
 from collector.config import Settings
 from collector.db.connector import PoolDatabase, create_pool
 from collector.db.migrations import migrate
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
+from collector.errors import BrokerUnavailable
+from collector.outbox.relay import Relay
 from collector.verify import Verification, verify
 from events import Removal
 
@@ -29,6 +35,7 @@ class DemoResult:
     expired_tags: int
     deleted_repositories: int
     events: int
+    published: int
     seconds: float
     verification: Verification
 
@@ -41,6 +48,8 @@ async def run_demo(settings: Settings, shape: Shape, *, seed: int, console: Cons
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
+        await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
+        async with pool.acquire() as conn:
             with console.status("seeding a registry"):
                 plan = plan_registry(shape, now_ms=clock.now_ms(), seed=seed)
                 counts = await write(conn, plan)
@@ -92,12 +101,41 @@ async def run_demo(settings: Settings, shape: Shape, *, seed: int, console: Cons
         seconds = time.perf_counter() - started
         async with pool.acquire() as conn:
             events = await conn.fetchval("SELECT count(*) FROM gc.outbox") - events_before
+        with console.status(f"publishing removal events to {settings.topic_removals}"):
+            published = await _publish(pool, settings)
+        async with pool.acquire() as conn:
             verification = await verify(
                 conn, now_ms=clock.now_ms(), protected_digests=settings.protected_digests
             )
     finally:
         await pool.close()
-    return DemoResult(report, seeded, len(expired), len(deleted), events, seconds, verification)
+    return DemoResult(
+        report, seeded, len(expired), len(deleted), events, published, seconds, verification
+    )
+
+
+async def _publish(pool: asyncpg.Pool[asyncpg.Record], settings: Settings) -> int:
+    """Run the outbox relay until the outbox is drained; give up (the events stay in
+    the outbox) when it makes no progress for ``connect_wait_s``."""
+    relay = Relay(pool, settings)
+    running = asyncio.create_task(relay.run())
+    try:
+        last, stalled_since = -1, time.monotonic()
+        while (pending := await relay.pending()) > 0:
+            if running.done():
+                await running  # surfaces the relay's error
+            if pending != last:
+                last, stalled_since = pending, time.monotonic()
+            elif time.monotonic() - stalled_since > settings.connect_wait_s:
+                raise BrokerUnavailable(
+                    f"{pending} removal events not published to {settings.topic_removals}: "
+                    "they stay in the outbox"
+                )
+            await asyncio.sleep(0.1)
+    finally:
+        relay.stop()
+        await running
+    return relay.published
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
@@ -111,7 +149,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
     rate = result.report.total / result.seconds if result.seconds else 0.0
     console.print(
         f"{result.report.total:,} objects removed from {result.report.repositories} repositories "
-        f"in {result.seconds:.2f}s ({rate:,.0f}/s); {result.events:,} removal events in the outbox"
+        f"in {result.seconds:.2f}s ({rate:,.0f}/s); {result.events:,} removal events, "
+        f"{result.published:,} published to Kafka"
     )
     if result.verification.ok:
         due = sum(f.rows for f in result.verification.garbage)

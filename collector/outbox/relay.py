@@ -52,7 +52,7 @@ _QUERIES = load_queries("outbox.sql")
 
 #: The advisory lock that makes a relay the publishing one (an arbitrary, fixed key).
 LOCK_KEY = 0x6763_7265_6C61
-#: The channel the outbox trigger (migration 0003) notifies on every insert.
+#: The channel the outbox trigger (migration 0004) notifies on every insert.
 CHANNEL = "gc_outbox"
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 

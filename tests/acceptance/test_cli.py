@@ -220,7 +220,8 @@ async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
 
 
 async def test_demo_runs_and_verifies_clean(create_database: CreateDatabase) -> None:
-    """The demo seeds, expires, deletes, collects and ends with verify ok."""
+    """The demo seeds, expires, deletes, collects, publishes every removal event through
+    the relay and ends with verify ok."""
     url = await create_database("cli_demo")
 
     result = run_collector("demo", "--repositories", "15", "--database-url", url)
@@ -228,9 +229,11 @@ async def test_demo_runs_and_verifies_clean(create_database: CreateDatabase) -> 
     assert result.returncode == 0, result.stderr
     assert "repo-purged" in result.stdout
     assert "verify: ok" in result.stdout
+    assert "published to Kafka" in result.stdout
     conn = await asyncpg.connect(url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM gc.outbox") > 0
+        assert await conn.fetchval("SELECT count(*) FROM gc.outbox WHERE published_at IS NULL") == 0
         assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
     finally:
         await conn.close()

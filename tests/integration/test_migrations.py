@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from collector.db.migrations import available_migrations, migrate
+from collector.errors import ConfigError
 from tests.conftest import ADMIN_URL
 
 #: CONTRACT §3, literally: every table and the columns it names (``id`` for all).
@@ -320,5 +321,22 @@ async def test_migrate_indexes_foreign_keys_of_adopted_tables(new_database: NewD
             """
         )
         assert leading == 1
+    finally:
+        await conn.close()
+
+
+async def test_migrate_refuses_a_database_migrated_by_another_version(
+    new_database: NewDatabase,
+) -> None:
+    """A version number applied under another name means the database and the code
+    disagree: migrate() refuses with a clear error instead of skipping the migration."""
+    conn = await connect(await new_database())
+    try:
+        await asyncio.wait_for(migrate(conn), MIGRATE_TIMEOUT_S)
+        await conn.execute(
+            "UPDATE gc.schema_migration SET name = 'something_else' WHERE version = 2"
+        )
+        with pytest.raises(ConfigError, match="migration 2 was applied as 'something_else'"):
+            await asyncio.wait_for(migrate(conn), MIGRATE_TIMEOUT_S)
     finally:
         await conn.close()

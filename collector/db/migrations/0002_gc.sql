@@ -18,7 +18,6 @@ CREATE TABLE gc.candidate (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX candidate_claim_idx ON gc.candidate (repository_id, kind, id);
-CREATE INDEX candidate_claim_any_idx ON gc.candidate (kind, id);
 CREATE INDEX candidate_object_idx ON gc.candidate (kind, object_id);
 
 -- Transactional outbox: removal events written in the deleting transaction,
@@ -29,20 +28,8 @@ CREATE TABLE gc.outbox (
     event_id uuid NOT NULL UNIQUE,
     event_type text NOT NULL,
     key text NOT NULL,
-    -- json, not jsonb: the relay publishes the very text the engine wrote.
-    event json NOT NULL,
+    event jsonb NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     published_at timestamptz
 );
 CREATE INDEX outbox_pending_idx ON gc.outbox (id) WHERE published_at IS NULL;
-
--- The expiry rule of CONTRACT §2.1/§3 in one place: a tag is due once its
--- lifetime ended at least its namespace's time-machine window ago, unless it
--- is immutable. A plain SQL expression, inlined by the planner.
-CREATE FUNCTION gc.tag_is_due(
-    lifetime_end_ms bigint, immutable boolean, window_s bigint, now_ms bigint
-) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN lifetime_end_ms IS NOT NULL
-    AND NOT immutable
-    AND lifetime_end_ms + window_s * 1000 <= now_ms;
