@@ -11,7 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from events._envelope import COLLECTOR_SOURCE, SPECVERSION, CloudEvent
-from events._removals import TYPE_PREFIX
+from events._model import TYPE_PREFIX
 
 Encoding = Literal["utf-8", "base64"]
 

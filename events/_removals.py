@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
-TYPE_PREFIX = "registry.gc."
+from events._model import TYPE_PREFIX, EventData, RepositoryScoped
 
 
-class Removal(BaseModel):
+class Removal(EventData):
     """The `data` of a removal event; subclasses pin the CloudEvents `type`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    event_type: ClassVar[str]
 
     @property
     def subject(self) -> str:
@@ -26,16 +20,8 @@ class Removal(BaseModel):
         return self.subject
 
 
-class RepositoryRemoval(Removal):
+class RepositoryRemoval(RepositoryScoped, Removal):
     """A removal scoped to one repository: keyed by `<namespace>/<repository>`."""
-
-    namespace: str
-    repository: str
-    repository_id: int
-
-    @property
-    def repository_path(self) -> str:
-        return f"{self.namespace}/{self.repository}"
 
     @property
     def partition_key(self) -> str:

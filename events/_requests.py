@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from events._removals import TYPE_PREFIX
-
-#: A non-empty string; nothing else (no number, no null) is turned into one.
-Name = Annotated[str, Field(strict=True, min_length=1)]
-#: An integer of PostgreSQL's `bigint` range; a bool, float or numeric string is refused.
-BigInt = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+from events._model import TYPE_PREFIX, BigInt, Name, RepositoryScoped
 
 
-class RequestData(BaseModel):
-    """The `data` of a request event: names the repository it is about.
-
-    Subclasses pin the CloudEvents `type`. Validation is strict: `"12"` is not
-    12, `true` is not 1, and a field the contract does not name is refused.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    event_type: ClassVar[str]
-
-    namespace: Name
-    repository: Name
-    repository_id: BigInt
-
-    @property
-    def repository_path(self) -> str:
-        """`<namespace>/<repository>`: what the Kafka record key must be (CONTRACT §1)."""
-        return f"{self.namespace}/{self.repository}"
+class RequestData(RepositoryScoped):
+    """The `data` of a request event: names the repository it is about, whose
+    `repository_path` the Kafka record key must equal."""
 
 
 class TagExpired(RequestData):

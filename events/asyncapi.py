@@ -18,7 +18,8 @@ import yaml
 
 from events._dead_letter import RequestRejected
 from events._envelope import CONTENT_TYPE
-from events._removals import REMOVAL_TYPES, TYPE_PREFIX, BlobRemoved, LabelRemoved
+from events._model import TYPE_PREFIX
+from events._removals import REMOVAL_TYPES, BlobRemoved, LabelRemoved
 from events._requests import REQUEST_TYPES
 from events._schemas import json_schemas
 

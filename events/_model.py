@@ -1,0 +1,38 @@
+"""What every event payload shares: strict, frozen models, and the repository they name."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TYPE_PREFIX = "registry.gc."
+
+#: A non-empty string; nothing else (no number, no null) is turned into one.
+Name = Annotated[str, Field(strict=True, min_length=1)]
+#: An integer of PostgreSQL's `bigint` range; a bool, float or numeric string is refused.
+BigInt = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+
+
+class EventData(BaseModel):
+    """The `data` of an event; subclasses pin the CloudEvents `type`.
+
+    Validation is strict: `"12"` is not 12, `true` is not 1, and a field the
+    contract does not name is refused.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    event_type: ClassVar[str]
+
+
+class RepositoryScoped(EventData):
+    """Data about one repository, keyed `<namespace>/<repository>` on Kafka (CONTRACT §1)."""
+
+    namespace: Name
+    repository: Name
+    repository_id: BigInt
+
+    @property
+    def repository_path(self) -> str:
+        return f"{self.namespace}/{self.repository}"
