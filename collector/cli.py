@@ -7,9 +7,12 @@ Exit codes: 0 success, 1 a failure found (``verify``) or a run that failed,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, NoReturn
 
 import structlog
@@ -17,9 +20,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from collector import kafka
+from collector import kafka, publish
 from collector.config import Settings, load_settings
 from collector.db.connector import (
+    Connection,
     Database,
     PoolDatabase,
     RollbackDatabase,
@@ -34,7 +38,7 @@ from collector.errors import CollectorError, ConfigError, RepositoryNotFound
 from collector.logging import configure_logging
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
-from events import Removal
+from events import CloudEvent, Removal, RequestData
 
 app = typer.Typer(
     name="collector",
@@ -252,6 +256,118 @@ def verify(
     raise typer.Exit(0 if result.ok else 1)
 
 
+publish_app = typer.Typer(
+    help="Put a request on the requests topic, reading ids from the database.",
+    no_args_is_help=True,
+)
+app.add_typer(publish_app, name="publish")
+
+RepositoryPath = Annotated[str, typer.Argument(metavar="NAMESPACE/REPOSITORY")]
+
+
+@publish_app.command("tag-expired")
+def publish_tag_expired(
+    repository: RepositoryPath,
+    tag: Annotated[str, typer.Argument(metavar="TAG")],
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for the latest ended tag of that name to be collected once it is due."""
+    _publish(
+        database_url, kafka_bootstrap, log_level, lambda c: publish.tag_expired(c, repository, tag)
+    )
+
+
+@publish_app.command("repo-deleted")
+def publish_repo_deleted(
+    repository: RepositoryPath,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for a repository marked for deletion to be purged."""
+    _publish(
+        database_url, kafka_bootstrap, log_level, lambda c: publish.repo_deleted(c, repository)
+    )
+
+
+@publish_app.command("repo-sweep")
+def publish_repo_sweep(
+    repository: RepositoryPath,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for everything due in a repository to be collected."""
+    _publish(database_url, kafka_bootstrap, log_level, lambda c: publish.repo_sweep(c, repository))
+
+
+def _publish(
+    database_url: str | None,
+    kafka_bootstrap: str | None,
+    log_level: str,
+    build: Callable[[Connection], Awaitable[RequestData]],
+) -> None:
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+
+    async def main() -> list[CloudEvent]:
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            async with pool.acquire() as conn:
+                request = await build(conn)
+        finally:
+            await pool.close()
+        return await publish.publish(settings, [request])
+
+    for event in asyncio.run(main()):
+        typer.echo(f"published {event.type.removeprefix('registry.gc.')} id={event.id}")
+
+
+@app.command()
+def scan(
+    every: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Scan again every SECONDS until SIGTERM/SIGINT."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Find work no event announced (tags past their window, expired uploads, repositories
+    marked for deletion) and publish requests for it: the safety net of the pipeline."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            while True:
+                async with pool.acquire() as conn:
+                    requests = await publish.scan(conn, SystemClock().now_ms())
+                events = await publish.publish(settings, requests) if requests else []
+                for request, event in zip(requests, events, strict=True):
+                    kind = event.type.removeprefix("registry.gc.")
+                    typer.echo(f"published {kind} {request.repository_path} id={event.id}")
+                typer.echo(f"scan: {len(events)} request(s) published", err=True)
+                if every is None:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every):
+                        await stopping.wait()
+                if stopping.is_set():
+                    return
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
 @app.command()
 def demo(
     repositories: Annotated[int, typer.Option(min=1, help="Image repositories to seed.")] = 200,
@@ -298,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args or ["--help"], prog_name="collector", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors carry exit code 2
-        _fail(exc.exit_code, exc.format_message())
+        # A group called without its command has shown its help: say what is missing.
+        _fail(exc.exit_code, exc.format_message() or "missing command (see the help above)")
     except (ConfigError, RepositoryNotFound) as exc:
         _fail(2, str(exc))
     except CollectorError as exc:

@@ -1,0 +1,29 @@
+-- name: latest_expired_tag
+-- The most recently ended tag named $3 in repository $1/$2 (what a
+-- tag-expired request names); nothing if no tag of that name has ended.
+-- $1 text namespace, $2 text repository, $3 text tag name
+SELECT t.id, t.lifetime_end_ms
+FROM tag t
+JOIN repository r ON r.id = t.repository_id
+JOIN namespace n ON n.id = r.namespace_id
+WHERE n.name = $1 AND r.name = $2 AND t.name = $3 AND t.lifetime_end_ms IS NOT NULL
+ORDER BY t.lifetime_end_ms DESC, t.id DESC
+LIMIT 1
+
+-- name: repositories_to_sweep
+-- What a scan asks for: repositories with a tag past its window, an expired
+-- upload or undecided candidates (repo-sweep), and repositories marked for
+-- deletion (repo-deleted), with their names.
+-- $1 bigint now (ms), $2 timestamptz now
+SELECT r.id, n.name AS namespace, r.name, r.state = 'marked_for_deletion' AS marked
+FROM repository r
+JOIN namespace n ON n.id = r.namespace_id
+WHERE r.state = 'marked_for_deletion'
+   OR EXISTS (
+       SELECT 1 FROM tag t
+       WHERE t.repository_id = r.id
+         AND gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
+   )
+   OR EXISTS (SELECT 1 FROM uploaded_blob u WHERE u.repository_id = r.id AND u.expires_at <= $2)
+   OR EXISTS (SELECT 1 FROM gc.candidate c WHERE c.repository_id = r.id)
+ORDER BY r.id

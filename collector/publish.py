@@ -1,0 +1,115 @@
+"""Requests for work, put on the requests topic: `collector publish` and `collector scan`.
+
+Ids come from the database, so an operator names things the way users see
+them (``acme/web``, tag ``v1``); the collector re-checks every request
+against the database anyway (CONTRACT §2.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from collector.backoff import reach
+from collector.config import Settings
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from collector.engine import repositories
+from collector.engine.context import ms_to_datetime
+from collector.errors import BrokerUnavailable, ConfigError
+from collector.kafka import client_options
+from events import (
+    CloudEvent,
+    RepoDeleted,
+    RepoSweep,
+    RequestData,
+    TagExpired,
+    request_event,
+    to_record,
+)
+
+log = structlog.get_logger(__name__)
+
+_QUERIES = load_queries("requests.sql")
+
+#: The CloudEvents `source` of requests the collector's own commands publish.
+SOURCE = "/registry-gc/cli"
+
+
+async def tag_expired(conn: Connection, path: str, tag: str) -> TagExpired:
+    """The request for the latest ended tag of that name; a usage error if none ended."""
+    repo = await repositories.find(conn, path)
+    row = await conn.fetchrow(_QUERIES["latest_expired_tag"], repo.namespace, repo.name, tag)
+    if row is None:
+        raise ConfigError(f"no ended tag {path}:{tag} (only expired tags can be requested)")
+    return TagExpired(
+        namespace=repo.namespace,
+        repository=repo.name,
+        repository_id=repo.id,
+        tag=tag,
+        tag_id=row["id"],
+        lifetime_end_ms=row["lifetime_end_ms"],
+    )
+
+
+async def repo_deleted(conn: Connection, path: str) -> RepoDeleted:
+    repo = await repositories.find(conn, path)
+    return RepoDeleted(namespace=repo.namespace, repository=repo.name, repository_id=repo.id)
+
+
+async def repo_sweep(conn: Connection, path: str) -> RepoSweep:
+    repo = await repositories.find(conn, path)
+    return RepoSweep(namespace=repo.namespace, repository=repo.name, repository_id=repo.id)
+
+
+async def scan(conn: Connection, now_ms: int) -> list[RequestData]:
+    """A request for every repository with work that no event may have announced:
+    repo-deleted for those marked for deletion, repo-sweep for those with due tags,
+    expired uploads or pending candidates."""
+    rows = await conn.fetch(_QUERIES["repositories_to_sweep"], now_ms, ms_to_datetime(now_ms))
+    return [
+        (RepoDeleted if row["marked"] else RepoSweep)(
+            namespace=row["namespace"], repository=row["name"], repository_id=row["id"]
+        )
+        for row in rows
+    ]
+
+
+async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[CloudEvent]:
+    """Put the requests on the requests topic, keyed by repository; returns the events
+    once the broker acknowledged every one."""
+    events = [request_event(request, source=SOURCE) for request in requests]
+    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **client_options(settings))
+    try:
+        await reach(
+            producer.start,
+            errors=(KafkaConnectionError,),
+            wait_s=settings.connect_wait_s,
+            unavailable=lambda reason: BrokerUnavailable(
+                f"cannot reach the Kafka broker: {reason}"
+            ),
+            event="broker_unreachable",
+        )
+        deliveries = []
+        for request, event in zip(requests, events, strict=True):
+            value, headers = to_record(event)
+            deliveries.append(
+                await producer.send(
+                    settings.topic_requests,
+                    value,
+                    key=request.repository_path.encode(),
+                    headers=headers,
+                )
+            )
+        for delivery in deliveries:
+            await delivery
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot publish to {settings.topic_requests}: {exc}") from exc
+    finally:
+        await producer.stop()
+    for event in events:
+        log.info("request_published", event_id=event.id, type=event.type)
+    return events

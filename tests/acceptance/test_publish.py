@@ -1,0 +1,174 @@
+"""`collector publish` and `collector scan`: requests on the topic, readable by the intake."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from collector.config import Settings
+from collector.engine import SystemClock
+from collector.kafka import client_options, ensure_topics
+from events import RepoDeleted, RepoSweep, Request, TagExpired, decode_request
+from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+from tests.registry import DAY_MS, Registry
+
+
+@dataclass
+class Setup:
+    url: str
+    topic: str
+    env: dict[str, str]
+    tag_id: int
+    lifetime_end_ms: int
+
+
+@pytest.fixture
+async def setup(create_database: CreateDatabase) -> AsyncIterator[Setup]:
+    """acme/app with an expired tag v1, acme/gone marked for deletion, acme/live idle;
+    a requests topic of the test's own."""
+    url = await create_database("publish_test")
+    conn = await asyncpg.connect(url)
+    try:
+        reg = Registry(conn, now_ms=SystemClock().now_ms())
+        ns = await reg.namespace("acme")
+        app = await reg.repository(ns, "app")
+        tag_id = await reg.expired_tag(app, await reg.manifest(app), "v1")
+        await reg.tag(app, await reg.manifest(app), "v1")  # the alive v1 is not the one named
+        await reg.repository(ns, "gone", state="marked_for_deletion")
+        live = await reg.repository(ns, "live")
+        await reg.tag(live, await reg.manifest(live), "latest", end_ms=reg.now_ms - DAY_MS)
+        end_ms = await conn.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag_id)
+    finally:
+        await conn.close()
+    suffix = uuid.uuid4().hex[:12]
+    settings = Settings(
+        topic_requests=f"test.requests.{suffix}",
+        topic_removals=f"test.removals.{suffix}",
+        topic_dead_letter=f"test.dead-letter.{suffix}",
+        topic_partitions=2,
+    )
+    await ensure_topics(settings)
+    env = {
+        "COLLECTOR_DATABASE_URL": url,
+        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
+    }
+    yield Setup(url, settings.topic_requests, env, tag_id, end_ms)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        await admin.delete_topics(
+            [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
+        )
+    finally:
+        await admin.close()
+
+
+def collector(setup: Setup, *args: str) -> Any:
+    os.environ.update(setup.env)
+    try:
+        return run_collector(*args)
+    finally:
+        for name in setup.env:
+            del os.environ[name]
+
+
+async def received(topic: str, count: int) -> list[tuple[bytes, Request]]:
+    """The first ``count`` records of the topic, decoded as the intake will."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_options(Settings()),
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(records) < count:
+                batches = await consumer.getmany(timeout_ms=500)
+                records.extend(r for batch in batches.values() for r in batch)
+    finally:
+        await consumer.stop()
+    return [(r.key, decode_request(key=r.key, value=r.value, headers=r.headers)) for r in records]
+
+
+async def test_publish_tag_expired_puts_a_valid_request_on_the_topic(setup: Setup) -> None:
+    """The request names the latest ended tag with the database's ids, keyed by repository."""
+    result = collector(setup, "publish", "tag-expired", "acme/app", "v1")
+
+    assert result.returncode == 0, result.stderr
+    [(key, request)] = await received(setup.topic, 1)
+    assert key == b"acme/app"
+    assert isinstance(request.data, TagExpired)
+    assert (request.data.tag_id, request.data.lifetime_end_ms) == (
+        setup.tag_id,
+        setup.lifetime_end_ms,
+    )
+    assert f"id={request.event.id}" in result.stdout
+
+
+async def test_publish_repo_deleted_and_repo_sweep(setup: Setup) -> None:
+    """Both repository requests decode to their types, in the order published."""
+    assert collector(setup, "publish", "repo-deleted", "acme/gone").returncode == 0
+    assert collector(setup, "publish", "repo-sweep", "acme/live").returncode == 0
+
+    requests = sorted(
+        (type(request.data).__name__, key) for key, request in await received(setup.topic, 2)
+    )
+    assert requests == [("RepoDeleted", b"acme/gone"), ("RepoSweep", b"acme/live")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["publish", "tag-expired", "acme/app", "latest"], "no ended tag acme/app:latest"),
+        (["publish", "repo-sweep", "acme/nope"], "no repository acme/nope"),
+        (["publish", "repo-deleted"], "Missing argument"),
+        (["publish"], "missing command"),
+    ],
+)
+async def test_publish_usage_errors_exit_2(setup: Setup, args: list[str], message: str) -> None:
+    """A request that names nothing real is refused before anything is published."""
+    result = collector(setup, *args)
+
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+async def test_scan_publishes_a_request_for_every_repository_with_work(setup: Setup) -> None:
+    """Due tags give repo-sweep, a mark gives repo-deleted; a tag still inside its window
+    gives nothing."""
+    result = collector(setup, "scan")
+
+    assert result.returncode == 0, result.stderr
+    requests = {key: request.data for key, request in await received(setup.topic, 2)}
+    assert set(requests) == {b"acme/app", b"acme/gone"}
+    assert isinstance(requests[b"acme/app"], RepoSweep)
+    assert isinstance(requests[b"acme/gone"], RepoDeleted)
+
+
+async def test_scan_every_repeats_until_sigterm(setup: Setup) -> None:
+    """`scan --every` scans again and again, and stops cleanly (exit 0) on SIGTERM."""
+    process = await asyncio.create_subprocess_exec(
+        *collector_command("scan", "--every", "0.2"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **setup.env, "COLLECTOR_LOG_LEVEL": "warning"},
+    )
+    await received(setup.topic, 4)  # two scans' worth
+    process.send_signal(signal.SIGTERM)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+
+    assert process.returncode == 0, stderr
+    assert stderr.decode().count("scan: 2 request(s) published") >= 2
