@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from events._envelope import COLLECTOR_SOURCE, SPECVERSION, CloudEvent
-from events._model import TYPE_PREFIX
+from events._envelope import COLLECTOR_SOURCE, CloudEvent, envelope
+from events._model import TYPE_PREFIX, EventData
 
 Encoding = Literal["utf-8", "base64"]
 
 
-class RequestRejected(BaseModel):
+class RequestRejected(EventData):
     """The `data` of a dead letter: why the record was refused, and the record itself.
 
     `key` and `value` hold the original bytes as text: decoded when they are
     UTF-8, base64 otherwise, as `key_encoding` and `value_encoding` say. A
     record without a key (or value) has null there and a null encoding.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_type: ClassVar[str] = TYPE_PREFIX + "request-rejected"
 
@@ -118,15 +115,7 @@ def rejection_event(
         value=value,
     )
     extensions = {} if causation_id is None else {"causationid": causation_id}
-    return CloudEvent(
-        specversion=SPECVERSION,
-        id=str(uuid.uuid4()),
-        source=source,
-        type=RequestRejected.event_type,
-        time=time or datetime.now(UTC),
-        data=data.model_dump(mode="json"),
-        **extensions,
-    )
+    return envelope(data, source=source, time=time, **extensions)
 
 
 def _to_text(raw: bytes | None) -> tuple[str | None, Encoding | None]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from events._model import EventData
 from events._removals import Removal
 from events._requests import RequestData
 
@@ -37,6 +38,29 @@ class CloudEvent(BaseModel):
         return self.model_dump_json(exclude_none=True)
 
 
+def envelope(
+    data: EventData,
+    *,
+    source: str,
+    event_id: str | None = None,
+    time: datetime | None = None,
+    subject: str | None = None,
+    **extensions: str,
+) -> CloudEvent:
+    """Wrap an event's data: its type from the model, a fresh UUID unless given, now
+    unless given. The id is fixed here, once, for good."""
+    return CloudEvent(
+        specversion=SPECVERSION,
+        id=str(uuid.uuid4()) if event_id is None else event_id,
+        source=source,
+        type=data.event_type,
+        time=time or datetime.now(UTC),
+        subject=subject,
+        data=data.model_dump(mode="json"),
+        **extensions,
+    )
+
+
 def removal_event(
     removal: Removal,
     *,
@@ -45,15 +69,13 @@ def removal_event(
     event_id: str | None = None,
     source: str = COLLECTOR_SOURCE,
 ) -> CloudEvent:
-    """Wrap a removal in its envelope; the id is fixed here, once, for good."""
-    return CloudEvent(
-        specversion=SPECVERSION,
-        id=str(uuid.uuid4()) if event_id is None else event_id,
+    """A removal's event, naming the request that caused it (`causationid`)."""
+    return envelope(
+        removal,
         source=source,
-        type=removal.event_type,
-        time=time or datetime.now(UTC),
+        event_id=event_id,
+        time=time,
         subject=removal.subject,
-        data=removal.model_dump(mode="json"),
         causationid=causation_id,
     )
 
@@ -66,14 +88,7 @@ def request_event(
     time: datetime | None = None,
 ) -> CloudEvent:
     """Wrap a request in its envelope, for whoever asks the collector for work."""
-    return CloudEvent(
-        specversion=SPECVERSION,
-        id=str(uuid.uuid4()) if event_id is None else event_id,
-        source=source,
-        type=data.event_type,
-        time=time or datetime.now(UTC),
-        data=data.model_dump(mode="json"),
-    )
+    return envelope(data, source=source, event_id=event_id, time=time)
 
 
 def to_record(event: CloudEvent) -> tuple[bytes, Headers]:
