@@ -60,12 +60,18 @@ async def test_connections_killed_mid_collection_are_retried(
 
 
 async def test_a_step_that_keeps_deadlocking_gives_up_with_a_storage_error(
-    db: asyncpg.Pool[asyncpg.Record],
+    db: asyncpg.Pool[asyncpg.Record], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A transaction that loses every race is retried a bounded number of times, then
-    reported as a StorageError instead of spinning forever."""
+    """A transaction that loses every race is retried a bounded number of times with
+    growing, capped waits, then reported as a StorageError instead of spinning forever."""
     engine = Engine(PoolDatabase(db), EngineConfig(), clock=FixedClock())
     attempts = 0
+    waits: list[float] = []
+
+    async def no_sleep(delay: float) -> None:
+        waits.append(delay)
+
+    monkeypatch.setattr("collector.engine.runner.asyncio.sleep", no_sleep)
 
     async def always_deadlocks(conn: object) -> StepResult:
         nonlocal attempts
@@ -75,6 +81,9 @@ async def test_a_step_that_keeps_deadlocking_gives_up_with_a_storage_error(
     with pytest.raises(StorageError, match="kept conflicting"):
         await engine._run(always_deadlocks)  # the retry loop itself is under test
     assert attempts == 10
+    assert len(waits) == 9
+    assert waits[1] > waits[0]
+    assert max(waits) <= 5.0 * 1.25
 
 
 async def test_a_step_that_deadlocks_once_is_replayed(db: asyncpg.Pool[asyncpg.Record]) -> None:
