@@ -36,6 +36,7 @@ from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemCloc
 from collector.engine import repositories as repository_rows
 from collector.errors import CollectorError, ConfigError, RepositoryNotFound
 from collector.logging import configure_logging
+from collector.service import Service, ServiceSummary
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import CloudEvent, Removal, RequestData
@@ -366,6 +367,51 @@ def scan(
             await pool.close()
 
     asyncio.run(main())
+
+
+@app.command()
+def run(
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            metavar="SECONDS",
+            help="Exit after SECONDS with the topic read, no request due and the outbox empty.",
+        ),
+    ] = None,
+    concurrency: Concurrency = None,
+    batch_size: BatchSize = None,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The service: consume requests, collect, publish removals. Stops cleanly on
+    SIGTERM/SIGINT."""
+    configure_logging(log_level)
+    settings = load_settings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        repository_concurrency=concurrency,
+        batch_size=batch_size,
+    )
+
+    async def main() -> ServiceSummary:
+        service = Service(settings, exit_when_idle_s=exit_when_idle)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, service.stop)
+        return await service.run()
+
+    summary = asyncio.run(main())
+    outcomes = ", ".join(f"{count} {name}" for name, count in sorted(summary.outcomes.items()))
+    refused = sum(summary.refused.values())
+    typer.echo(
+        f"run: {summary.received} record(s) received, {summary.accepted} accepted,"
+        f" {summary.duplicates} duplicate(s), {refused} refused;"
+        f" requests finished: {outcomes or 'none'};"
+        f" {summary.published} event(s) published in {summary.seconds:.1f} s",
+        err=True,
+    )
 
 
 @app.command()

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     topic_removals: str = "registry.gc.removals"
     topic_dead_letter: str = "registry.gc.dead-letter"
     group_id: str = "registry-collector"
+    #: The consumer group of `collector sink blob-deleter` on the removals topic.
+    sink_group_id: str = "registry-gc-blob-deleter"
     topic_partitions: int = Field(default=12, ge=1)
     #: -1: the broker's default.replication.factor.
     topic_replication_factor: int = Field(default=-1, ge=-1)
@@ -41,6 +43,17 @@ class Settings(BaseSettings):
     #: The relay polls the outbox this often when no NOTIFY wakes it earlier; a
     #: standing-by relay tries to become the publishing one as often.
     relay_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    #: Workers look for due requests this often when the intake does not wake
+    #: them (work admitted by another process, deferred work coming due).
+    work_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    #: Due requests waiting in gc.request above which the intake pauses the topic.
+    intake_max_backlog: int = Field(default=10_000, ge=1)
+    #: How long finished requests (the dedupe window for redelivered and replayed
+    #: events) and published outbox rows are kept: a week, Kafka's default retention.
+    retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    #: On SIGTERM, how long requests in hand may take before they are abandoned
+    #: (rolled back, and redone by the next run).
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -15,6 +15,10 @@ from collector.errors import BrokerUnavailable, CollectorError
 
 log = structlog.get_logger(__name__)
 
+#: Largest dead letter: a refused 1 MiB value, base64 encoded, in its envelope.
+#: The dead-letter topic is created to accept it (the broker default is 1 MB).
+DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Connection and security options for any aiokafka client."""
@@ -55,8 +59,14 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
             # aiokafka accepts the broker-default factor (-1) only with an
             # explicit, empty replica assignment.
             assignments: dict[int, list[int]] | None = {} if factor == -1 else None
+            configs = {
+                settings.topic_dead_letter: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
+            }
             response = await admin.create_topics(
-                [NewTopic(name, wanted[name], factor, assignments) for name in missing]
+                [
+                    NewTopic(name, wanted[name], factor, assignments, configs.get(name))
+                    for name in missing
+                ]
             )
             # The broker answers per topic, and aiokafka raises for none of them.
             created = []

@@ -15,6 +15,7 @@ from events._envelope import (
     request_event,
     to_record,
 )
+from events._model import TYPE_PREFIX
 from events._removals import (
     REMOVAL_TYPES,
     BlobRemoved,
@@ -35,6 +36,7 @@ __all__ = [
     "REMOVAL_TYPES",
     "REQUEST_TYPES",
     "SPECVERSION",
+    "TYPE_PREFIX",
     "BlobRemoved",
     "CloudEvent",
     "DecodeError",

@@ -100,10 +100,12 @@ def rejection_event(
     source: str = COLLECTOR_SOURCE,
     causation_id: str | None = None,
     time: datetime | None = None,
+    event_id: str | None = None,
 ) -> CloudEvent:
     """The dead letter for a refused record; its Kafka key is the record's own key.
 
-    `causation_id` is the refused request's id when it could be read.
+    `causation_id` is the refused request's id when it could be read; `event_id`
+    a fixed id (a fresh UUID when not given).
     """
     data = RequestRejected.of_record(
         reason=reason,
@@ -115,7 +117,7 @@ def rejection_event(
         value=value,
     )
     extensions = {} if causation_id is None else {"causationid": causation_id}
-    return envelope(data, source=source, time=time, **extensions)
+    return envelope(data, source=source, event_id=event_id, time=time, **extensions)
 
 
 def _to_text(raw: bytes | None) -> tuple[str | None, Encoding | None]:

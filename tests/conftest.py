@@ -21,7 +21,8 @@ from tests.registry import FixedClock, Registry
 ADMIN_URL = os.environ.get(
     "COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TEST_DB = "registry_test"
+#: Override to run two suites at once on one server.
+TEST_DB = os.environ.get("COLLECTOR_TEST_DATABASE", "registry_test")
 TEST_URL = ADMIN_URL.rsplit("/", 1)[0] + "/" + TEST_DB
 
 

@@ -68,3 +68,11 @@ async def migrate(conn: Connection) -> list[Migration]:
             log.info("migration_applied", version=migration.version, name=migration.name)
             applied.append(migration)
         return applied
+
+
+async def pending_migrations(conn: Connection) -> list[Migration]:
+    """The migrations this database still lacks (all of them on a bare database)."""
+    if await conn.fetchval("SELECT to_regclass('gc.schema_migration')") is None:
+        return available_migrations()
+    done = {row["version"] for row in await conn.fetch("SELECT version FROM gc.schema_migration")}
+    return [migration for migration in available_migrations() if migration.version not in done]

@@ -1,0 +1,86 @@
+-- name: known
+-- Which of these events were accepted before (dedupe by CloudEvents identity).
+-- $1 text[] sources, $2 text[] event ids (parallel)
+SELECT r.source, r.event_id
+FROM gc.request r
+JOIN unnest($1::text[], $2::text[]) AS e (source, event_id)
+  ON r.source = e.source AND r.event_id = e.event_id
+
+-- name: repositories
+-- The repositories these requests name, as the database knows them.
+-- $1 bigint[] repository ids
+SELECT r.id, n.name || '/' || r.name AS path, r.state
+FROM repository r JOIN namespace n ON n.id = r.namespace_id
+WHERE r.id = ANY($1::bigint[])
+
+-- name: admit
+-- Make accepted requests durable, due at once; an event id already known
+-- (a concurrent intake after a rebalance) is skipped.
+-- $1 text[] sources, $2 text[] event ids, $3 text[] types, $4 bigint[] repository ids,
+-- $5 text[] repository paths, $6 bigint[] tag ids, $7 bigint[] lifetime ends (ms),
+-- $8 bigint now (ms) (arrays parallel, in arrival order)
+INSERT INTO gc.request (
+    source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
+    due_at_ms
+)
+SELECT source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms, $8
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]
+) WITH ORDINALITY AS e (
+    source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms, n
+)
+ORDER BY n
+ON CONFLICT (source, event_id) DO NOTHING
+
+-- name: claim
+-- Lock the oldest request due at $1 whose repository has no older request
+-- due: a repository's requests run one at a time, in arrival order. The lock
+-- is held while the engine works; a crash releases it and the request stays.
+-- $1 bigint now (ms)
+SELECT r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
+       r.lifetime_end_ms
+FROM gc.request r
+WHERE r.finished_at IS NULL
+  AND r.due_at_ms <= $1
+  AND NOT EXISTS (
+      SELECT 1 FROM gc.request older
+      WHERE older.repository_id = r.repository_id
+        AND older.finished_at IS NULL
+        AND older.due_at_ms <= $1
+        AND older.id < r.id
+  )
+ORDER BY r.id
+LIMIT 1
+FOR UPDATE SKIP LOCKED
+
+-- name: tag_state
+-- The tag a tag-expired request names, if it is still in that repository.
+-- $1 bigint tag id, $2 bigint repository id
+SELECT t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s AS window_s
+FROM tag t
+JOIN repository r ON r.id = t.repository_id
+JOIN namespace n ON n.id = r.namespace_id
+WHERE t.id = $1 AND t.repository_id = $2
+
+-- name: finish
+-- $1 bigint request id, $2 text outcome, $3 text finished by
+UPDATE gc.request SET finished_at = now(), outcome = $2, finished_by = $3 WHERE id = $1
+
+-- name: defer
+-- $1 bigint request id, $2 bigint due at (ms)
+UPDATE gc.request SET due_at_ms = $2 WHERE id = $1
+
+-- name: count_due
+-- Requests waiting that are due at $1.
+-- $1 bigint now (ms)
+SELECT count(*) FROM gc.request WHERE finished_at IS NULL AND due_at_ms <= $1
+
+-- name: prune
+-- Forget requests finished longer than the retention ago (the dedupe window).
+-- $1 interval retention
+WITH pruned AS (
+    DELETE FROM gc.request
+    WHERE finished_at IS NOT NULL AND finished_at < now() - $1::interval
+    RETURNING 1
+)
+SELECT count(*) FROM pruned

@@ -1,0 +1,1 @@
+"""The intake: requests topic in, durable work (``gc.request``) or dead letters out."""

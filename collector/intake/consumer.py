@@ -1,0 +1,301 @@
+"""The requests consumer: records in, durable work or dead letters out, offsets committed after.
+
+Each fetched batch of a partition is handled by one task while that partition
+is paused, so a partition's records are admitted in order and the poll loop
+never stalls (aiokafka would leave the group after ``max_poll_interval_ms``).
+A record counts as completed once its work is durable in PostgreSQL or its
+dead letter is acknowledged; each partition commits the lowest offset not yet
+completed. Too much due work in the queue pauses every partition until the
+workers catch up (backpressure). On revocation the partitions' tasks finish
+(or are cancelled after a timeout, their records uncommitted) and their
+offsets are committed before the group moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+
+from collector.backoff import Backoff, reach
+from collector.config import Settings
+from collector.engine.context import Clock
+from collector.errors import BrokerUnavailable, CollectorError
+from collector.intake.admission import Refusal, admit
+from collector.intake.dead_letters import DeadLetters
+from collector.intake.offsets import OffsetTracker
+from collector.kafka import client_options
+from collector.work import queue
+from events import DecodeError, Request, decode_request
+
+log = structlog.get_logger(__name__)
+
+_DISCONNECTS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+)
+_POLL_MS = 200
+#: How long a revoked partition's batch may take before it is abandoned uncommitted.
+_HANDOVER_S = 10.0
+
+
+class Intake:
+    """``run()`` until ``stop()``: consume the requests topic in the collector's group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool[asyncpg.Record],
+        *,
+        clock: Clock,
+        on_admitted: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._clock = clock
+        self._on_admitted = on_admitted
+        self._topic = settings.topic_requests
+        self._stopping = asyncio.Event()
+        self._dead_letters = DeadLetters(settings, self._stopping)
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
+        self._consumer: Any = None
+        self._throttled = False
+        self._joined = False
+        self._failure: Exception | None = None
+        #: Records received, requests accepted, duplicates dropped.
+        self.received = 0
+        self.accepted = 0
+        self.duplicates = 0
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Dead letters published, by reason."""
+        return dict(self._dead_letters.sent)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def idle(self) -> bool:
+        """Joined, nothing in flight, and every assigned partition read to its end."""
+        consumer = self._consumer
+        if consumer is None or not self._joined or self._tasks:
+            return False
+        for partition in consumer.assignment():
+            end = consumer.highwater(partition)
+            if end is None or await consumer.position(partition) < end:
+                return False
+        return True
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            group_id=self._settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **client_options(self._settings),
+        )
+        consumer.subscribe([self._topic], listener=_HandOver(self))
+        await reach(
+            consumer.start,
+            errors=(KafkaConnectionError,),
+            wait_s=self._settings.connect_wait_s,
+            unavailable=lambda reason: BrokerUnavailable(
+                f"cannot reach the Kafka broker: {reason}"
+            ),
+            event="broker_unreachable",
+        )
+        self._consumer = consumer
+        log.info("intake_started", topic=self._topic, group=self._settings.group_id)
+        try:
+            while not self._stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=_POLL_MS, max_records=self._settings.batch_size
+                )
+                for partition, records in batches.items():
+                    self._start(partition, records)
+                self._reap()
+                await self._commit(self._tracker.committable())
+                await self._regulate()
+        finally:
+            await self._shut_down(consumer)
+
+    # -- one partition's batch -------------------------------------------------
+
+    def _start(self, partition: TopicPartition, records: list[Any]) -> None:
+        self._consumer.pause(partition)
+        self._tracker.fetched(partition, (record.offset for record in records))
+        self.received += len(records)
+        self._tasks[partition] = asyncio.create_task(
+            self._handle(partition, records), name=f"intake-{partition.partition}"
+        )
+
+    async def _handle(self, partition: TopicPartition, records: list[Any]) -> None:
+        try:
+            decoded: list[tuple[Any, Request]] = []
+            for record in records:
+                try:
+                    request = decode_request(
+                        key=record.key, value=record.value, headers=record.headers
+                    )
+                except DecodeError as exc:
+                    # Admit what came before first: the refusal must not overtake it.
+                    await self._admit(partition, decoded)
+                    decoded = []
+                    await self._dead_letters.send(record, exc.reason, exc.detail, None)
+                    self._tracker.completed(partition, [record.offset])
+                else:
+                    decoded.append((record, request))
+            await self._admit(partition, decoded)
+        except BrokerUnavailable as exc:
+            # Stopping during an outage: the rest stays uncommitted, for the next run.
+            if not self._stopping.is_set():
+                self._failure = exc
+        except Exception as exc:  # surfaced by the poll loop (_reap)
+            self._failure = exc
+        finally:
+            self._tasks.pop(partition, None)
+            if not self._throttled and partition in self._consumer.assignment():
+                self._consumer.resume(partition)
+
+    async def _admit(self, partition: TopicPartition, decoded: list[tuple[Any, Request]]) -> None:
+        """Make ``decoded`` durable in one transaction, waiting out database outages."""
+        if not decoded:
+            return
+        backoff, down = Backoff(), False
+        while True:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    verdicts = await admit(
+                        conn, [request for _, request in decoded], self._clock.now_ms()
+                    )
+                break
+            except _DISCONNECTS as exc:
+                if not down:
+                    log.warning("database_unavailable", error=repr(exc))
+                    down = True
+                if self._stopping.is_set():
+                    raise BrokerUnavailable("stopping while the database is away") from exc
+                await asyncio.sleep(backoff.next())
+        if down:
+            log.info("database_recovered")
+        for (record, request), verdict in zip(decoded, verdicts, strict=True):
+            if isinstance(verdict, Refusal):
+                await self._dead_letters.send(
+                    record, verdict.reason, verdict.detail, request.event.id
+                )
+            elif verdict == "duplicate":
+                self.duplicates += 1
+                log.info("request_duplicate", event_id=request.event.id, offset=record.offset)
+            else:
+                self.accepted += 1
+                log.info(
+                    "request_accepted",
+                    event_id=request.event.id,
+                    type=request.event.type,
+                    repository=request.key,
+                    partition=record.partition,
+                    offset=record.offset,
+                )
+            self._tracker.completed(partition, [record.offset])
+        if "accepted" in verdicts:
+            self._on_admitted()
+
+    def _reap(self) -> None:
+        """Surface the first failed batch task: never swallow a background error."""
+        if (error := self._failure) is not None:
+            if isinstance(error, CollectorError):
+                raise error
+            raise CollectorError(f"intake failed: {error!r}") from error
+
+    # -- offsets, backpressure, hand-over -----------------------------------------
+
+    async def _commit(self, positions: dict[TopicPartition, int]) -> None:
+        if not positions:
+            return
+        try:
+            await asyncio.shield(self._consumer.commit(positions))
+        except CommitFailedError as exc:
+            # The group moved on: the new owner reads from the last commit and
+            # drops what we admitted as duplicates.
+            log.warning("commit_failed", error=repr(exc))
+        except KafkaError as exc:
+            log.warning("commit_deferred", error=repr(exc))
+            return
+        self._tracker.committed(positions)
+
+    async def _regulate(self) -> None:
+        """Pause every partition while too much work is due, resume once it has halved."""
+        limit = self._settings.intake_max_backlog
+        try:
+            async with self._pool.acquire() as conn:
+                backlog = await queue.count_due(conn, self._clock.now_ms())
+        except _DISCONNECTS:
+            return  # the batches in flight wait the outage out and say so
+        consumer = self._consumer
+        if not self._throttled and backlog >= limit:
+            self._throttled = True
+            consumer.pause(*consumer.assignment())
+            log.info("intake_paused", backlog=backlog)
+        elif self._throttled and backlog <= limit // 2:
+            self._throttled = False
+            consumer.resume(*(p for p in consumer.assignment() if p not in self._tasks))
+            log.info("intake_resumed", backlog=backlog)
+        elif self._throttled:
+            consumer.pause(*consumer.assignment())  # a rebalance resets pauses
+
+    async def hand_over(self, revoked: set[TopicPartition]) -> None:
+        """Finish (or abandon) the revoked partitions' batches and commit their offsets."""
+        tasks = [task for partition, task in self._tasks.items() if partition in revoked]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=_HANDOVER_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._commit(self._tracker.committable(revoked))
+        self._tracker.forget(revoked)
+        if revoked:
+            log.info("partitions_revoked", partitions=sorted(p.partition for p in revoked))
+
+    def joined(self, assigned: set[TopicPartition]) -> None:
+        self._joined = True
+        log.info("partitions_assigned", partitions=sorted(p.partition for p in assigned))
+
+    async def _shut_down(self, consumer: Any) -> None:
+        """Let batches in flight finish, commit, leave the group."""
+        with contextlib.suppress(KafkaError, CollectorError):
+            await self.hand_over(set(self._tasks))
+            await self._commit(self._tracker.committable())
+        await self._dead_letters.stop()
+        try:
+            await asyncio.wait_for(consumer.stop(), _HANDOVER_S)
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("consumer_stop_failed", error=repr(exc))
+        self._consumer = None
+        log.info(
+            "intake_stopped",
+            received=self.received,
+            accepted=self.accepted,
+            duplicates=self.duplicates,
+            refused=self.refused,
+        )
+
+
+class _HandOver(ConsumerRebalanceListener):  # type: ignore[misc]  # untyped library base
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._intake.hand_over(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._intake.joined(set(assigned))

@@ -1,0 +1,256 @@
+"""`collector run`: the intake, the workers, the relay and the pruner, wired and watched.
+
+Each stage has ``run()`` and ``stop()``. The service watches them all: if one
+dies the others are stopped and its error surfaces (nothing is swallowed).
+Shutdown order keeps every decision: stop the intake (its batches in flight
+finish and their offsets are committed), let the workers finish the requests
+in hand (abandoned after ``shutdown_timeout_s``, rolled back, redone next
+time), then stop the relay (what it has not published stays in the outbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+import asyncpg
+import structlog
+
+from collector.config import Settings
+from collector.db.connector import PoolDatabase, create_pool
+from collector.db.migrations import pending_migrations
+from collector.engine import Engine, EngineConfig
+from collector.engine.context import Clock, SystemClock
+from collector.errors import CollectorError, ConfigError
+from collector.intake.consumer import Intake
+from collector.outbox import store as outbox
+from collector.outbox.relay import Relay
+from collector.work import queue
+from collector.work.worker import Workers
+
+log = structlog.get_logger(__name__)
+
+#: How often the service looks whether it is idle.
+_IDLE_CHECK_S = 0.25
+#: How often old requests and published events are pruned.
+_PRUNE_EVERY_S = 3600.0
+
+
+class Stage(Protocol):
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class ServiceSummary:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+    seconds: float = 0.0
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        exit_when_idle_s: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._settings = settings
+        self._exit_when_idle_s = exit_when_idle_s
+        self._clock = clock or SystemClock()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask for a clean shutdown (SIGTERM, SIGINT)."""
+        self._stopping.set()
+
+    async def run(self) -> ServiceSummary:
+        started = time.monotonic()
+        settings = self._settings
+        # Per worker: its claim connection and the engine's concurrent collectors.
+        pool = await create_pool(
+            settings.database_url,
+            max_size=6 * settings.repository_concurrency + 4,
+            wait_s=settings.connect_wait_s,
+        )
+        try:
+            async with pool.acquire() as conn:
+                if missing := await pending_migrations(conn):
+                    raise ConfigError(
+                        f"the database lacks migration {missing[0].version}"
+                        f" ({missing[0].name}): run `collector migrate` first"
+                    )
+            engine = Engine(
+                PoolDatabase(pool),
+                EngineConfig(
+                    batch_size=settings.batch_size,
+                    protected_digests=tuple(settings.protected_digests),
+                ),
+                clock=self._clock,
+            )
+            workers = Workers(
+                pool,
+                engine,
+                self._clock,
+                concurrency=settings.repository_concurrency,
+                poll_interval_s=settings.work_poll_interval_s,
+            )
+            intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)
+            relay = Relay(pool, settings)
+            pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
+            await self._supervise(pool, intake, workers, relay, pruner)
+            return ServiceSummary(
+                received=intake.received,
+                accepted=intake.accepted,
+                duplicates=intake.duplicates,
+                refused=intake.refused,
+                outcomes=dict(workers.outcomes),
+                published=relay.published,
+                seconds=time.monotonic() - started,
+            )
+        finally:
+            await pool.close()
+
+    async def _supervise(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        intake: Intake,
+        workers: Workers,
+        relay: Relay,
+        pruner: Pruner,
+    ) -> None:
+        stages: dict[asyncio.Task[None], Stage] = {
+            _start(stage.run(), name): stage
+            for name, stage in (
+                ("intake", intake),
+                ("workers", workers),
+                ("relay", relay),
+                ("pruner", pruner),
+            )
+        }
+        idle = _start(self._until_idle(pool, intake, workers), "idle-watch")
+        stopping = _start(self._stopping.wait(), "signals")
+        errors: list[BaseException] = []
+        try:
+            done, _ = await asyncio.wait(
+                [*stages, idle, stopping], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task in stages:  # a stage ended on its own: that is a failure
+                    error = task.exception() or CollectorError(f"{task.get_name()} stopped")
+                    log.error("stage_failed", stage=task.get_name(), error=repr(error))
+                    errors.append(error)
+        finally:
+            idle.cancel()
+            stopping.cancel()
+            errors += await self._shut_down(stages, intake, workers, relay, pruner)
+        if errors:
+            if isinstance(errors[0], CollectorError):
+                raise errors[0]
+            raise CollectorError(f"the service failed: {errors[0]!r}") from errors[0]
+
+    async def _shut_down(
+        self,
+        stages: dict[asyncio.Task[None], Stage],
+        intake: Intake,
+        workers: Workers,
+        relay: Relay,
+        pruner: Pruner,
+    ) -> list[BaseException]:
+        """Stop the stages in order; return the errors they ended with."""
+        log.info("service_stopping")
+        by_stage = {stage: task for task, stage in stages.items()}
+        timeout = self._settings.shutdown_timeout_s
+        errors = []
+        for stage, wait_s in ((intake, timeout), (workers, timeout), (relay, timeout), (pruner, 1)):
+            stage.stop()
+            if (error := await _finish(by_stage[stage], wait_s)) is not None:
+                errors.append(error)
+        log.info("service_stopped")
+        return errors
+
+    async def _until_idle(
+        self, pool: asyncpg.Pool[asyncpg.Record], intake: Intake, workers: Workers
+    ) -> None:
+        """Return once nothing happened for ``exit_when_idle_s``: the topic read to its
+        end, no request due or in hand, the outbox empty. Never, without the option."""
+        if self._exit_when_idle_s is None:
+            await asyncio.Event().wait()
+            return
+        idle_since: float | None = None
+        while True:
+            await asyncio.sleep(_IDLE_CHECK_S)
+            if await self._is_idle(pool, intake, workers):
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since >= self._exit_when_idle_s:
+                    log.info("service_idle", seconds=self._exit_when_idle_s)
+                    return
+            else:
+                idle_since = None
+
+    async def _is_idle(
+        self, pool: asyncpg.Pool[asyncpg.Record], intake: Intake, workers: Workers
+    ) -> bool:
+        if workers.busy or not await intake.idle():
+            return False
+        try:
+            async with pool.acquire() as conn:
+                due = await queue.count_due(conn, self._clock.now_ms())
+                return due == 0 and await outbox.pending(conn) == 0
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+
+
+class Pruner:
+    """Forgets finished requests and published events older than the retention."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
+        self._pool = pool
+        self._retention = retention
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                async with self._pool.acquire() as conn:
+                    requests = await queue.prune(conn, self._retention)
+                    events = await outbox.prune(conn, self._retention)
+                if requests or events:
+                    log.info("pruned", requests=requests, events=events)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("prune_failed", error=repr(exc))  # the next round retries
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PRUNE_EVERY_S):
+                    await self._stopping.wait()
+
+
+def _start(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    return asyncio.create_task(coroutine, name=name)
+
+
+async def _finish(task: asyncio.Task[None], wait_s: float) -> BaseException | None:
+    """Wait for a stopping stage, cancelled after ``wait_s``; return the error it raised."""
+    if not task.done():
+        _, late = await asyncio.wait([task], timeout=wait_s)
+        if late:
+            log.warning("stage_abandoned", stage=task.get_name(), after_s=wait_s)
+            task.cancel()
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+        return outcome
+    return None

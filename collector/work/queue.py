@@ -1,0 +1,114 @@
+"""The ``gc.request`` table: requests made durable by the intake, claimed by workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from events import TYPE_PREFIX, Request, TagExpired
+
+_QUERIES = load_queries("work.sql")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """A request as the queue keeps it; ``id`` is None until it is admitted."""
+
+    event_id: str
+    event_type: str
+    repository_id: int
+    repository_path: str
+    tag_id: int | None = None
+    lifetime_end_ms: int | None = None
+    source: str = ""
+    id: int | None = None
+
+    @classmethod
+    def of(cls, request: Request) -> WorkItem:
+        data = request.data
+        tag = data if isinstance(data, TagExpired) else None
+        return cls(
+            source=request.event.source,
+            event_id=request.event.id,
+            event_type=request.event.type.removeprefix(TYPE_PREFIX),
+            repository_id=data.repository_id,
+            repository_path=data.repository_path,
+            tag_id=tag.tag_id if tag else None,
+            lifetime_end_ms=tag.lifetime_end_ms if tag else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryState:
+    path: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class TagState:
+    lifetime_end_ms: int | None
+    immutable: bool
+    window_s: int
+
+
+async def known(conn: Connection, items: Sequence[WorkItem]) -> set[tuple[str, str]]:
+    """The (source, event id) pairs among ``items`` that were admitted before."""
+    rows = await conn.fetch(
+        _QUERIES["known"], [item.source for item in items], [item.event_id for item in items]
+    )
+    return {(row["source"], row["event_id"]) for row in rows}
+
+
+async def repositories(conn: Connection, ids: Iterable[int]) -> dict[int, RepositoryState]:
+    rows = await conn.fetch(_QUERIES["repositories"], list(ids))
+    return {row["id"]: RepositoryState(row["path"], row["state"]) for row in rows}
+
+
+async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> None:
+    """Make ``items`` durable, due at ``now_ms``, in their order."""
+    if not items:
+        return
+    await conn.execute(
+        _QUERIES["admit"],
+        [item.source for item in items],
+        [item.event_id for item in items],
+        [item.event_type for item in items],
+        [item.repository_id for item in items],
+        [item.repository_path for item in items],
+        [item.tag_id for item in items],
+        [item.lifetime_end_ms for item in items],
+        now_ms,
+    )
+
+
+async def claim(conn: Connection, now_ms: int) -> WorkItem | None:
+    """Lock the next request due (see ``work.sql``); hold the transaction while working."""
+    row = await conn.fetchrow(_QUERIES["claim"], now_ms)
+    return None if row is None else WorkItem(**dict(row))
+
+
+async def tag_state(conn: Connection, tag_id: int, repository_id: int) -> TagState | None:
+    row = await conn.fetchrow(_QUERIES["tag_state"], tag_id, repository_id)
+    return None if row is None else TagState(**dict(row))
+
+
+async def finish(conn: Connection, request_id: int, outcome: str, finished_by: str) -> None:
+    await conn.execute(_QUERIES["finish"], request_id, outcome, finished_by)
+
+
+async def defer(conn: Connection, request_id: int, due_at_ms: int) -> None:
+    await conn.execute(_QUERIES["defer"], request_id, due_at_ms)
+
+
+async def count_due(conn: Connection, now_ms: int) -> int:
+    count: int = await conn.fetchval(_QUERIES["count_due"], now_ms)
+    return count
+
+
+async def prune(conn: Connection, retention: timedelta) -> int:
+    """Forget requests finished more than ``retention`` ago; return how many went."""
+    count: int = await conn.fetchval(_QUERIES["prune"], retention)
+    return count

@@ -1,0 +1,194 @@
+"""Workers: claim the next due request, run the engine on its repository, record the outcome.
+
+A worker claims a request in a transaction on its own connection and keeps
+that transaction open while the engine works (on other connections); the
+outcome is written in the same transaction. A crash at any point rolls the
+claim back, and the request is claimed again, by this process or another:
+the engine's work is idempotent and its own transactions are durable.
+
+Requests are re-validated here, when due (CONTRACT §2.1): a ``tag-expired``
+acts only while the tag still has the event's ``lifetime_end_ms``; one whose
+tag is not yet past its window is deferred, durably, to the moment it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from collector.backoff import Backoff
+from collector.db.connector import Connection
+from collector.engine import Engine
+from collector.engine.context import Clock
+from collector.errors import DatabaseUnavailable, RepositoryNotFound, RepositoryNotMarked
+from collector.work import queue
+from collector.work.queue import WorkItem
+
+log = structlog.get_logger(__name__)
+
+_DISCONNECTS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+    DatabaseUnavailable,
+)
+#: A tag or repository the engine could not finish (rows locked by a push right
+#: then) is looked at again this much later.
+_RETRY_MS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    due_at_ms: int
+    why: str
+
+
+Outcome = str | Deferred
+
+
+class Workers:
+    """``concurrency`` workers side by side; ``run()`` until ``stop()``."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        engine: Engine,
+        clock: Clock,
+        *,
+        concurrency: int,
+        poll_interval_s: float,
+    ) -> None:
+        self._pool = pool
+        self._engine = engine
+        self._clock = clock
+        self._concurrency = concurrency
+        self._poll_s = poll_interval_s
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        #: Requests being worked on right now.
+        self.busy = 0
+        #: Finished requests by outcome, and deferrals.
+        self.outcomes: Counter[str] = Counter()
+        self.deferred = 0
+
+    def wake(self) -> None:
+        """New work may be due: look now rather than at the next poll."""
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        """Finish the requests in hand, claim no more."""
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        log.info("workers_started", workers=self._concurrency, name=self._name)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(self._concurrency):
+                    group.create_task(self._loop(), name=f"worker-{number}")
+        finally:
+            log.info("workers_stopped", outcomes=dict(self.outcomes), deferred=self.deferred)
+
+    async def _loop(self) -> None:
+        backoff, down = Backoff(), False
+        while not self._stopping.is_set():
+            try:
+                worked = await self._work_one()
+            except _DISCONNECTS as exc:
+                if not down:
+                    log.warning("database_unavailable", error=repr(exc))
+                    down = True
+                await self._sleep(backoff.next())
+                continue
+            if down:
+                log.info("database_recovered")
+                down, backoff = False, Backoff()
+            if not worked:
+                await self._idle()
+
+    async def _work_one(self) -> bool:
+        """Claim one due request and see it through; False when none is due."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            item = await queue.claim(conn, self._clock.now_ms())
+            if item is None:
+                return False
+            assert item.id is not None  # claimed rows have one
+            self.busy += 1
+            try:
+                with structlog.contextvars.bound_contextvars(
+                    event_id=item.event_id, repository=item.repository_path
+                ):
+                    outcome = await self._handle(conn, item)
+                    if isinstance(outcome, Deferred):
+                        await queue.defer(conn, item.id, outcome.due_at_ms)
+                        self.deferred += 1
+                        log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why)
+                    else:
+                        await queue.finish(conn, item.id, outcome, self._name)
+                        self.outcomes[outcome] += 1
+                        log.info("request_finished", type=item.event_type, outcome=outcome)
+            finally:
+                self.busy -= 1
+        return True
+
+    async def _handle(self, conn: Connection, item: WorkItem) -> Outcome:
+        if item.event_type == "repo-deleted":
+            return await self._purge(item)
+        if item.event_type == "tag-expired":
+            return await self._expire(conn, item)
+        await self._engine.collect(item.repository_id, causation_id=item.event_id)
+        return "collected"
+
+    async def _expire(self, conn: Connection, item: WorkItem) -> Outcome:
+        assert item.tag_id is not None
+        assert item.lifetime_end_ms is not None
+        tag = await queue.tag_state(conn, item.tag_id, item.repository_id)
+        if tag is None:
+            return "stale"  # collected already, or deleted by the registry
+        if tag.lifetime_end_ms != item.lifetime_end_ms:
+            return "stale"  # restored or re-expired since: a later event will say so
+        if tag.immutable:
+            return "immutable"
+        due_at_ms = item.lifetime_end_ms + tag.window_s * 1000
+        if due_at_ms > self._clock.now_ms():
+            return Deferred(due_at_ms, "inside the time-machine window")
+        await self._engine.collect(item.repository_id, causation_id=item.event_id)
+        # The engine skips tags a push holds locked right now: look again soon.
+        if await queue.tag_state(conn, item.tag_id, item.repository_id) == tag:
+            return Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
+        return "collected"
+
+    async def _purge(self, item: WorkItem) -> Outcome:
+        try:
+            report = await self._engine.purge(item.repository_id, causation_id=item.event_id)
+        except RepositoryNotFound:
+            return "gone"  # purged already
+        except RepositoryNotMarked:
+            log.warning("purge_refused", reason="the repository is no longer marked for deletion")
+            return "not-marked"
+        if report.incomplete:
+            return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")
+        return "purged"
+
+    async def _idle(self) -> None:
+        """Until woken, stopped, or the poll interval passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._poll_s):
+                await self._wakeup.wait()
+        self._wakeup.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
