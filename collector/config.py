@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     #: Workers look for due requests this often when the intake does not wake
     #: them (work admitted by another process, deferred work coming due).
     work_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
+    #: Request values larger than this are refused (reason ``oversized-value``).
+    max_request_bytes: int = Field(default=1_048_576, ge=1)
     #: Due requests waiting in gc.request above which the intake pauses the topic.
     intake_max_backlog: int = Field(default=10_000, ge=1)
     #: How long finished requests (the dedupe window for redelivered and replayed

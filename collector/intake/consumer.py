@@ -145,7 +145,10 @@ class Intake:
             for record in records:
                 try:
                     request = decode_request(
-                        key=record.key, value=record.value, headers=record.headers
+                        key=record.key,
+                        value=record.value,
+                        headers=record.headers,
+                        max_value_bytes=self._settings.max_request_bytes,
                     )
                 except DecodeError as exc:
                     # Admit what came before first: the refusal must not overtake it.
@@ -241,17 +244,17 @@ class Intake:
                 backlog = await queue.count_due(conn, self._clock.now_ms())
         except _DISCONNECTS:
             return  # the batches in flight wait the outage out and say so
-        consumer = self._consumer
+        assigned = self._consumer.assignment()
         if not self._throttled and backlog >= limit:
             self._throttled = True
-            consumer.pause(*consumer.assignment())
             log.info("intake_paused", backlog=backlog)
         elif self._throttled and backlog <= limit // 2:
             self._throttled = False
-            consumer.resume(*(p for p in consumer.assignment() if p not in self._tasks))
+            if idle := [p for p in assigned if p not in self._tasks]:
+                self._consumer.resume(*idle)
             log.info("intake_resumed", backlog=backlog)
-        elif self._throttled:
-            consumer.pause(*consumer.assignment())  # a rebalance resets pauses
+        if self._throttled and assigned:
+            self._consumer.pause(*assigned)  # again after a rebalance, which resets pauses
 
     async def hand_over(self, revoked: set[TopicPartition]) -> None:
         """Finish (or abandon) the revoked partitions' batches and commit their offsets."""

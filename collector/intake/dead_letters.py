@@ -31,6 +31,8 @@ class DeadLetters:
         self._topic = settings.topic_dead_letter
         self._stopping = stopping
         self._producer: Any = None
+        #: Partitions' tasks share one producer; only one may create it.
+        self._starting = asyncio.Lock()
         #: Dead letters the broker acknowledged, by reason.
         self.sent: dict[str, int] = {}
 
@@ -77,6 +79,10 @@ class DeadLetters:
         await self._reset()
 
     async def _started(self) -> Any:
+        async with self._starting:
+            return await self._start()
+
+    async def _start(self) -> Any:
         if self._producer is None:
             producer = AIOKafkaProducer(
                 acks="all",

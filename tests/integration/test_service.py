@@ -1,0 +1,394 @@
+"""`collector run` in-process, end to end through the real Kafka broker and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from collector.config import Settings
+from collector.service import Service, ServiceSummary
+from events import CONTENT_TYPE, RepoDeleted, RepoSweep, TagExpired
+from tests.pipeline import (
+    Received,
+    Record,
+    pipeline_settings,
+    produce,
+    read_topic,
+    request,
+    topics,
+)
+from tests.registry import DAY_MS, MANIFEST, WINDOW_S, FixedClock, Registry, snapshot
+
+
+@pytest.fixture
+async def settings(database_url: str) -> AsyncIterator[Settings]:
+    async with topics(pipeline_settings(database_url, max_request_bytes=4096)) as settings:
+        yield settings
+
+
+async def run_service(settings: Settings, clock: FixedClock, idle_s: float = 0.5) -> ServiceSummary:
+    """Run the service until it has been idle for ``idle_s``."""
+    service = Service(settings, exit_when_idle_s=idle_s, clock=clock)
+    return await asyncio.wait_for(service.run(), 60)
+
+
+async def requests_table(conn: asyncpg.Pool[asyncpg.Record]) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT event_id, event_type, outcome, due_at_ms FROM gc.request ORDER BY id"
+    )
+    return [dict(row) for row in rows]
+
+
+def removal_view(record: Received) -> tuple[str, str, str, dict[str, Any]]:
+    event = record.event
+    assert record.key is not None
+    return (
+        event["type"].removeprefix("registry.gc."),
+        record.key.decode(),
+        event["subject"],
+        event["data"],
+    )
+
+
+async def test_each_request_type_removes_and_publishes_exactly_what_it_freed(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """tag-expired, repo-deleted and repo-sweep each collect their repository; every
+    removal reaches the removals topic once, keyed and shaped as CONTRACT §1/§2.2
+    say, naming its request as causationid."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    api = await registry.repository(acme, "api", state="marked_for_deletion")
+    ops = await registry.repository(acme, "ops")
+    layer = await registry.blob(size=111, digest="sha256:" + "1" * 64, locations=("s3", "gcs"))
+    legacy_layer = await registry.blob(size=222, digest="sha256:" + "2" * 64)
+    label = await registry.label("maintainer", "ops")
+    old = await registry.manifest(web, blobs=(layer,), labels=(label,), digest="sha256:" + "a" * 64)
+    image = await registry.image(web, legacy_layer)
+    await registry.legacy(web, old, image)
+    docker_image_id = await db.fetchval("SELECT docker_image_id FROM image WHERE id = $1", image)
+    old_tag = await registry.expired_tag(web, old, "old")
+    kept = await registry.manifest(web, blobs=(layer,), digest="sha256:" + "b" * 64)
+    await registry.tag(web, kept, "latest")
+    api_manifest = await registry.manifest(api, digest="sha256:" + "c" * 64)
+    await registry.tag(api, api_manifest, "latest")
+    ops_manifest = await registry.manifest(ops, digest="sha256:" + "d" * 64)
+    ops_tag = await registry.expired_tag(ops, ops_manifest, "nightly")
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", old_tag)
+
+    expire = request(
+        TagExpired(
+            namespace="acme",
+            repository="web",
+            repository_id=web,
+            tag="old",
+            tag_id=old_tag,
+            lifetime_end_ms=end_ms,
+        )
+    )
+    purge = request(RepoDeleted(namespace="acme", repository="api", repository_id=api))
+    sweep = request(RepoSweep(namespace="acme", repository="ops", repository_id=ops))
+    await produce(settings.topic_requests, [expire, purge, sweep])
+
+    summary = await run_service(settings, clock)
+
+    assert summary.accepted == 3
+    assert summary.outcomes == {"collected": 2, "purged": 1}
+    ids = {json.loads(r.value or b"")["id"]: r for r in (expire, purge, sweep)}
+    removals = await read_topic(settings.topic_removals)
+    assert all(("content-type", CONTENT_TYPE.encode()) in r.headers for r in removals)
+    causes = {r.event["id"]: r.event["causationid"] for r in removals}
+    assert set(causes.values()) == set(ids)
+    expected = {
+        ("tag-removed", "acme/web", "acme/web:old", _json({
+            "namespace": "acme", "repository": "web", "repository_id": web, "tag": "old",
+            "tag_id": old_tag, "manifest_digest": "sha256:" + "a" * 64,
+        })),
+        ("manifest-removed", "acme/web", "acme/web@sha256:" + "a" * 64, _json({
+            "namespace": "acme", "repository": "web", "repository_id": web, "manifest_id": old,
+            "digest": "sha256:" + "a" * 64, "media_type": MANIFEST,
+        })),
+        ("label-removed", f"label/{label}", f"label/{label}", _json({
+            "label_id": label, "key": "maintainer",
+        })),
+        ("legacy-image-removed", "acme/web", f"acme/web/{docker_image_id}", _json({
+            "namespace": "acme", "repository": "web", "repository_id": web, "image_id": image,
+            "docker_image_id": docker_image_id,
+        })),
+        ("blob-removed", "sha256:" + "2" * 64, "sha256:" + "2" * 64, _json({
+            "blob_id": legacy_layer, "digest": "sha256:" + "2" * 64, "size": 222,
+            "locations": ["s3"],
+        })),
+        ("manifest-removed", "acme/api", "acme/api@sha256:" + "c" * 64, _json({
+            "namespace": "acme", "repository": "api", "repository_id": api,
+            "manifest_id": api_manifest, "digest": "sha256:" + "c" * 64, "media_type": MANIFEST,
+        })),
+        ("repo-purged", "acme/api", "acme/api", _json({
+            "namespace": "acme", "repository": "api", "repository_id": api,
+        })),
+        ("tag-removed", "acme/ops", "acme/ops:nightly", _json({
+            "namespace": "acme", "repository": "ops", "repository_id": ops, "tag": "nightly",
+            "tag_id": ops_tag, "manifest_digest": "sha256:" + "d" * 64,
+        })),
+        ("manifest-removed", "acme/ops", "acme/ops@sha256:" + "d" * 64, _json({
+            "namespace": "acme", "repository": "ops", "repository_id": ops,
+            "manifest_id": ops_manifest, "digest": "sha256:" + "d" * 64, "media_type": MANIFEST,
+        })),
+    }  # fmt: skip
+    seen = [removal_view(r) for r in removals]
+    # The purge's tag removal (acme/api:latest) is there too; the label key is its id.
+    assert {(t, k, s, _json(d)) for t, k, s, d in seen} >= expected
+    assert len(seen) == len(expected) + 1
+    assert ("tag-removed", "acme/api", "acme/api:latest") in {v[:3] for v in seen}
+    # The shared layer is still used by acme/web:latest.
+    assert await db.fetchval("SELECT count(*) FROM blob WHERE id = $1", layer) == 1
+    assert await db.fetchval("SELECT count(*) FROM repository WHERE id = $1", api) == 0
+
+
+async def state_of(db: asyncpg.Pool[asyncpg.Record]) -> dict[str, set[int]]:
+    async with db.acquire() as conn:
+        return await snapshot(conn)
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True)
+
+
+async def test_redelivered_and_replayed_requests_change_nothing(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """The same events again (a producer retry, then a whole replay by a new group)
+    are recognised by id: no second removal event, no change in the database."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    manifest = await registry.manifest(web, blobs=(await registry.blob(),))
+    tag = await registry.expired_tag(web, manifest)
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag)
+    records = [
+        request(
+            TagExpired(
+                namespace="acme",
+                repository="web",
+                repository_id=web,
+                tag="old",
+                tag_id=tag,
+                lifetime_end_ms=end_ms,
+            )
+        ),
+        request(RepoSweep(namespace="acme", repository="web", repository_id=web)),
+    ]
+    await produce(settings.topic_requests, records)
+    first = await run_service(settings, clock)
+    assert first.accepted == 2
+    removals = await read_topic(settings.topic_removals)
+    assert len(removals) == 3  # tag, manifest, blob
+    state = await state_of(db)
+
+    await produce(settings.topic_requests, records)  # redelivery
+    again = await run_service(settings, clock)
+    replay_settings = settings.model_copy(update={"group_id": settings.group_id + ".replay"})
+    replay = await run_service(replay_settings, clock)
+
+    assert (again.received, again.accepted, again.duplicates) == (2, 0, 2)
+    assert (replay.received, replay.accepted, replay.duplicates) == (4, 0, 4)
+    assert await read_topic(settings.topic_removals) == removals
+    assert await state_of(db) == state
+    assert [row["outcome"] for row in await requests_table(db)] == ["collected", "collected"]
+
+
+async def test_a_tag_inside_its_window_is_deferred_durably_and_collected_when_due(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A tag-expired for a tag still inside its time-machine window changes nothing
+    until the window has passed, even across a restart; then the tag is collected."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    manifest = await registry.manifest(web)
+    end_ms = clock.ms - WINDOW_S * 1000 + 60_000  # due in one minute
+    tag = await registry.tag(web, manifest, "rc", end_ms=end_ms)
+    await produce(
+        settings.topic_requests,
+        [
+            request(
+                TagExpired(
+                    namespace="acme",
+                    repository="web",
+                    repository_id=web,
+                    tag="rc",
+                    tag_id=tag,
+                    lifetime_end_ms=end_ms,
+                )
+            )
+        ],
+    )
+
+    early = await run_service(settings, clock)
+
+    assert early.outcomes == {}
+    (pending,) = await requests_table(db)
+    assert pending["outcome"] is None
+    assert pending["due_at_ms"] == end_ms + WINDOW_S * 1000
+    assert await db.fetchval("SELECT count(*) FROM tag WHERE id = $1", tag) == 1
+
+    clock.ms += 60_000  # the window has passed; a new process takes over
+    later = await run_service(settings, clock)
+
+    assert later.outcomes == {"collected": 1}
+    assert await db.fetchval("SELECT count(*) FROM tag WHERE id = $1", tag) == 0
+    kinds = [r.event["type"] for r in await read_topic(settings.topic_removals)]
+    assert sorted(kinds) == ["registry.gc.manifest-removed", "registry.gc.tag-removed"]
+
+
+async def test_restored_and_re_expired_tags_are_left_alone(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """An event whose tag was restored (lifetime_end_ms cleared) or re-expired (a new
+    lifetime_end_ms) since it was sent removes nothing."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    manifest = await registry.manifest(web)
+    restored = await registry.expired_tag(web, manifest, "restored")
+    re_expired = await registry.expired_tag(web, manifest, "re-expired")
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", restored)
+    await produce(
+        settings.topic_requests,
+        [
+            request(
+                TagExpired(
+                    namespace="acme",
+                    repository="web",
+                    repository_id=web,
+                    tag=name,
+                    tag_id=tag,
+                    lifetime_end_ms=end_ms,
+                )
+            )
+            for name, tag in (("restored", restored), ("re-expired", re_expired))
+        ],
+    )
+    await db.execute("UPDATE tag SET lifetime_end_ms = NULL WHERE id = $1", restored)
+    # Re-expired a day later: still past the window, but this event is not its event.
+    await db.execute(
+        "UPDATE tag SET lifetime_end_ms = $2 WHERE id = $1", re_expired, end_ms + DAY_MS
+    )
+    state = await state_of(db)
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"stale": 2}
+    assert await state_of(db) == state
+    assert await read_topic(settings.topic_removals) == []
+
+
+def _text(raw: bytes) -> tuple[str, str]:
+    try:
+        return raw.decode(), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode(), "base64"
+
+
+async def test_every_refused_record_is_dead_lettered_and_good_ones_behind_it_are_served(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """Each kind of bad input reaches the dead-letter topic with its reason and the
+    original record, keyed as it was; a forged repo-deleted for a live repository is
+    refused and wipes nothing; the good request after them all is still served."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    manifest = await registry.manifest(web, blobs=(await registry.blob(),))
+    await registry.tag(web, manifest, "latest")
+    expired = await registry.expired_tag(web, await registry.manifest(web), "old")
+    state = await state_of(db)
+
+    def envelope(**changes: Any) -> bytes:
+        event = {
+            "specversion": "1.0",
+            "id": "e-1",
+            "source": "/tests",
+            "type": "registry.gc.repo-sweep",
+            "time": "2026-11-28T00:00:00Z",
+            "datacontenttype": "application/json",
+            "data": {"namespace": "acme", "repository": "web", "repository_id": web},
+        }
+        return json.dumps({**event, **changes}).encode()
+
+    headers = [("content-type", CONTENT_TYPE.encode())]
+    key = b"acme/web"
+    bad = [
+        ("oversized-value", Record(key, envelope(padding="x" * 5000), headers)),
+        ("invalid-key", Record(None, envelope(), headers)),
+        ("invalid-key", Record(b"\xff\xfe", envelope(), headers)),
+        ("malformed-json", Record(key, b'{"specversion": "1.0",', headers)),
+        ("malformed-json", Record(key, b"\x80\x81 not utf-8", headers)),
+        ("invalid-envelope", Record(key, envelope(specversion="0.3"), headers)),
+        ("unknown-type", Record(key, envelope(type="registry.gc.everything-deleted"), headers)),
+        (
+            "invalid-field",
+            Record(key, envelope(data={"namespace": "acme", "repository": "web"}), headers),
+        ),
+        ("key-mismatch", Record(b"acme/api", envelope(), headers)),
+        (
+            "unknown-repository",
+            Record(
+                key,
+                envelope(data={"namespace": "acme", "repository": "web", "repository_id": 999}),
+                headers,
+            ),
+        ),
+        (
+            "repository-not-marked",
+            request(RepoDeleted(namespace="acme", repository="web", repository_id=web)),
+        ),
+    ]
+    good = request(RepoSweep(namespace="acme", repository="web", repository_id=web))
+    await produce(settings.topic_requests, [record for _, record in bad] + [good])
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"collected": 1}
+    assert summary.refused == {reason: sum(1 for r, _ in bad if r == reason) for reason, _ in bad}
+    letters = await read_topic(settings.topic_dead_letter, partitions=1)
+    originals = {(r.partition, r.offset): r for r in await read_topic(settings.topic_requests)}
+    expected_reason = {(record.key, record.value): reason for reason, record in bad}
+    assert len(letters) == len(bad)
+    for letter in letters:
+        event, data = letter.event, letter.event["data"]
+        assert event["type"] == "registry.gc.request-rejected"
+        assert ("content-type", CONTENT_TYPE.encode()) in letter.headers
+        assert data["topic"] == settings.topic_requests
+        original = originals[(data["partition"], data["offset"])]
+        assert letter.key == original.key
+        assert data["reason"] == expected_reason[(original.key, original.value)]
+        assert data["detail"]
+        assert original.value is not None
+        assert (data["value"], data["value_encoding"]) == _text(original.value)
+        if original.key is None:
+            assert (data["key"], data["key_encoding"]) == (None, None)
+        else:
+            assert (data["key"], data["key_encoding"]) == _text(original.key)
+    # The forged purge changed nothing; only the good sweep removed the expired tag.
+    after = await state_of(db)
+    assert after["tag"] == state["tag"] - {expired}
+    assert after["repository"] == state["repository"]
+    assert after["blob"] == state["blob"]

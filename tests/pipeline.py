@@ -1,0 +1,123 @@
+"""Kafka helpers for pipeline tests: fresh topics, requests in, every record of a topic out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from collector.config import Settings
+from collector.kafka import ensure_topics
+from events import RequestData, request_event, to_record
+
+WAIT_S = 30.0
+BOOTSTRAP = "127.0.0.1:9092"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+
+@dataclass(frozen=True)
+class Received:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def event(self) -> dict[str, Any]:
+        assert self.value is not None
+        decoded: dict[str, Any] = json.loads(self.value)
+        return decoded
+
+
+def pipeline_settings(database_url: str, **overrides: Any) -> Settings:
+    """Settings on ``database_url`` with topics and a group of their own."""
+    suffix = uuid.uuid4().hex[:12]
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "kafka_bootstrap": BOOTSTRAP,
+        "topic_requests": f"test.requests.{suffix}",
+        "topic_removals": f"test.removals.{suffix}",
+        "topic_dead_letter": f"test.dead-letter.{suffix}",
+        "group_id": f"test.collector.{suffix}",
+        "topic_partitions": 3,
+        "relay_poll_interval_s": 0.2,
+        "work_poll_interval_s": 0.2,
+        "connect_wait_s": 5.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@asynccontextmanager
+async def topics(settings: Settings) -> AsyncIterator[Settings]:
+    """The settings' topics, created now and deleted afterwards."""
+    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
+    try:
+        yield settings
+    finally:
+        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=20_000)
+        await asyncio.wait_for(admin.start(), WAIT_S)
+        try:
+            names = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
+            await asyncio.wait_for(admin.delete_topics(names), WAIT_S)
+        finally:
+            await admin.close()
+
+
+def request(data: RequestData, *, event_id: str | None = None) -> Record:
+    """A well-formed request record, keyed by its repository."""
+    value, headers = to_record(request_event(data, source="/tests", event_id=event_id))
+    return Record(data.repository_path.encode(), value, headers)
+
+
+async def produce(topic: str, records: Sequence[Record], **options: Any) -> None:
+    """Send ``records`` in order and wait for the broker's acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", **options)
+    await asyncio.wait_for(producer.start(), WAIT_S)
+    try:
+        for record in records:
+            await producer.send_and_wait(
+                topic, record.value, key=record.key, headers=list(record.headers)
+            )
+    finally:
+        await producer.stop()
+
+
+async def read_topic(topic: str, partitions: int = 3) -> list[Received]:
+    """Every record of ``topic`` (of so many partitions) up to its current end, by
+    partition then offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    await asyncio.wait_for(consumer.start(), WAIT_S)
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        received: list[Received] = []
+        async with asyncio.timeout(WAIT_S):
+            while [p for p in assigned if await consumer.position(p) < ends[p]]:
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    received += [
+                        Received(r.partition, r.offset, r.key, r.value, list(r.headers))
+                        for r in records
+                    ]
+        return sorted(received, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
