@@ -67,16 +67,22 @@ class RollbackDatabase:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int = 10, wait_s: float = 30.0
+    dsn: str, *, max_size: int = 10, wait_s: float = 30.0, application_name: str = "collector"
 ) -> asyncpg.Pool[asyncpg.Record]:
     """A pool, retrying with backoff while the server is unreachable.
 
     A server that answers but refuses (no such database, bad credentials) is
-    a configuration error: waiting would not help.
+    a configuration error: waiting would not help. ``application_name`` names
+    the connections in ``pg_stat_activity``.
     """
     try:
         return await reach(
-            lambda: asyncpg.create_pool(dsn, min_size=1, max_size=max_size),
+            lambda: asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max_size,
+                server_settings={"application_name": application_name},
+            ),
             errors=CONNECT_ERRORS,
             wait_s=wait_s,
             unavailable=lambda reason: DatabaseUnavailable(f"cannot reach the database: {reason}"),

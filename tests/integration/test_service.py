@@ -392,3 +392,49 @@ async def test_every_refused_record_is_dead_lettered_and_good_ones_behind_it_are
     assert after["tag"] == state["tag"] - {expired}
     assert after["repository"] == state["repository"]
     assert after["blob"] == state["blob"]
+
+
+async def test_lost_database_connections_are_waited_out_and_nothing_is_lost(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """Every connection of the service is killed, again and again, while it works: it
+    retries with backoff, and in the end every request is finished and every
+    deletion is on the removals topic."""
+    acme = await registry.namespace("acme")
+    sweeps = []
+    for number in range(20):
+        repository = await registry.repository(acme, f"repo{number}")
+        manifest = await registry.manifest(repository, blobs=(await registry.blob(),))
+        await registry.expired_tag(repository, manifest)
+        sweeps.append(
+            request(
+                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
+            )
+        )
+    await produce(settings.topic_requests, sweeps)
+    kills = 0
+
+    async def kill_connections() -> None:
+        nonlocal kills
+        for _ in range(20):
+            await asyncio.sleep(0.15)
+            kills += await db.fetchval(
+                """
+                SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE datname = current_database() AND application_name LIKE 'collector%'
+                """
+            )
+
+    summary, _ = await asyncio.gather(run_service(settings, clock, idle_s=1.0), kill_connections())
+
+    assert kills > 20
+    assert summary.outcomes == {"collected": 20}
+    assert await db.fetchval("SELECT count(*) FROM tag") == 0
+    assert await db.fetchval("SELECT count(*) FROM blob") == 0
+    published = {r.event["id"] for r in await read_topic(settings.topic_removals)}
+    outbox = {str(row["event_id"]) for row in await db.fetch("SELECT event_id FROM gc.outbox")}
+    assert len(outbox) == 60
+    assert published == outbox
