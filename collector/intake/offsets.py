@@ -46,10 +46,6 @@ class OffsetTracker(Generic[P]):
         if state is not None:
             state.outstanding.difference_update(offsets)
 
-    def in_flight(self, partition: P) -> int:
-        state = self._partitions.get(partition)
-        return len(state.outstanding) if state else 0
-
     def committable(self, partitions: Iterable[P] | None = None) -> dict[P, int]:
         """Commit positions that moved since the last ``committed`` (all, or of ``partitions``)."""
         chosen = self._partitions if partitions is None else set(partitions)

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
 from collector.config import Settings
 from collector.service import Service, ServiceSummary
@@ -438,3 +439,37 @@ async def test_lost_database_connections_are_waited_out_and_nothing_is_lost(
     outbox = {str(row["event_id"]) for row in await db.fetch("SELECT event_id FROM gc.outbox")}
     assert len(outbox) == 60
     assert published == outbox
+
+
+async def test_a_backlog_of_due_work_pauses_the_intake_until_workers_catch_up(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """With more due requests waiting than COLLECTOR_INTAKE_MAX_BACKLOG, the intake
+    pauses its partitions (it keeps polling, so it stays in the group) and resumes
+    once the workers have halved the backlog; every request is served."""
+    acme = await registry.namespace("acme")
+    sweeps = []
+    for number in range(30):
+        repository = await registry.repository(acme, f"repo{number}")
+        await registry.expired_tag(repository, await registry.manifest(repository))
+        sweeps.append(
+            request(
+                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
+            )
+        )
+    await produce(settings.topic_requests, sweeps)
+    throttled = settings.model_copy(
+        update={"intake_max_backlog": 4, "repository_concurrency": 1, "batch_size": 5}
+    )
+
+    with structlog.testing.capture_logs() as logs:
+        summary = await run_service(throttled, clock)
+
+    events = [entry["event"] for entry in logs]
+    assert "intake_paused" in events
+    assert "intake_resumed" in events
+    assert max(e["backlog"] for e in logs if e["event"] == "intake_paused") < 4 + 3 * 5
+    assert summary.outcomes == {"collected": 30}
