@@ -1,0 +1,1 @@
+"""Downstream consumers of the removals topic: the blob deleter and the audit replay."""

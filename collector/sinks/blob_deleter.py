@@ -1,0 +1,375 @@
+"""The blob deleter: deletes the bytes of every removed blob (`collector sink blob-deleter`).
+
+The reference downstream consumer of ``registry.gc.removals``, and the template
+for an S3 or GCS deleter: implement :class:`~collector.sinks.storage.Storage`
+for the object store and keep everything else. What makes it safe:
+
+* **Lock, re-check, delete, commit.** Storage is content-addressed: the digest
+  can be pushed again after its removal. For each ``blob-removed`` event the
+  deleter opens a PostgreSQL transaction, takes ``pg_advisory_xact_lock`` on a
+  hash of the digest (a registry finalizing an upload takes the same lock,
+  DESIGN §3.7), checks that no ``blob`` row with that digest exists again, and
+  deletes the bytes *while still holding the lock*. A re-pushed digest keeps
+  its bytes.
+* **Idempotent delete.** Bytes already gone count as done: redelivery, replay
+  and a second deleter are harmless.
+* **Dedupe by event id.** The relay publishes at least once; a re-publication
+  carries the same id (CONTRACT §2.2), so recent ids are remembered.
+* **Commit after delete.** Offsets are committed per batch, explicitly per
+  partition, and only up to records whose delete is done; before partitions
+  move to another member the batch in hand finishes and commits.
+* **Never stall on a bad record.** A record that is not a CloudEvent, or a
+  digest that is not ``<algorithm>:<hex>`` (which could name a path outside the
+  storage), is logged with its topic, partition and offset and skipped. An
+  unavailable database, storage or broker is waited out with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from collector.backoff import Backoff, reach
+from collector.config import Settings
+from collector.db.connector import create_pool
+from collector.db.queries import load_queries
+from collector.errors import BrokerUnavailable, CollectorError, StorageError
+from collector.kafka import client_options
+from collector.sinks.decode import InvalidRecord, decode_event, removal_of
+from collector.sinks.storage import (
+    FilesystemStorage,
+    InvalidDigest,
+    ObjectStorageError,
+    Storage,
+    blob_key,
+)
+from events import BlobRemoved
+
+log = structlog.get_logger(__name__)
+
+_QUERIES = load_queries("sinks.sql")
+
+#: The database went away: wait for it (the pool reconnects).
+_DISCONNECTS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+)
+_POLL_MS = 200
+_COMMIT_TIMEOUT_S = 10.0
+_CLOSE_TIMEOUT_S = 10.0
+#: Enough to cover any redelivery window the relay can produce (a batch or two).
+DEDUPE_CAPACITY = 100_000
+
+
+class Outcome(enum.Enum):
+    DELETED = "deleted"
+    ALREADY_GONE = "already_gone"
+    REPUSHED = "repushed"
+
+
+@dataclass
+class Counts:
+    """What a deleter did, by outcome."""
+
+    deleted: int = 0
+    already_gone: int = 0
+    repushed: int = 0
+    duplicates: int = 0
+    other: int = 0
+    invalid: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"blob-deleter: {self.deleted} deleted, {self.already_gone} already gone, "
+            f"{self.repushed} re-pushed skipped, {self.duplicates} duplicate(s), "
+            f"{self.other} other event(s) skipped, {self.invalid} invalid record(s) skipped"
+        )
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen, least recently seen forgotten first."""
+
+    def __init__(self, capacity: int = DEDUPE_CAPACITY) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        self._ids.move_to_end(event_id)
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+
+
+class BlobDeleter:
+    """``run()`` until ``stop()`` (or idle for ``exit_when_idle`` seconds)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage | Path,
+        *,
+        exit_when_idle: float | None = None,
+        dedupe_capacity: int = DEDUPE_CAPACITY,
+    ) -> None:
+        self._settings = settings
+        self._storage = FilesystemStorage(storage) if isinstance(storage, Path) else storage
+        self._exit_when_idle = exit_when_idle
+        self._seen = RecentIds(dedupe_capacity)
+        self._stopping = asyncio.Event()
+        #: Held while a batch is processed and committed; a revocation waits for it.
+        self._in_hand = asyncio.Lock()
+        #: Next offset to commit, per partition, of records whose delete is done.
+        self._done: dict[TopicPartition, int] = {}
+        self._down: set[str] = set()
+        #: When a record last came, or partitions were last assigned: the idle clock.
+        self._active_at: float | None = None
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self.counts = Counts()
+
+    def stop(self) -> None:
+        """Ask ``run()`` to finish the batch in hand, commit it and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Delete what each ``blob-removed`` event names until stopped. Outages are
+        waited out; an error no wait can fix (say, a refused query) propagates."""
+        settings = self._settings
+        topic = settings.topic_removals
+        log.info("blob_deleter_started", topic=topic, group_id=settings.sink_group_id)
+        self._pool = await create_pool(
+            settings.database_url, max_size=2, wait_s=settings.connect_wait_s
+        )
+        try:
+            consumer = AIOKafkaConsumer(
+                group_id=settings.sink_group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **client_options(settings),
+            )
+            consumer.subscribe(
+                [topic], listener=_Rebalance(lambda: self._settle(consumer), self._on_assigned)
+            )
+            try:
+                await reach(
+                    consumer.start,
+                    errors=(KafkaConnectionError,),
+                    wait_s=settings.connect_wait_s,
+                    unavailable=lambda reason: BrokerUnavailable(
+                        f"cannot reach the Kafka broker: {reason}"
+                    ),
+                    event="broker_unreachable",
+                )
+                await self._consume(consumer)
+                await self._commit(consumer)  # whatever a failed commit left
+            finally:
+                await _stop_consumer(consumer)
+        finally:
+            await self._pool.close()
+            log.info("blob_deleter_stopped", **vars(self.counts))
+
+    # -- the consumer loop -----------------------------------------------------
+
+    async def _consume(self, consumer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                batches = await consumer.getmany(
+                    timeout_ms=_POLL_MS, max_records=self._settings.batch_size
+                )
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise CollectorError(
+                        f"cannot consume {self._settings.topic_removals}: {exc!r}"
+                    ) from exc
+                self._unavailable("broker", exc)
+                await self._pause(backoff.next())
+                continue
+            if self._recovered("broker"):
+                backoff = Backoff()
+            if batches:
+                self._active_at = loop.time()
+                async with self._in_hand:
+                    await self._process(batches.items())
+                    await self._commit(consumer)
+            elif (
+                self._exit_when_idle is not None
+                and self._active_at is not None  # not idle before the group assigned us
+                and loop.time() - self._active_at >= self._exit_when_idle
+            ):
+                log.info("blob_deleter_idle", idle_s=self._exit_when_idle)
+                return
+
+    async def _process(self, batches: Iterable[tuple[TopicPartition, list[Any]]]) -> None:
+        for tp, records in batches:
+            for record in records:
+                if not await self._handle(record):
+                    return  # stopped during an outage: the rest is redelivered
+                self._done[tp] = record.offset + 1
+
+    def _on_assigned(self, partitions: list[int]) -> None:
+        log.info("partitions_assigned", partitions=partitions)
+        self._active_at = asyncio.get_running_loop().time()
+
+    async def _settle(self, consumer: Any) -> None:
+        """Before partitions move: let the batch in hand finish, and commit it."""
+        async with self._in_hand:
+            await self._commit(consumer)
+
+    async def _commit(self, consumer: Any) -> None:
+        # A partition revoked meanwhile is another member's now: it redoes that work.
+        for tp in set(self._done) - consumer.assignment():
+            del self._done[tp]
+        if not self._done:
+            return
+        offsets = dict(self._done)
+        try:
+            await asyncio.wait_for(asyncio.shield(consumer.commit(offsets)), _COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            # Kept for the next commit; a rebalance meanwhile redelivers, harmlessly.
+            log.warning("offsets_commit_failed", error=repr(exc))
+            return
+        self._done.clear()
+        log.debug("offsets_committed", offsets={str(tp.partition): o for tp, o in offsets.items()})
+
+    # -- one record ------------------------------------------------------------
+
+    async def _handle(self, record: Any) -> bool:
+        """Settle one record; False when stopped before its delete could be done."""
+        with structlog.contextvars.bound_contextvars(
+            topic=record.topic, partition=record.partition, offset=record.offset
+        ):
+            try:
+                event = decode_event(record.value)
+                removal = removal_of(event)
+            except InvalidRecord as exc:
+                self.counts.invalid += 1
+                log.warning("record_skipped", reason=str(exc))
+                return True
+            if not isinstance(removal, BlobRemoved):
+                self.counts.other += 1
+                return True
+            with structlog.contextvars.bound_contextvars(event_id=event.id):
+                if event.id in self._seen:
+                    self.counts.duplicates += 1
+                    log.info("duplicate_skipped")
+                    return True
+                try:
+                    blob_key(removal.digest)
+                except InvalidDigest as exc:  # its message quotes the digest, cut short
+                    self.counts.invalid += 1
+                    log.warning("digest_refused", reason=str(exc))
+                    return True
+                with structlog.contextvars.bound_contextvars(digest=removal.digest):
+                    outcome = await self._retrying(removal.digest)
+                if outcome is None:
+                    return False
+                self._seen.add(event.id)
+                self._count(outcome, removal.digest)
+                return True
+
+    def _count(self, outcome: Outcome, digest: str) -> None:
+        if outcome is Outcome.DELETED:
+            self.counts.deleted += 1
+            log.info("blob_deleted", digest=digest)
+        elif outcome is Outcome.ALREADY_GONE:
+            self.counts.already_gone += 1
+            log.info("blob_already_gone", digest=digest)
+        else:
+            self.counts.repushed += 1
+            log.info("blob_repushed", digest=digest)
+
+    async def _retrying(self, digest: str) -> Outcome | None:
+        """``_delete`` until it succeeds; None when stopped meanwhile."""
+        backoff = Backoff()
+        while True:
+            try:
+                outcome = await self._delete(digest)
+            except _DISCONNECTS as exc:
+                self._unavailable("database", exc)
+            except ObjectStorageError as exc:
+                self._unavailable("storage", exc)
+            except asyncpg.PostgresError as exc:
+                raise StorageError(f"cannot check blob {digest}: {exc}") from exc
+            else:
+                self._recovered("database")
+                self._recovered("storage")
+                return outcome
+            if await self._pause(backoff.next()):
+                return None
+
+    async def _delete(self, digest: str) -> Outcome:
+        """Lock the digest, re-check the database, delete the bytes, commit."""
+        assert self._pool is not None  # set by run()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_QUERIES["lock_digest"], digest)
+            if await conn.fetchval(_QUERIES["blob_exists"], digest):
+                return Outcome.REPUSHED
+            # Still under the lock: a registry finalizing this digest waits for our commit.
+            if await self._storage.delete(digest):
+                return Outcome.DELETED
+            return Outcome.ALREADY_GONE
+
+    # -- outages and waiting ---------------------------------------------------
+
+    def _unavailable(self, what: str, error: BaseException) -> None:
+        if what not in self._down:
+            self._down.add(what)
+            log.warning(f"{what}_unavailable", error=repr(error))
+
+    def _recovered(self, what: str) -> bool:
+        """Log the end of an outage once; True if there was one."""
+        if what not in self._down:
+            return False
+        self._down.discard(what)
+        log.info(f"{what}_recovered")
+        return True
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until ``stop()``; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """Runs ``settle`` before the group takes partitions away from this member, and
+    ``assigned`` once it has given this member its (possibly no) partitions."""
+
+    def __init__(
+        self, settle: Callable[[], Awaitable[None]], assigned: Callable[[list[int]], None]
+    ) -> None:
+        self._settle = settle
+        self._assigned = assigned
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        await self._settle()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._assigned(sorted(tp.partition for tp in assigned))
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    try:
+        await asyncio.wait_for(consumer.stop(), _CLOSE_TIMEOUT_S)
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("consumer_stop_failed", error=repr(exc))

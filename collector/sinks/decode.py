@@ -1,0 +1,50 @@
+"""Reading records of the removals topic: the CloudEvent, then the removal it reports."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from events import REMOVAL_TYPES, CloudEvent, Removal
+
+_ERRORS_SHOWN = 3
+
+
+class InvalidRecord(ValueError):
+    """The record is not a CloudEvent, or not a valid removal."""
+
+
+def decode_event(value: bytes | None) -> CloudEvent:
+    """The CloudEvent of a record value in structured mode (CONTRACT §2)."""
+    if value is None:
+        raise InvalidRecord("the record has no value")
+    try:
+        return CloudEvent.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidRecord(f"not a CloudEvent: {_describe(exc)}") from exc
+
+
+def removal_of(event: CloudEvent) -> Removal | None:
+    """The typed removal an event reports; None for an event of another type."""
+    model = REMOVAL_TYPES.get(event.type)
+    if model is None:
+        return None
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise InvalidRecord(f"not a valid {event.type}: {_describe(exc)}") from exc
+
+
+def causation_id(event: CloudEvent) -> str | None:
+    """The `causationid` extension attribute: the id of the request behind a removal."""
+    value = (event.model_extra or {}).get("causationid")
+    return value if isinstance(value, str) and value else None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming the first offending fields."""
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    ]
+    more = len(problems) - _ERRORS_SHOWN
+    return "; ".join(problems[:_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")

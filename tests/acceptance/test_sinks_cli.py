@@ -1,0 +1,212 @@
+"""`collector sink blob-deleter` and `collector audit` as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from collector.config import Settings
+from collector.kafka import client_options, ensure_topics
+from collector.sinks.storage import FilesystemStorage
+from events import BlobRemoved, CloudEvent, RepoSweep, removal_event, request_event, to_record
+from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+
+WAIT_S = 30.0
+
+
+@dataclass
+class Setup:
+    settings: Settings
+    url: str
+    storage: FilesystemStorage
+    env: dict[str, str]
+
+
+@pytest.fixture
+async def setup(
+    create_database: CreateDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Setup]:
+    """A migrated database, an empty storage directory, topics and a group of the test's
+    own, all named to the collector through its environment variables."""
+    url = await create_database("sinks_acceptance")
+    suffix = uuid.uuid4().hex[:12]
+    settings = Settings(
+        database_url=url,
+        topic_requests=f"test.requests.{suffix}",
+        topic_removals=f"test.removals.{suffix}",
+        topic_dead_letter=f"test.dead-letter.{suffix}",
+        topic_partitions=2,
+        sink_group_id=f"test.blob-deleter.{suffix}",
+    )
+    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
+    env = {
+        "COLLECTOR_DATABASE_URL": url,
+        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
+        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
+        "COLLECTOR_SINK_GROUP_ID": settings.sink_group_id,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = tmp_path / "storage"
+    root.mkdir()
+    yield Setup(settings, url, FilesystemStorage(root), env)
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        await admin.delete_topics(
+            [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
+        )
+    finally:
+        await admin.close()
+
+
+def digest(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def blob_removed(d: str, *, causation_id: str = "request-1") -> CloudEvent:
+    removal = BlobRemoved(blob_id=1, digest=d, size=10, locations=["local"])
+    return removal_event(removal, causation_id=causation_id)
+
+
+def stored(setup: Setup, *digests: str) -> list[Path]:
+    paths = []
+    for d in digests:
+        path = setup.storage.path(d)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"layer")
+        paths.append(path)
+    return paths
+
+
+async def produce(topic: str, events: list[tuple[bytes, CloudEvent]]) -> None:
+    producer = AIOKafkaProducer(acks="all", **client_options(Settings()))
+    await asyncio.wait_for(producer.start(), WAIT_S)
+    try:
+        for key, event in events:
+            value, headers = to_record(event)
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, value, key=key, headers=headers), WAIT_S
+            )
+    finally:
+        await producer.stop()
+
+
+async def test_blob_deleter_deletes_removed_blobs_and_prints_a_summary(setup: Setup) -> None:
+    """Removed digests' files go, a re-pushed digest's file stays, a second run finds
+    nothing left to do (offsets were committed); exit 0 with a one-line summary."""
+    gone, kept, other = stored(setup, digest(1), digest(2), digest(3))
+    conn = await asyncpg.connect(setup.url)
+    try:
+        await conn.execute("INSERT INTO blob (digest, size) VALUES ($1, 10)", digest(2))
+    finally:
+        await conn.close()
+    events = [blob_removed(digest(n)) for n in (1, 2, 4)]
+    await produce(setup.settings.topic_removals, [(e.data["digest"].encode(), e) for e in events])
+    command = ("sink", "blob-deleter", "--storage-root", str(setup.storage.root))
+
+    first = run_collector(*command, "--exit-when-idle", "2", timeout=60)
+
+    assert first.returncode == 0, first.stderr
+    assert (gone.exists(), kept.exists(), other.exists()) == (False, True, True)
+    assert first.stderr.splitlines()[-1] == (
+        "blob-deleter: 1 deleted, 1 already gone, 1 re-pushed skipped, 0 duplicate(s),"
+        " 0 other event(s) skipped, 0 invalid record(s) skipped"
+    )
+    again = run_collector(*command, "--exit-when-idle", "1", timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert "blob-deleter: 0 deleted, 0 already gone, 0 re-pushed skipped" in again.stderr
+
+
+async def test_blob_deleter_stops_cleanly_on_sigterm(setup: Setup) -> None:
+    """A deleter running as a service deletes as events come and exits 0 on SIGTERM,
+    with its summary."""
+    [path] = stored(setup, digest(5))
+    process = await asyncio.create_subprocess_exec(
+        *collector_command("sink", "blob-deleter", "--storage-root", str(setup.storage.root)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "COLLECTOR_LOG_LEVEL": "warning"},
+    )
+    try:
+        await produce(setup.settings.topic_removals, [(b"k", blob_removed(digest(5)))])
+        async with asyncio.timeout(WAIT_S):
+            while path.exists():  # noqa: ASYNC110  # a file has no event to wait on
+                await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), WAIT_S)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert process.returncode == 0, stderr
+    assert stderr.decode().splitlines()[-1].startswith("blob-deleter: 1 deleted, ")
+
+
+async def test_audit_json_links_removals_to_requests_identically_each_time(setup: Setup) -> None:
+    """`audit --json` prints one object per removal with its cause, then the summary; a
+    removal from the command line (cli-… causation id) has an unknown cause; two runs
+    print the same bytes."""
+    sweep = request_event(
+        RepoSweep(namespace="acme", repository="web", repository_id=1), source="/test"
+    )
+    await produce(setup.settings.topic_requests, [(b"acme/web", sweep)])
+    caused, cli = (
+        blob_removed(digest(6), causation_id=sweep.id),
+        blob_removed(digest(7), causation_id="cli-1"),
+    )
+    await produce(setup.settings.topic_removals, [(b"a", caused), (b"b", cli), (b"a", caused)])
+
+    first = run_collector("audit", "--json", timeout=60)
+    second = run_collector("audit", "--json", timeout=60)
+
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    *removals, summary = [json.loads(line) for line in first.stdout.splitlines()]
+    causes = {entry["id"]: entry["cause"] for entry in removals}
+    assert causes[caused.id] == {
+        "type": "registry.gc.repo-sweep",
+        "id": sweep.id,
+        "repository": "acme/web",
+        "time": sweep.time.isoformat().replace("+00:00", "Z"),
+    }
+    assert causes[cli.id] is None
+    assert summary["summary"]["duplicates"] == {"count": 1, "ids": [caused.id]}
+    assert summary["summary"]["unknown_cause"]["causation_ids"] == {"cli-1": 1}
+
+
+async def test_audit_text_filters_by_digest(setup: Setup) -> None:
+    """`audit --digest D` prints the removal lines of that digest only, then the summary."""
+    events = [blob_removed(digest(n)) for n in (8, 9)]
+    await produce(setup.settings.topic_removals, [(b"k", event) for event in events])
+
+    result = run_collector("audit", "--digest", digest(9), timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(f" blob-removed {digest(9)} cause: unknown")
+    assert lines[1] == "removals: 1 (blob-removed 1)"
+
+
+@pytest.mark.parametrize("since", ["last tuesday", "2025-02-30", "2025-01-31T10:00:00"])
+def test_audit_with_a_bad_since_exits_2_with_one_line(since: str) -> None:
+    """A --since that is not an RFC 3339 time or date is a usage error, said in one line."""
+    result = run_collector("audit", "--since", since, timeout=60)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"collector: error: invalid --since {since!r}: expected an RFC 3339 time"
+        " (2025-01-31T12:00:00Z) or a date (2025-01-31)"
+    ]

@@ -1,0 +1,428 @@
+"""The blob deleter against the real PostgreSQL and Kafka: bytes follow rows, once, safely."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from structlog.typing import EventDict
+
+from collector.config import Settings
+from collector.errors import DatabaseUnavailable
+from collector.kafka import ensure_topics
+from collector.sinks.blob_deleter import BlobDeleter, Counts, RecentIds
+from collector.sinks.storage import FilesystemStorage, ObjectStorageError
+from events import BlobRemoved, CloudEvent, TagRemoved, removal_event, to_record
+from tests.integration.test_kafka import WAIT_S, bootstrap, delete_topics
+from tests.integration.test_relay import until
+from tests.registry import Registry
+
+#: Short enough to keep each test at a few seconds, long enough for a fetch round trip.
+IDLE_S = 1.0
+
+
+@pytest.fixture
+async def settings(database_url: str) -> AsyncIterator[Settings]:
+    """Settings on the test database, a group and topics of the test's own (2 partitions)."""
+    suffix = uuid.uuid4().hex[:12]
+    settings = Settings(
+        database_url=database_url,
+        kafka_bootstrap=bootstrap(),
+        topic_requests=f"test.requests.{suffix}",
+        topic_removals=f"test.removals.{suffix}",
+        topic_dead_letter=f"test.dead-letter.{suffix}",
+        topic_partitions=2,
+        sink_group_id=f"test.blob-deleter.{suffix}",
+        connect_wait_s=5.0,
+    )
+    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
+    try:
+        yield settings
+    finally:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(), request_timeout_ms=20_000)
+        await asyncio.wait_for(admin.start(), WAIT_S)
+        try:
+            topics = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
+            await delete_topics(admin, topics)
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> FilesystemStorage:
+    root = tmp_path / "storage"
+    root.mkdir()
+    return FilesystemStorage(root)
+
+
+def digest(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def stored(storage: FilesystemStorage, *digests: str) -> list[Path]:
+    """Write a file for each digest where the deleter looks for it."""
+    paths = []
+    for d in digests:
+        path = storage.path(d)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(d.encode())
+        paths.append(path)
+    return paths
+
+
+def blob_removed(d: str, *, event_id: str | None = None) -> CloudEvent:
+    removal = BlobRemoved(blob_id=1, digest=d, size=10, locations=["local"])
+    return removal_event(removal, causation_id="request-1", event_id=event_id)
+
+
+def tag_removed() -> CloudEvent:
+    removal = TagRemoved(
+        namespace="acme",
+        repository="web",
+        repository_id=1,
+        tag="v1",
+        tag_id=1,
+        manifest_digest=digest(999),
+    )
+    return removal_event(removal, causation_id="request-1")
+
+
+async def produce(
+    settings: Settings, records: Iterable[CloudEvent | bytes], *, partition: int | None = None
+) -> None:
+    """Events keyed as the relay keys them, raw bytes as they come; all acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), acks="all")
+    await asyncio.wait_for(producer.start(), WAIT_S)
+    try:
+        for record in records:
+            headers: list[tuple[str, bytes]] = []
+            if isinstance(record, bytes):
+                value, key = record, b"junk"
+            else:
+                value, headers = to_record(record)
+                key = (record.subject or "").encode()
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    settings.topic_removals, value, key=key, headers=headers, partition=partition
+                ),
+                WAIT_S,
+            )
+    finally:
+        await producer.stop()
+
+
+async def drain(settings: Settings, storage: Any) -> BlobDeleter:
+    """Run a deleter until it has been idle for IDLE_S."""
+    deleter = BlobDeleter(settings, storage, exit_when_idle=IDLE_S)
+    await asyncio.wait_for(deleter.run(), WAIT_S)
+    return deleter
+
+
+async def committed(settings: Settings) -> dict[int, int | None]:
+    """The group's committed offset per partition of the removals topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(), group_id=settings.sink_group_id)
+    await asyncio.wait_for(consumer.start(), WAIT_S)
+    try:
+        return {
+            p: await consumer.committed(TopicPartition(settings.topic_removals, p))
+            for p in range(settings.topic_partitions)
+        }
+    finally:
+        await consumer.stop()
+
+
+def logged(entries: list[EventDict], event: str) -> list[EventDict]:
+    return [entry for entry in entries if entry["event"] == event]
+
+
+async def test_removed_blobs_are_deleted_and_other_bytes_left_alone(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """Each removed digest's file goes; a file already gone is fine; files of other blobs
+    and events of other types are left alone."""
+    removed = stored(storage, digest(1), digest(2), digest(3))
+    kept = stored(storage, digest(10), digest(11))
+    await produce(settings, [*map(blob_removed, map(digest, (1, 2, 3, 4))), tag_removed()])
+
+    deleter = await drain(settings, storage)
+
+    assert not any(path.exists() for path in removed)
+    assert all(path.exists() for path in kept)
+    counts = deleter.counts
+    assert (counts.deleted, counts.already_gone, counts.other) == (3, 1, 1)
+    assert (counts.repushed, counts.duplicates, counts.invalid) == (0, 0, 0)
+    assert "3 deleted, 1 already gone" in counts.summary()
+
+
+async def test_a_digest_pushed_again_keeps_its_bytes(
+    settings: Settings, storage: FilesystemStorage, registry: Registry
+) -> None:
+    """A blob row with the removed digest exists again: the delete is skipped and logged."""
+    await registry.blob(digest=digest(5))
+    [repushed, gone] = stored(storage, digest(5), digest(6))
+    await produce(settings, [blob_removed(digest(5)), blob_removed(digest(6))])
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        deleter = await drain(settings, storage)
+
+    assert repushed.exists()
+    assert not gone.exists()
+    assert (deleter.counts.repushed, deleter.counts.deleted) == (1, 1)
+    assert [entry["digest"] for entry in logged(logs, "blob_repushed")] == [digest(5)]
+
+
+async def test_the_digest_lock_is_held_across_check_and_delete(
+    settings: Settings, storage: FilesystemStorage, registry: Registry
+) -> None:
+    """While a registry holds the digest's advisory lock (finalizing an upload), the deleter
+    waits; when the registry commits its blob row, the deleter sees it and keeps the bytes."""
+    [path] = stored(storage, digest(7))
+    await produce(settings, [blob_removed(digest(7))])
+    conn = registry.conn
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", digest(7))
+        task = asyncio.create_task(drain(settings, storage))
+        await asyncio.wait_for(lock_waited_for(conn), WAIT_S)
+        assert path.exists()
+        await registry.blob(digest=digest(7))
+    deleter = await asyncio.wait_for(task, WAIT_S)
+
+    assert path.exists()
+    assert deleter.counts.repushed == 1
+
+
+async def lock_waited_for(conn: Any) -> None:
+    """Until a session of this database waits for an advisory lock (pg_locks is live, not
+    a snapshot, so polling it inside a transaction sees the waiter arrive)."""
+    while True:
+        if await conn.fetchval(
+            """
+            SELECT EXISTS (
+                SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND NOT granted
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            )
+            """
+        ):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_duplicates_are_handled_once_and_counted(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """The same event twice (a re-publication) is handled once: the second copy counts as a
+    duplicate, not as bytes already gone."""
+    event = blob_removed(digest(8))
+    [path] = stored(storage, digest(8))
+    await produce(settings, [event, event])
+
+    deleter = await drain(settings, storage)
+
+    assert not path.exists()
+    assert (deleter.counts.deleted, deleter.counts.duplicates) == (1, 1)
+    assert deleter.counts.already_gone == 0
+
+
+async def test_offsets_are_committed_after_the_deletes_and_a_restart_resumes(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """A second deleter of the same group finds nothing left to do; after new events it
+    handles only those; the committed offsets are the ends of the partitions."""
+    stored(storage, digest(20), digest(21), digest(22))
+    await produce(settings, [blob_removed(digest(20)), blob_removed(digest(21))])
+    first = await drain(settings, storage)
+    assert first.counts.deleted == 2
+
+    again = await drain(settings, storage)
+    assert again.counts == Counts()
+
+    await produce(settings, [blob_removed(digest(22))])
+    third = await drain(settings, storage)
+    assert (third.counts.deleted, third.counts.already_gone) == (1, 0)
+    assert sum(offset or 0 for offset in (await committed(settings)).values()) == 3
+
+
+class SlowStorage(FilesystemStorage):
+    """Takes ``delay`` seconds per delete, like a distant object store."""
+
+    def __init__(self, root: Path, delay: float) -> None:
+        super().__init__(root)
+        self.delay = delay
+
+    async def delete(self, digest: str) -> bool:
+        await asyncio.sleep(self.delay)
+        return await super().delete(digest)
+
+
+async def test_two_deleters_in_one_group_share_the_work_without_redoing_any(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """A second deleter joining mid-work makes the group rebalance; the first finishes and
+    commits its batch in hand before letting its partitions go, so every blob is deleted
+    exactly once and none is found already gone."""
+    small_batches = settings.model_copy(update={"batch_size": 2})
+    digests = [digest(n) for n in range(100, 160)]
+    paths = stored(storage, *digests)
+    await produce(settings, map(blob_removed, digests))
+    slow = SlowStorage(storage.root, delay=0.1)  # 6 s of work alone; a rebalance takes ~3 s
+    with structlog.testing.capture_logs() as logs:
+        first = asyncio.create_task(drain(small_batches, slow))
+        await until(lambda: any(not path.exists() for path in paths))
+        deleters = await asyncio.gather(first, drain(small_batches, slow))
+
+    # The first deleter's partitions, then each deleter's after the rebalance.
+    assert len(logged(logs, "partitions_assigned")) >= 3
+    assert not any(path.exists() for path in paths)
+    assert sum(d.counts.deleted for d in deleters) == len(digests)
+    assert sum(d.counts.already_gone for d in deleters) == 0
+
+
+class FailingStorage(FilesystemStorage):
+    """Fails the first ``failures`` deletes (all of them with None), then deletes."""
+
+    def __init__(self, root: Path, failures: int | None) -> None:
+        super().__init__(root)
+        self.failures = failures
+        self.attempts = 0
+
+    async def delete(self, digest: str) -> bool:
+        self.attempts += 1
+        if self.failures is None or self.attempts <= self.failures:
+            raise ObjectStorageError("storage away (simulated)")
+        return await super().delete(digest)
+
+
+async def test_nothing_is_committed_before_the_delete_is_done(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """A deleter stopped while its storage fails commits nothing for that record; the next
+    deleter of the group deletes it."""
+    [path] = stored(storage, digest(30))
+    await produce(settings, [blob_removed(digest(30))], partition=0)
+    failing = FailingStorage(storage.root, failures=None)
+    deleter = BlobDeleter(settings, failing)
+    task = asyncio.create_task(deleter.run())
+    await until(lambda: failing.attempts >= 2)
+    deleter.stop()
+    await asyncio.wait_for(task, WAIT_S)
+
+    assert path.exists()
+    assert deleter.counts.deleted == 0
+    assert (await committed(settings))[0] is None
+
+    assert (await drain(settings, storage)).counts.deleted == 1
+    assert not path.exists()
+
+
+async def test_a_storage_outage_is_waited_out_and_logged_once(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """Three failed deletes are retried with backoff; the outage and the recovery are each
+    logged once; the bytes go."""
+    [path] = stored(storage, digest(31))
+    await produce(settings, [blob_removed(digest(31))])
+    failing = FailingStorage(storage.root, failures=3)
+
+    with structlog.testing.capture_logs() as logs:
+        deleter = await drain(settings, failing)
+
+    assert not path.exists()
+    assert (failing.attempts, deleter.counts.deleted) == (4, 1)
+    assert len(logged(logs, "storage_unavailable")) == 1
+    assert len(logged(logs, "storage_recovered")) == 1
+
+
+async def test_bad_records_are_skipped_without_stalling_the_partition(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """Bytes that are not JSON, JSON that is not a CloudEvent, a blob-removed without a
+    digest and an empty value are logged with topic, partition and offset and skipped; the
+    good record after them on the same partition is handled, and everything is committed."""
+    not_a_removal = blob_removed(digest(40)).model_dump(mode="json")
+    del not_a_removal["data"]["digest"]
+    [path] = stored(storage, digest(41))
+    records: list[CloudEvent | bytes] = [
+        b"\xff\xfe not json",
+        json.dumps({"hello": "world"}).encode(),
+        json.dumps(not_a_removal).encode(),
+        b"",
+        blob_removed(digest(41)),
+    ]
+    await produce(settings, records, partition=1)
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        deleter = await drain(settings, storage)
+
+    assert not path.exists()
+    assert (deleter.counts.invalid, deleter.counts.deleted) == (4, 1)
+    skipped = logged(logs, "record_skipped")
+    assert [(e["topic"], e["partition"], e["offset"]) for e in skipped] == [
+        (settings.topic_removals, 1, offset) for offset in range(4)
+    ]
+    assert all(e["log_level"] == "warning" for e in skipped)
+    assert (await committed(settings))[1] == 5
+
+
+async def test_a_traversal_digest_never_deletes_outside_the_storage(
+    settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """Digests crafted to climb out of the storage root are refused and logged; the files
+    they aim at survive, and the next good record is handled."""
+    victim = storage.root.parent / "victim"
+    victim.write_bytes(b"keep me")
+    inside = storage.root / "sha256" / "victim"
+    inside.parent.mkdir()
+    inside.write_bytes(b"keep me too")
+    crafted = ["sha256:../../victim", "sha256:../victim", "../../victim", str(victim)]
+    [path] = stored(storage, digest(50))
+    await produce(settings, [*map(blob_removed, crafted), blob_removed(digest(50))], partition=0)
+
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        deleter = await drain(settings, storage)
+
+    assert victim.read_bytes() == b"keep me"
+    assert inside.read_bytes() == b"keep me too"
+    assert not path.exists()
+    assert (deleter.counts.invalid, deleter.counts.deleted) == (4, 1)
+    assert [e["reason"] for e in logged(logs, "digest_refused")] == [
+        f"not an <algorithm>:<hex> digest: {d!r}" for d in crafted
+    ]
+
+
+async def test_an_unreachable_database_at_start_is_a_bounded_wait(
+    settings: Settings, storage: FilesystemStorage
+) -> None:
+    """With no database to reach, the deleter retries for connect_wait_s, then gives up."""
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql://postgres@127.0.0.1:1/registry", "connect_wait_s": 0.3}
+    )
+    with pytest.raises(DatabaseUnavailable):
+        await asyncio.wait_for(BlobDeleter(unreachable, storage).run(), WAIT_S)
+
+
+def test_recent_ids_forget_the_least_recently_seen_beyond_capacity() -> None:
+    """The dedupe memory is bounded: past its capacity the oldest id goes first, and
+    seeing an id again makes it recent."""
+    recent = RecentIds(capacity=2)
+    recent.add("a")
+    recent.add("b")
+    recent.add("a")
+    recent.add("c")
+
+    assert ("a" in recent, "b" in recent, "c" in recent) == (True, False, True)
