@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ class Workers:
                 return False
             assert item.id is not None  # claimed rows have one
             self.busy += 1
+            started = time.monotonic()
             try:
                 with structlog.contextvars.bound_contextvars(
                     event_id=item.event_id, repository=item.repository_path
@@ -137,9 +139,16 @@ class Workers:
                     else:
                         await queue.finish(conn, item.id, outcome, self._name)
                         self.outcomes[outcome] += 1
-                        log.info("request_finished", type=item.event_type, outcome=outcome)
+                        log.info(
+                            "request_finished",
+                            type=item.event_type,
+                            outcome=outcome,
+                            duration_ms=round((time.monotonic() - started) * 1000, 1),
+                        )
             finally:
                 self.busy -= 1
+        # The repository's next request may be claimable now: idle workers, look.
+        self.wake()
         return True
 
     async def _handle(self, conn: Connection, item: WorkItem) -> Outcome:

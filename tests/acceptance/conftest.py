@@ -19,9 +19,12 @@ def collector_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "collector", *args]
 
 
-def run_collector(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the CLI to completion; logs stay quiet unless something fails."""
-    env = {**os.environ, "COLLECTOR_LOG_LEVEL": "warning"}
+def run_collector(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion, with ``env`` added to the environment; logs stay quiet
+    unless something fails."""
+    env = {**os.environ, "COLLECTOR_LOG_LEVEL": "warning", **(env or {})}
     return subprocess.run(
         collector_command(*args), capture_output=True, text=True, timeout=timeout, env=env
     )

@@ -6,12 +6,14 @@ import json
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from collector.engine import SystemClock
 from tests.acceptance.conftest import CreateDatabase, run_collector
+from tests.pipeline import pipeline_settings, read_topic, topics
 from tests.registry import DAY_MS, Registry, outbox, snapshot
 
 
@@ -219,24 +221,52 @@ async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
     assert "database: up to date" in result.stdout
 
 
-async def test_demo_runs_and_verifies_clean(create_database: CreateDatabase) -> None:
-    """The demo seeds, expires, deletes, collects, publishes every removal event through
-    the relay and ends with verify ok."""
+async def test_demo_runs_the_pipeline_over_kafka_and_verifies_clean(
+    create_database: CreateDatabase, tmp_path: Path
+) -> None:
+    """The demo seeds a registry and its storage, publishes requests, serves them with
+    the service, deletes the removed blobs' files, and ends with verify ok and a
+    storage that matches the registry file for file."""
     url = await create_database("cli_demo")
-
-    result = run_collector("demo", "--repositories", "15", "--database-url", url)
+    settings = pipeline_settings(url)
+    env = {
+        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
+        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
+        "COLLECTOR_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+        "COLLECTOR_GROUP_ID": settings.group_id,
+        "COLLECTOR_SINK_GROUP_ID": settings.group_id + ".blobs",
+        "COLLECTOR_TOPIC_PARTITIONS": "3",
+    }
+    async with topics(settings):
+        result = run_collector(
+            "demo", "--repositories", "15", "--database-url", url, "--storage-root",
+            str(tmp_path), env=env,
+        )  # fmt: skip
+        removals = await read_topic(settings.topic_removals)
+        letters = await read_topic(settings.topic_dead_letter, partitions=1)
 
     assert result.returncode == 0, result.stderr
     assert "repo-purged" in result.stdout
     assert "verify: ok" in result.stdout
-    assert "published to Kafka" in result.stdout
+    assert "0 orphaned, 0 missing" in result.stdout
+    assert letters == []
     conn = await asyncpg.connect(url)
     try:
-        assert await conn.fetchval("SELECT count(*) FROM gc.outbox") > 0
+        assert await conn.fetchval("SELECT count(*) FROM gc.request WHERE outcome IS NULL") == 0
         assert await conn.fetchval("SELECT count(*) FROM gc.outbox WHERE published_at IS NULL") == 0
         assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+        outbox = {str(r["event_id"]) for r in await conn.fetch("SELECT event_id FROM gc.outbox")}
+        digests = {r["digest"] for r in await conn.fetch("SELECT digest FROM blob")}
     finally:
         await conn.close()
+    assert outbox
+    assert {r.event["id"] for r in removals} == outbox
+    assert stored_digests(tmp_path) == digests
+
+
+def stored_digests(root: Path) -> set[str]:
+    """The digests a storage folder laid out as ``<algorithm>/<ab>/<hex>`` holds."""
+    return {f"{path.parent.parent.name}:{path.name}" for path in root.glob("*/*/*")}
 
 
 async def test_window_not_elapsed_is_left_for_later(create_database: CreateDatabase) -> None:
