@@ -244,6 +244,7 @@ async def test_demo_runs_the_pipeline_over_kafka_and_verifies_clean(
         )  # fmt: skip
         removals = await read_topic(settings.topic_removals)
         letters = await read_topic(settings.topic_dead_letter, partitions=1)
+        audits = [run_collector("audit", "--json", env=env) for _ in range(2)]
 
     assert result.returncode == 0, result.stderr
     assert "repo-purged" in result.stdout
@@ -262,6 +263,17 @@ async def test_demo_runs_the_pipeline_over_kafka_and_verifies_clean(
     assert outbox
     assert {r.event["id"] for r in removals} == outbox
     assert stored_digests(tmp_path) == digests
+    # The audit replay links every removal to the request that caused it, the same twice.
+    assert audits[0].returncode == 0, audits[0].stderr
+    assert audits[0].stdout == audits[1].stdout
+    *lines, summary = [json.loads(line) for line in audits[0].stdout.splitlines()]
+    assert summary["summary"]["removals"] == len(outbox)
+    assert summary["summary"]["unknown_cause"]["count"] == 0
+    assert {line["id"] for line in lines} == outbox
+    for line in lines:
+        if "repository_id" in line["data"]:
+            data = line["data"]
+            assert line["cause"]["repository"] == f"{data['namespace']}/{data['repository']}"
 
 
 def stored_digests(root: Path) -> set[str]:
