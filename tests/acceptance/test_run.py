@@ -197,3 +197,23 @@ async def test_two_processes_in_one_group_share_the_work_and_stop_cleanly_on_sig
     after = run(env, "run", "--exit-when-idle", "0.5")
     assert after.returncode == 0, after.stderr
     assert "run: 0 record(s) received" in after.stderr
+
+
+async def test_run_refuses_an_unmigrated_database_and_bad_flags_with_one_line(
+    create_database: CreateDatabase,
+) -> None:
+    """A database without the collector's migrations is a configuration error (exit 2,
+    one line naming the fix), and so is a negative --exit-when-idle."""
+    bare = await create_database("run_bare", template="template0")
+    settings = pipeline_settings(bare)
+
+    unmigrated = run(environment(settings, bare), "run", "--exit-when-idle", "1")
+    negative = run(environment(settings, bare), "run", "--exit-when-idle", "-1")
+
+    assert unmigrated.returncode == 2
+    assert unmigrated.stderr.strip().splitlines()[-1] == (
+        "collector: error: the database lacks migration 1 (registry): run `collector migrate` first"
+    )
+    assert negative.returncode == 2
+    assert negative.stderr.count("collector: error:") == 1
+    assert "--exit-when-idle" in negative.stderr
