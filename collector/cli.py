@@ -383,6 +383,17 @@ def run(
             help="Exit after SECONDS with the topic read, no request due and the outbox empty.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (address:"
+            " COLLECTOR_METRICS_ADDRESS) [env: COLLECTOR_METRICS_PORT]",
+            show_default=False,
+        ),
+    ] = None,
     concurrency: Concurrency = None,
     batch_size: BatchSize = None,
     database_url: DatabaseUrl = None,
@@ -397,6 +408,7 @@ def run(
         kafka_bootstrap=kafka_bootstrap,
         repository_concurrency=concurrency,
         batch_size=batch_size,
+        metrics_port=metrics_port,
     )
 
     async def main() -> ServiceSummary:

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     #: How long finished requests (the dedupe window for redelivered and replayed
     #: events) and published outbox rows are kept: a week, Kafka's default retention.
     retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    #: Serve Prometheus metrics of `collector run` on this port (unset: not served).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Where the metrics endpoint listens: loopback unless told otherwise.
+    metrics_address: str = "127.0.0.1"
     #: On SIGTERM, how long requests in hand may take before they are abandoned
     #: (rolled back, and redone by the next run).
     shutdown_timeout_s: float = Field(default=30.0, ge=0)

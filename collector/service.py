@@ -21,10 +21,11 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
+from collector import metrics
 from collector.config import Settings
 from collector.db.connector import PoolDatabase, create_pool
 from collector.db.migrations import pending_migrations
-from collector.engine import Engine, EngineConfig
+from collector.engine import Callbacks, Engine, EngineConfig
 from collector.engine.context import Clock, SystemClock
 from collector.errors import CollectorError, ConfigError
 from collector.intake.consumer import Intake
@@ -32,6 +33,7 @@ from collector.outbox import store as outbox
 from collector.outbox.relay import Relay
 from collector.work import queue
 from collector.work.worker import Workers
+from events import Removal
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +78,21 @@ class Service:
         self._stopping.set()
 
     async def run(self) -> ServiceSummary:
+        settings = self._settings
+        if settings.metrics_port is None:
+            return await self._serve()
+        try:
+            stop_metrics = metrics.serve(settings.metrics_address, settings.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {exc}"
+            ) from exc
+        try:
+            return await self._serve()
+        finally:
+            stop_metrics()
+
+    async def _serve(self) -> ServiceSummary:
         started = time.monotonic()
         settings = self._settings
         # Per worker: its claim connection and the engine's concurrent collectors.
@@ -91,6 +108,8 @@ class Service:
                         f"the database lacks migration {missing[0].version}"
                         f" ({missing[0].name}): run `collector migrate` first"
                     )
+            callbacks = Callbacks()
+            callbacks.on(Removal, _count_removal)
             engine = Engine(
                 PoolDatabase(pool),
                 EngineConfig(
@@ -98,6 +117,7 @@ class Service:
                     protected_digests=tuple(settings.protected_digests),
                 ),
                 clock=self._clock,
+                callbacks=callbacks,
             )
             workers = Workers(
                 pool,
@@ -237,6 +257,10 @@ class Pruner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY_S):
                     await self._stopping.wait()
+
+
+async def _count_removal(removal: Removal, causation_id: str) -> None:
+    metrics.REMOVALS.labels(removal.event_type).inc()
 
 
 def _start(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

@@ -23,6 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
+from collector import metrics
 from collector.backoff import Backoff, reach
 from collector.config import Settings
 from collector.engine.context import Clock
@@ -198,9 +199,11 @@ class Intake:
                 )
             elif verdict == "duplicate":
                 self.duplicates += 1
+                metrics.REQUESTS_RECEIVED.labels("duplicate").inc()
                 log.info("request_duplicate", event_id=request.event.id, offset=record.offset)
             else:
                 self.accepted += 1
+                metrics.REQUESTS_RECEIVED.labels("accepted").inc()
                 log.info(
                     "request_accepted",
                     event_id=request.event.id,
@@ -244,12 +247,15 @@ class Intake:
                 backlog = await queue.count_due(conn, self._clock.now_ms())
         except _DISCONNECTS:
             return  # the batches in flight wait the outage out and say so
+        metrics.REQUESTS_DUE.set(backlog)
         assigned = self._consumer.assignment()
         if not self._throttled and backlog >= limit:
             self._throttled = True
+            metrics.INTAKE_PAUSED.set(1)
             log.info("intake_paused", backlog=backlog)
         elif self._throttled and backlog <= limit // 2:
             self._throttled = False
+            metrics.INTAKE_PAUSED.set(0)
             if idle := [p for p in assigned if p not in self._tasks]:
                 self._consumer.resume(*idle)
             log.info("intake_resumed", backlog=backlog)

@@ -10,6 +10,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from collector import metrics
 from collector.backoff import Backoff
 from collector.config import Settings
 from collector.errors import BrokerUnavailable
@@ -66,6 +67,8 @@ class DeadLetters:
                     raise BrokerUnavailable(f"cannot publish a dead letter: {exc!r}") from exc
                 await asyncio.sleep(backoff.next())
         self.sent[reason] = self.sent.get(reason, 0) + 1
+        metrics.REQUESTS_RECEIVED.labels("refused").inc()
+        metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning(
             "request_refused",
             reason=reason,

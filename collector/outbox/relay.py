@@ -37,6 +37,7 @@ from aiokafka.errors import (
 )
 from asyncpg.transaction import Transaction
 
+from collector import metrics
 from collector.backoff import Backoff
 from collector.config import Settings
 from collector.db.connector import Connection
@@ -242,6 +243,7 @@ class Relay:
                     await transaction.rollback()
         if rows:
             self.published += len(rows)
+            metrics.EVENTS_PUBLISHED.inc(len(rows))
             self.batches += 1
             log.info(
                 "batch_published",

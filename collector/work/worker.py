@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from collector import metrics
 from collector.backoff import Backoff
 from collector.db.connector import Connection
 from collector.engine import Engine
@@ -132,13 +133,18 @@ class Workers:
                     event_id=item.event_id, repository=item.repository_path
                 ):
                     outcome = await self._handle(conn, item)
+                    metrics.REQUEST_SECONDS.labels(item.event_type).observe(
+                        time.monotonic() - started
+                    )
                     if isinstance(outcome, Deferred):
                         await queue.defer(conn, item.id, outcome.due_at_ms)
                         self.deferred += 1
+                        metrics.REQUESTS_DEFERRED.labels(item.event_type).inc()
                         log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why)
                     else:
                         await queue.finish(conn, item.id, outcome, self._name)
                         self.outcomes[outcome] += 1
+                        metrics.REQUESTS_FINISHED.labels(item.event_type, outcome).inc()
                         log.info(
                             "request_finished",
                             type=item.event_type,

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import socket
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from collector.config import Settings
 from collector.service import Service, ServiceSummary
@@ -473,3 +478,70 @@ async def test_a_backlog_of_due_work_pauses_the_intake_until_workers_catch_up(
     assert "intake_resumed" in events
     assert max(e["backlog"] for e in logs if e["event"] == "intake_paused") < 4 + 3 * 5
     assert summary.outcomes == {"collected": 30}
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_every_decision_and_are_served_on_loopback(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """With a metrics port, /metrics on 127.0.0.1 shows what the service decided:
+    records by verdict, dead letters by reason, requests by outcome, removals by type."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    await registry.expired_tag(web, await registry.manifest(web))
+    sweep = request(RepoSweep(namespace="acme", repository="web", repository_id=web))
+    await produce(settings.topic_requests, [sweep, sweep, Record(b"acme/web", b"{")])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = {
+        "accepted": sample("registry_gc_requests_received_total", verdict="accepted"),
+        "duplicate": sample("registry_gc_requests_received_total", verdict="duplicate"),
+        "malformed": sample("registry_gc_dead_letters_total", reason="malformed-json"),
+        "collected": sample(
+            "registry_gc_requests_finished_total", type="repo-sweep", outcome="collected"
+        ),
+        "tags": sample("registry_gc_removals_total", type="registry.gc.tag-removed"),
+        "published": sample("registry_gc_events_published_total"),
+    }
+    service = asyncio.create_task(
+        run_service(settings.model_copy(update={"metrics_port": port}), clock, idle_s=1.0)
+    )
+    page = ""
+    while "registry_gc_removals_total" not in page and not service.done():
+        await asyncio.sleep(0.2)
+        with contextlib.suppress(OSError):
+            page = await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}/metrics")
+    await service
+
+    assert 'registry_gc_removals_total{type="registry.gc.tag-removed"}' in page
+    assert sample("registry_gc_requests_received_total", verdict="accepted") == (
+        before["accepted"] + 1
+    )
+    assert sample("registry_gc_requests_received_total", verdict="duplicate") == (
+        before["duplicate"] + 1
+    )
+    assert sample("registry_gc_dead_letters_total", reason="malformed-json") == (
+        before["malformed"] + 1
+    )
+    assert sample(
+        "registry_gc_requests_finished_total", type="repo-sweep", outcome="collected"
+    ) == (before["collected"] + 1)
+    assert sample("registry_gc_removals_total", type="registry.gc.tag-removed") == (
+        before["tags"] + 1
+    )
+    assert sample("registry_gc_events_published_total") == before["published"] + 2
+    with pytest.raises(urllib.error.URLError):  # the endpoint went with the service
+        _fetch(f"http://127.0.0.1:{port}/metrics")
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        body: bytes = response.read()
+        return body.decode()

@@ -1,0 +1,65 @@
+"""Prometheus metrics of `collector run`: one at every decision the service makes.
+
+Served at ``http://<COLLECTOR_METRICS_ADDRESS>:<COLLECTOR_METRICS_PORT>/metrics``
+(127.0.0.1 unless told otherwise) when a port is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS_RECEIVED = Counter(
+    "registry_gc_requests_received",
+    "Records read from the requests topic, by verdict (accepted, duplicate, refused).",
+    ["verdict"],
+)
+DEAD_LETTERS = Counter(
+    "registry_gc_dead_letters",
+    "Refused records published to the dead-letter topic, by reason.",
+    ["reason"],
+)
+REQUESTS_DUE = Gauge(
+    "registry_gc_requests_due", "Requests due and waiting for a worker (the intake's backlog)."
+)
+INTAKE_PAUSED = Gauge(
+    "registry_gc_intake_paused", "1 while the intake pauses the topic for backpressure."
+)
+REQUESTS_FINISHED = Counter(
+    "registry_gc_requests_finished",
+    "Requests a worker finished, by type and outcome (collected, purged, stale, ...).",
+    ["type", "outcome"],
+)
+REQUESTS_DEFERRED = Counter(
+    "registry_gc_requests_deferred",
+    "Requests put off to a later time (a tag inside its window, locked rows), by type.",
+    ["type"],
+)
+REQUEST_SECONDS = Histogram(
+    "registry_gc_request_duration_seconds",
+    "Time a worker spent on a request, by type.",
+    ["type"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+REMOVALS = Counter(
+    "registry_gc_removals",
+    "Objects removed (committed deletions), by removal event type.",
+    ["type"],
+)
+EVENTS_PUBLISHED = Counter(
+    "registry_gc_events_published",
+    "Removal events the broker acknowledged and the relay marked published.",
+)
+
+
+def serve(address: str, port: int) -> Callable[[], None]:
+    """Serve /metrics in a background thread; return the function that stops it."""
+    server, thread = start_http_server(port, addr=address)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    return stop
