@@ -25,6 +25,15 @@ async def claim(conn: Connection, repository_id: int | None, kind: str, limit: i
     return batch
 
 
+async def pending_kinds(conn: Connection, repository_id: int | None) -> set[str]:
+    """The kinds with candidates waiting in one repository (None: in any)."""
+    if repository_id is None:
+        rows = await conn.fetch(_QUERIES["pending_kinds_any"])
+    else:
+        rows = await conn.fetch(_QUERIES["pending_kinds"], repository_id)
+    return {row["kind"] for row in rows}
+
+
 async def queue(conn: Connection, kind: str, objects: Mapping[int, tuple[int, str]]) -> None:
     """Queue ``objects``: object id -> (repository id, causation id)."""
     await conn.execute(

@@ -201,14 +201,20 @@ class Engine:
             log.warning("purge_incomplete", repository_id=ctx.repository_id)
 
     async def _fixpoint(self, ctx: RepositoryContext, report: Report, claimers: int = 1) -> None:
-        """Rounds of every collector, ``claimers`` claims each, until a round claims nothing."""
+        """Rounds of the collectors with candidates waiting, ``claimers`` claims each,
+        until none waits or a round claims nothing (what waits is locked elsewhere)."""
         rounds = 0
         while True:
+            async with self._db.transaction() as conn:
+                waiting = await candidates.pending_kinds(conn, ctx.repository_id)
+            if not waiting:
+                break
             rounds += 1
             results = await asyncio.gather(
                 *(
                     self._run(self._decide(ctx, collector))
                     for collector in self._collectors
+                    if collector.kind in waiting
                     for _ in range(claimers)
                 )
             )

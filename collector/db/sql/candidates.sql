@@ -32,3 +32,15 @@ RETURNING object_id, causation_id
 INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
 SELECT $1, object_id, repository_id, causation_id
 FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS q (object_id, repository_id, causation_id)
+
+-- name: pending_kinds
+-- The kinds with candidates waiting in repository $1, so that a fixpoint
+-- round runs only the collectors that have something to claim.
+-- $1 bigint repository id
+SELECT k.kind FROM unnest(ARRAY['manifest', 'label', 'image', 'blob']) AS k (kind)
+WHERE EXISTS (SELECT 1 FROM gc.candidate c WHERE c.repository_id = $1 AND c.kind = k.kind)
+
+-- name: pending_kinds_any
+-- The kinds with candidates waiting in any repository. No parameters.
+SELECT k.kind FROM unnest(ARRAY['manifest', 'label', 'image', 'blob']) AS k (kind)
+WHERE EXISTS (SELECT 1 FROM gc.candidate c WHERE c.kind = k.kind)
