@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 import structlog
 
-from collector import metrics
+from collector import kafka, metrics
 from collector.config import Settings
 from collector.db.connector import PoolDatabase, create_pool
 from collector.db.migrations import pending_migrations
@@ -108,6 +108,8 @@ class Service:
                         f"the database lacks migration {missing[0].version}"
                         f" ({missing[0].name}): run `collector migrate` first"
                     )
+            # A consumer subscribed to a missing topic would wait silently forever.
+            await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
             callbacks = Callbacks()
             callbacks.on(Removal, _count_removal)
             engine = Engine(

@@ -217,3 +217,29 @@ async def test_run_refuses_an_unmigrated_database_and_bad_flags_with_one_line(
     assert negative.returncode == 2
     assert negative.stderr.count("collector: error:") == 1
     assert "--exit-when-idle" in negative.stderr
+
+
+async def test_run_creates_missing_topics_and_gives_up_on_an_unreachable_broker(
+    create_database: CreateDatabase,
+) -> None:
+    """The service creates the topics it needs; with no broker at all it retries for
+    COLLECTOR_CONNECT_WAIT_S, then exits 1 with one line."""
+    url = await create_database("run_topics")
+    settings = pipeline_settings(url)
+    env = environment(settings, url)
+    try:
+        created = run(env, "run", "--exit-when-idle", "0.5")
+        assert created.returncode == 0, created.stderr
+        assert await read_topic(settings.topic_requests) == []
+        assert await read_topic(settings.topic_dead_letter, partitions=1) == []
+    finally:
+        async with topics(settings):
+            pass  # deletes them
+
+    unreachable = run(
+        {**env, "COLLECTOR_KAFKA_BOOTSTRAP": "127.0.0.1:1", "COLLECTOR_CONNECT_WAIT_S": "1"},
+        "run",
+    )
+    assert unreachable.returncode == 1
+    last = unreachable.stderr.strip().splitlines()[-1]
+    assert last.startswith("collector: error: cannot reach the Kafka broker")
