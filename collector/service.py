@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
+from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
 from collector.config import Settings
@@ -168,6 +169,8 @@ class Service:
             done, _ = await asyncio.wait(
                 [*stages, idle, stopping], return_when=asyncio.FIRST_COMPLETED
             )
+            if idle in done and (idle_error := idle.exception()) is not None:
+                errors.append(idle_error)
             for task in done:
                 if task in stages:  # a stage ended on its own: that is a failure
                     error = task.exception() or CollectorError(f"{task.get_name()} stopped")
@@ -225,7 +228,10 @@ class Service:
     async def _is_idle(
         self, pool: asyncpg.Pool[asyncpg.Record], intake: Intake, workers: Workers
     ) -> bool:
-        if workers.busy or not await intake.idle():
+        try:
+            if workers.busy or not await intake.idle():
+                return False
+        except KafkaError:  # a partition went in a rebalance while we looked
             return False
         try:
             async with pool.acquire() as conn:

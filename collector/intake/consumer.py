@@ -106,29 +106,49 @@ class Intake:
             **client_options(self._settings),
         )
         consumer.subscribe([self._topic], listener=_HandOver(self))
-        await reach(
-            consumer.start,
-            errors=(KafkaConnectionError,),
-            wait_s=self._settings.connect_wait_s,
-            unavailable=lambda reason: BrokerUnavailable(
-                f"cannot reach the Kafka broker: {reason}"
-            ),
-            event="broker_unreachable",
-        )
+        try:
+            await reach(
+                consumer.start,
+                errors=(KafkaConnectionError,),
+                wait_s=self._settings.connect_wait_s,
+                unavailable=lambda reason: BrokerUnavailable(
+                    f"cannot reach the Kafka broker: {reason}"
+                ),
+                event="broker_unreachable",
+            )
+        except BaseException:
+            await consumer.stop()
+            raise
         self._consumer = consumer
         log.info("intake_started", topic=self._topic, group=self._settings.group_id)
         try:
-            while not self._stopping.is_set():
+            await self._poll(consumer)
+        finally:
+            await self._shut_down(consumer)
+
+    async def _poll(self, consumer: Any) -> None:
+        backoff, down = Backoff(), False
+        while not self._stopping.is_set():
+            try:
                 batches = await consumer.getmany(
                     timeout_ms=_POLL_MS, max_records=self._settings.batch_size
                 )
-                for partition, records in batches.items():
-                    self._start(partition, records)
-                self._reap()
-                await self._commit(self._tracker.committable())
-                await self._regulate()
-        finally:
-            await self._shut_down(consumer)
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise CollectorError(f"cannot consume {self._topic}: {exc!r}") from exc
+                if not down:
+                    log.warning("broker_unavailable", error=repr(exc))
+                    down = True
+                await asyncio.sleep(backoff.next())
+                continue
+            if down:
+                log.info("broker_recovered")
+                backoff, down = Backoff(), False
+            for partition, records in batches.items():
+                self._start(partition, records)
+            self._reap()
+            await self._commit(self._tracker.committable())
+            await self._regulate()
 
     # -- one partition's batch -------------------------------------------------
 

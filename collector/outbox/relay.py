@@ -65,6 +65,8 @@ _DISCONNECTS = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A connection killed mid-operation can leave asyncpg's protocol confused.
+    asyncpg.InternalClientError,
 )
 #: Broker errors that a later attempt with a fresh producer may not meet again.
 _TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)

@@ -121,41 +121,47 @@ class Workers:
 
     async def _work_one(self) -> bool:
         """Claim one due request and see it through; False when none is due."""
+        started = time.monotonic()
         async with self._pool.acquire() as conn, conn.transaction():
             item = await queue.claim(conn, self._clock.now_ms())
             if item is None:
                 return False
             assert item.id is not None  # claimed rows have one
             self.busy += 1
-            started = time.monotonic()
             try:
                 with structlog.contextvars.bound_contextvars(
                     event_id=item.event_id, repository=item.repository_path
                 ):
                     outcome = await self._handle(conn, item)
-                    metrics.REQUEST_SECONDS.labels(item.event_type).observe(
-                        time.monotonic() - started
-                    )
-                    if isinstance(outcome, Deferred):
-                        await queue.defer(conn, item.id, outcome.due_at_ms)
-                        self.deferred += 1
-                        metrics.REQUESTS_DEFERRED.labels(item.event_type).inc()
-                        log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why)
-                    else:
-                        await queue.finish(conn, item.id, outcome, self._name)
-                        self.outcomes[outcome] += 1
-                        metrics.REQUESTS_FINISHED.labels(item.event_type, outcome).inc()
-                        log.info(
-                            "request_finished",
-                            type=item.event_type,
-                            outcome=outcome,
-                            duration_ms=round((time.monotonic() - started) * 1000, 1),
-                        )
+                if isinstance(outcome, Deferred):
+                    await queue.defer(conn, item.id, outcome.due_at_ms)
+                else:
+                    await queue.finish(conn, item.id, outcome, self._name)
             finally:
                 self.busy -= 1
+        # Counted once committed: a commit lost with the connection redoes the request.
+        self._record(item, outcome, time.monotonic() - started)
         # The repository's next request may be claimable now: idle workers, look.
         self.wake()
         return True
+
+    def _record(self, item: WorkItem, outcome: Outcome, seconds: float) -> None:
+        metrics.REQUEST_SECONDS.labels(item.event_type).observe(seconds)
+        context = {"event_id": item.event_id, "repository": item.repository_path}
+        if isinstance(outcome, Deferred):
+            self.deferred += 1
+            metrics.REQUESTS_DEFERRED.labels(item.event_type).inc()
+            log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why, **context)
+        else:
+            self.outcomes[outcome] += 1
+            metrics.REQUESTS_FINISHED.labels(item.event_type, outcome).inc()
+            log.info(
+                "request_finished",
+                type=item.event_type,
+                outcome=outcome,
+                duration_ms=round(seconds * 1000, 1),
+                **context,
+            )
 
     async def _handle(self, conn: Connection, item: WorkItem) -> Outcome:
         if item.event_type == "repo-deleted":

@@ -437,7 +437,9 @@ async def test_lost_database_connections_are_waited_out_and_nothing_is_lost(
     summary, _ = await asyncio.gather(run_service(settings, clock, idle_s=1.0), kill_connections())
 
     assert kills > 20
-    assert summary.outcomes == {"collected": 20}
+    # The database is the record: a commit whose reply was lost is not in the summary.
+    assert summary.outcomes.keys() == {"collected"}
+    assert [row["outcome"] for row in await requests_table(db)] == ["collected"] * 20
     assert await db.fetchval("SELECT count(*) FROM tag") == 0
     assert await db.fetchval("SELECT count(*) FROM blob") == 0
     published = {r.event["id"] for r in await read_topic(settings.topic_removals)}
