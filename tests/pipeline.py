@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -121,3 +121,10 @@ async def read_topic(topic: str, partitions: int = 3) -> list[Received]:
         return sorted(received, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
+    """Wait until ``condition()`` holds: state owned by another process or a library."""
+    async with asyncio.timeout(timeout_s):
+        while not await condition():  # noqa: ASYNC110  # nothing to wait on but the state
+            await asyncio.sleep(0.05)

@@ -28,6 +28,7 @@ from tests.pipeline import (
     read_topic,
     request,
     topics,
+    until,
 )
 from tests.registry import DAY_MS, MANIFEST, WINDOW_S, FixedClock, Registry, snapshot
 
@@ -547,3 +548,60 @@ def _fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2) as response:
         body: bytes = response.read()
         return body.decode()
+
+
+async def test_a_member_joining_mid_stream_takes_partitions_without_losing_a_request(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A second service joins the group while the first is consuming a stream of
+    requests: the first hands its revoked partitions over (drain, commit), and every
+    request is admitted and finished exactly once between the two."""
+    acme = await registry.namespace("acme")
+    sweeps = []
+    for number in range(60):
+        repository = await registry.repository(acme, f"repo{number}")
+        await registry.expired_tag(repository, await registry.manifest(repository))
+        sweeps.append(
+            request(
+                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
+            )
+        )
+    members = [Service(settings, clock=clock), Service(settings, clock=clock)]
+    with structlog.testing.capture_logs() as logs:
+        first = asyncio.create_task(members[0].run())
+        await produce(settings.topic_requests, sweeps[:20])
+
+        async def admitted() -> bool:
+            return bool(await db.fetchval("SELECT count(*) >= 5 FROM gc.request"))
+
+        async def rebalanced() -> bool:
+            """The first member gave partitions up and both hold some now."""
+            assigned = [e["partitions"] for e in logs if e["event"] == "partitions_assigned"]
+            return len(assigned) >= 3 and all(assigned[-2:])
+
+        async def finished() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) = 60 AND bool_and(outcome IS NOT NULL) FROM gc.request"
+                )
+            )
+
+        await until(admitted)
+        second = asyncio.create_task(members[1].run())
+        await until(rebalanced)
+        await produce(settings.topic_requests, sweeps[20:])
+        await until(finished)
+        for member in members:
+            member.stop()
+        summaries = await asyncio.wait_for(asyncio.gather(first, second), 60)
+
+    assert [e for e in logs if e["event"] == "partitions_revoked"], "the group rebalanced"
+    assert sum(s.accepted for s in summaries) == 60
+    assert all(s.received for s in summaries), "both members consumed"
+    rows = await requests_table(db)
+    assert len(rows) == 60
+    assert {row["outcome"] for row in rows} == {"collected"}
+    assert await db.fetchval("SELECT count(*) FROM tag") == 0
