@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import asyncpg
 import structlog
 
 from collector.backoff import Backoff
-from collector.db.connector import Connection, Database
+from collector.db.connector import DISCONNECTS, Connection, Database
 from collector.engine import candidates, images, manifests, repositories, tags, uploads
 from collector.engine.blobs import BlobCollector
 from collector.engine.callbacks import Callbacks
@@ -55,23 +55,13 @@ from collector.errors import (
 from collector.outbox import store as outbox
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: Lost a race with another transaction: replaying it decides afresh.
 _CONFLICTS = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.ForeignKeyViolationError,
-)
-#: The database went away: wait for it. (A connection broken mid-operation
-#: fails its reset when the pool takes it back: InternalClientError; the pool
-#: has terminated it by then.)
-_DISCONNECTS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
 )
 _MAX_ATTEMPTS = 10
 
@@ -149,9 +139,12 @@ class Engine:
         at a time; only purges keep per-repository steps (their guard and
         the final removal of the repository row).
         """
-        async with self._db.transaction() as conn:
+
+        async def work(conn: Connection) -> tuple[list[int], list[int]]:
             due = await repositories.with_due_work(conn, self._clock.now_ms())
-            marked = await repositories.marked(conn) if purge_marked else []
+            return due, await repositories.marked(conn) if purge_marked else []
+
+        due, marked = await self._retrying(work)
         report = Report(repositories=len(set(due) | set(marked)))
         everywhere = RepositoryContext(None, causation_id, Mode.COLLECT)
         limit = asyncio.Semaphore(concurrency)
@@ -205,8 +198,9 @@ class Engine:
         until none waits or a round claims nothing (what waits is locked elsewhere)."""
         rounds = 0
         while True:
-            async with self._db.transaction() as conn:
-                waiting = await candidates.pending_kinds(conn, ctx.repository_id)
+            waiting = await self._retrying(
+                lambda conn: candidates.pending_kinds(conn, ctx.repository_id)
+            )
             if not waiting:
                 break
             rounds += 1
@@ -308,23 +302,33 @@ class Engine:
 
         Callbacks run once the transaction has committed.
         """
+
+        async def with_outbox(conn: Connection) -> StepResult:
+            result = await step(conn)
+            await outbox.write(conn, result.removed, ms_to_datetime(self._clock.now_ms()))
+            return result
+
+        result = await self._retrying(with_outbox)
+        for removed in result.removed:
+            await self._callbacks.dispatch(removed)
+        return result
+
+    async def _retrying(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """``work`` in a transaction, replayed from scratch after a lost race or a lost
+        connection (every decision is re-made from the database)."""
         backoff = Backoff(first=0.05)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 async with self._db.transaction() as conn:
-                    result = await step(conn)
-                    await outbox.write(conn, result.removed, ms_to_datetime(self._clock.now_ms()))
-                break
+                    return await work(conn)
             except _CONFLICTS as exc:
                 if attempt == _MAX_ATTEMPTS:
                     raise StorageError(f"transaction kept conflicting: {exc}") from exc
                 log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt)
-            except _DISCONNECTS as exc:
+            except DISCONNECTS as exc:
                 if attempt == _MAX_ATTEMPTS:
                     raise DatabaseUnavailable(f"lost the database: {exc}") from exc
                 log.warning("database_lost", error=str(exc), attempt=attempt)
                 backoff.at_least(0.5)
             await asyncio.sleep(backoff.next())
-        for removed in result.removed:
-            await self._callbacks.dispatch(removed)
-        return result
+        raise AssertionError("unreachable: the last attempt returns or raises")
