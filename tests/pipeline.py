@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -123,8 +124,12 @@ async def read_topic(topic: str, partitions: int = 3) -> list[Received]:
         await consumer.stop()
 
 
-async def until(condition: Callable[[], Awaitable[bool]], timeout_s: float = WAIT_S) -> None:
-    """Wait until ``condition()`` holds: state owned by another process or a library."""
-    async with asyncio.timeout(timeout_s):
-        while not await condition():  # noqa: ASYNC110  # nothing to wait on but the state
+async def until(condition: Callable[[], bool | Awaitable[bool]], within: float = WAIT_S) -> None:
+    """Wait until ``condition()`` holds (a plain or async predicate on state owned by
+    another task, process or library); fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            holds = condition()
+            if await holds if inspect.isawaitable(holds) else holds:
+                return
             await asyncio.sleep(0.05)

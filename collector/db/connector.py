@@ -22,6 +22,18 @@ from collector.errors import ConfigError, DatabaseUnavailable
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError)
+#: The connection went away mid-operation (server restart, a killed backend, a
+#: network cut): wait for the database and redo the transaction. A connection
+#: broken mid-operation can also leave asyncpg's protocol confused
+#: (InternalClientError); the pool terminates such a connection.
+DISCONNECTS = (
+    OSError,  # TimeoutError included
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+)
 
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"

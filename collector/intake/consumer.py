@@ -26,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 from collector import metrics
 from collector.backoff import Backoff, reach
 from collector.config import Settings
+from collector.db.connector import DISCONNECTS
 from collector.engine.context import Clock
 from collector.errors import BrokerUnavailable, CollectorError
 from collector.intake.admission import Refusal, admit
@@ -37,14 +38,6 @@ from events import DecodeError, Request, decode_request
 
 log = structlog.get_logger(__name__)
 
-_DISCONNECTS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
-)
 _POLL_MS = 200
 #: How long a revoked partition's batch may take before it is abandoned uncommitted.
 _HANDOVER_S = 10.0
@@ -203,7 +196,7 @@ class Intake:
                         conn, [request for _, request in decoded], self._clock.now_ms()
                     )
                 break
-            except _DISCONNECTS as exc:
+            except DISCONNECTS as exc:
                 if not down:
                     log.warning("database_unavailable", error=repr(exc))
                     down = True
@@ -265,7 +258,7 @@ class Intake:
         try:
             async with self._pool.acquire() as conn:
                 backlog = await queue.count_due(conn, self._clock.now_ms())
-        except _DISCONNECTS:
+        except DISCONNECTS:
             return  # the batches in flight wait the outage out and say so
         metrics.REQUESTS_DUE.set(backlog)
         assigned = self._consumer.assignment()

@@ -40,7 +40,7 @@ from asyncpg.transaction import Transaction
 from collector import metrics
 from collector.backoff import Backoff
 from collector.config import Settings
-from collector.db.connector import Connection
+from collector.db.connector import DISCONNECTS, Connection
 from collector.db.queries import load_queries
 from collector.errors import CollectorError
 from collector.kafka import client_options
@@ -57,17 +57,6 @@ LOCK_KEY = 0x6763_7265_6C61
 CHANNEL = "gc_outbox"
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
-#: The database went away: reconnect (the lock went with the connection).
-_DISCONNECTS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    # A connection killed mid-operation can leave asyncpg's protocol confused.
-    asyncpg.InternalClientError,
-)
 #: Broker errors that a later attempt with a fresh producer may not meet again.
 _TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)
 _CLOSE_TIMEOUT_S = 10.0
@@ -134,7 +123,7 @@ class Relay:
                         command_timeout=_COMMAND_TIMEOUT_S,
                         server_settings=_SESSION_SETTINGS,
                     )
-                except _DISCONNECTS as exc:
+                except DISCONNECTS as exc:
                     database_down = _log_change(database_down, True, "database_unavailable", exc)
                     await self._sleep(backoff.next())
                     continue
@@ -142,7 +131,7 @@ class Relay:
                     database_down = _log_change(database_down, False, "database_recovered")
                     backoff = Backoff()
                     await self._session(conn)
-                except _DISCONNECTS as exc:
+                except DISCONNECTS as exc:
                     database_down = _log_change(database_down, True, "database_unavailable", exc)
                     delay = backoff.next()
                 else:
@@ -241,7 +230,7 @@ class Relay:
         finally:
             if not settled:
                 # Rows stay pending; the error that got us here is what counts.
-                with contextlib.suppress(asyncpg.PostgresError, *_DISCONNECTS):
+                with contextlib.suppress(asyncpg.PostgresError, *DISCONNECTS):
                     await transaction.rollback()
         if rows:
             self.published += len(rows)
@@ -321,7 +310,7 @@ async def _close(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Close the session (which releases the lock); terminate it when that fails."""
     try:
         await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT_S)
-    except (*_DISCONNECTS, asyncpg.PostgresError):
+    except (*DISCONNECTS, asyncpg.PostgresError):
         conn.terminate()
     except BaseException:
         conn.terminate()

@@ -42,7 +42,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from collector.backoff import Backoff, reach
 from collector.config import Settings
-from collector.db.connector import create_pool
+from collector.db.connector import DISCONNECTS, create_pool
 from collector.db.queries import load_queries
 from collector.errors import BrokerUnavailable, CollectorError, StorageError
 from collector.kafka import client_options
@@ -60,15 +60,6 @@ log = structlog.get_logger(__name__)
 
 _QUERIES = load_queries("sinks.sql")
 
-#: The database went away: wait for it (the pool reconnects).
-_DISCONNECTS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
-)
 _POLL_MS = 200
 _COMMIT_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 10.0
@@ -303,7 +294,7 @@ class BlobDeleter:
         while True:
             try:
                 outcome = await self._delete(digest)
-            except _DISCONNECTS as exc:
+            except DISCONNECTS as exc:
                 self._unavailable("database", exc)
             except ObjectStorageError as exc:
                 self._unavailable("storage", exc)

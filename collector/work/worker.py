@@ -26,7 +26,7 @@ import structlog
 
 from collector import metrics
 from collector.backoff import Backoff
-from collector.db.connector import Connection
+from collector.db.connector import DISCONNECTS, Connection
 from collector.engine import Engine
 from collector.engine.context import Clock
 from collector.errors import DatabaseUnavailable, RepositoryNotFound, RepositoryNotMarked
@@ -35,15 +35,8 @@ from collector.work.queue import WorkItem
 
 log = structlog.get_logger(__name__)
 
-_DISCONNECTS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InternalClientError,
-    asyncpg.AdminShutdownError,
-    DatabaseUnavailable,
-)
+#: The engine gives up on a lost database after its retries: wait longer here.
+_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000

@@ -13,17 +13,15 @@ import asyncpg
 import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from structlog.typing import EventDict
 
 from collector.config import Settings
 from collector.errors import DatabaseUnavailable
-from collector.kafka import ensure_topics
 from collector.sinks.blob_deleter import BlobDeleter, Counts, RecentIds
 from collector.sinks.storage import FilesystemStorage, ObjectStorageError
 from events import BlobRemoved, CloudEvent, TagRemoved, removal_event, to_record
-from tests.integration.test_kafka import WAIT_S, bootstrap, delete_topics
-from tests.integration.test_relay import until
+from tests.integration.test_kafka import WAIT_S, bootstrap
+from tests.pipeline import pipeline_settings, topics, until
 from tests.registry import Registry
 
 #: Short enough to keep each test at a few seconds, long enough for a fetch round trip.
@@ -34,27 +32,9 @@ IDLE_S = 1.0
 async def settings(database_url: str) -> AsyncIterator[Settings]:
     """Settings on the test database, a group and topics of the test's own (2 partitions)."""
     suffix = uuid.uuid4().hex[:12]
-    settings = Settings(
-        database_url=database_url,
-        kafka_bootstrap=bootstrap(),
-        topic_requests=f"test.requests.{suffix}",
-        topic_removals=f"test.removals.{suffix}",
-        topic_dead_letter=f"test.dead-letter.{suffix}",
-        topic_partitions=2,
-        sink_group_id=f"test.blob-deleter.{suffix}",
-        connect_wait_s=5.0,
-    )
-    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
-    try:
+    overrides = {"topic_partitions": 2, "sink_group_id": f"test.blob-deleter.{suffix}"}
+    async with topics(pipeline_settings(database_url, **overrides)) as settings:
         yield settings
-    finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(), request_timeout_ms=20_000)
-        await asyncio.wait_for(admin.start(), WAIT_S)
-        try:
-            topics = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
-            await delete_topics(admin, topics)
-        finally:
-            await admin.close()
 
 
 @pytest.fixture

@@ -13,18 +13,17 @@ import asyncpg
 import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.engine import Engine
 from collector.engine.context import Removed
-from collector.kafka import ensure_topics
 from collector.outbox import store
 from collector.outbox.relay import Relay, State
 from events import CONTENT_TYPE, TagRemoved
-from tests.integration.test_kafka import WAIT_S, bootstrap, delete_topics, receive
+from tests.integration.test_kafka import WAIT_S, bootstrap, receive
+from tests.pipeline import pipeline_settings, topics, until
 from tests.registry import NOW_MS, Registry, at
 
 HEADERS = [("content-type", CONTENT_TYPE.encode())]
@@ -34,28 +33,8 @@ KEYS = ("acme/a", "acme/b", "acme/c", "other/d")
 @pytest.fixture
 async def settings(database_url: str) -> AsyncIterator[Settings]:
     """Settings on the test database and fresh topics (3 partitions), deleted afterwards."""
-    suffix = uuid.uuid4().hex[:12]
-    settings = Settings(
-        database_url=database_url,
-        kafka_bootstrap=bootstrap(),
-        topic_requests=f"test.requests.{suffix}",
-        topic_removals=f"test.removals.{suffix}",
-        topic_dead_letter=f"test.dead-letter.{suffix}",
-        topic_partitions=3,
-        relay_poll_interval_s=0.2,
-        batch_size=7,
-    )
-    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
-    try:
+    async with topics(pipeline_settings(database_url, batch_size=7)) as settings:
         yield settings
-    finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(), request_timeout_ms=20_000)
-        await asyncio.wait_for(admin.start(), WAIT_S)
-        try:
-            topics = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
-            await delete_topics(admin, topics)
-        finally:
-            await admin.close()
 
 
 async def write_events(conn: Connection, count: int, *, start: int = 0) -> None:
@@ -99,18 +78,6 @@ async def consume(settings: Settings, count: int, *, settle_s: float = 1.0) -> l
         return await receive(consumer, count, settle_s=settle_s)
     finally:
         await consumer.stop()
-
-
-async def until(condition: Callable[[], bool], within: float = WAIT_S) -> None:
-    """Wait until ``condition()`` holds; fail after ``within`` seconds."""
-
-    async def poll() -> None:
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(poll(), within)
 
 
 class Running:

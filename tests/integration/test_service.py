@@ -39,6 +39,20 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
         yield settings
 
 
+def expiry(web: int, tag: str, tag_id: int, end_ms: int) -> Record:
+    """A tag-expired request for a tag of acme/web (repository id ``web``)."""
+    return request(
+        TagExpired(
+            namespace="acme",
+            repository="web",
+            repository_id=web,
+            tag=tag,
+            tag_id=tag_id,
+            lifetime_end_ms=end_ms,
+        )
+    )
+
+
 async def run_service(settings: Settings, clock: FixedClock, idle_s: float = 0.5) -> ServiceSummary:
     """Run the service until it has been idle for ``idle_s``."""
     service = Service(settings, exit_when_idle_s=idle_s, clock=clock)
@@ -92,16 +106,7 @@ async def test_each_request_type_removes_and_publishes_exactly_what_it_freed(
     ops_tag = await registry.expired_tag(ops, ops_manifest, "nightly")
     end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", old_tag)
 
-    expire = request(
-        TagExpired(
-            namespace="acme",
-            repository="web",
-            repository_id=web,
-            tag="old",
-            tag_id=old_tag,
-            lifetime_end_ms=end_ms,
-        )
-    )
+    expire = expiry(web, "old", old_tag, end_ms)
     purge = request(RepoDeleted(namespace="acme", repository="api", repository_id=api))
     sweep = request(RepoSweep(namespace="acme", repository="ops", repository_id=ops))
     await produce(settings.topic_requests, [expire, purge, sweep])
@@ -184,16 +189,7 @@ async def test_redelivered_and_replayed_requests_change_nothing(
     tag = await registry.expired_tag(web, manifest)
     end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag)
     records = [
-        request(
-            TagExpired(
-                namespace="acme",
-                repository="web",
-                repository_id=web,
-                tag="old",
-                tag_id=tag,
-                lifetime_end_ms=end_ms,
-            )
-        ),
+        expiry(web, "old", tag, end_ms),
         request(RepoSweep(namespace="acme", repository="web", repository_id=web)),
     ]
     await produce(settings.topic_requests, records)
@@ -230,18 +226,7 @@ async def test_a_tag_inside_its_window_is_deferred_durably_and_collected_when_du
     tag = await registry.tag(web, manifest, "rc", end_ms=end_ms)
     await produce(
         settings.topic_requests,
-        [
-            request(
-                TagExpired(
-                    namespace="acme",
-                    repository="web",
-                    repository_id=web,
-                    tag="rc",
-                    tag_id=tag,
-                    lifetime_end_ms=end_ms,
-                )
-            )
-        ],
+        [expiry(web, "rc", tag, end_ms)],
     )
 
     early = await run_service(settings, clock)
@@ -278,16 +263,7 @@ async def test_restored_and_re_expired_tags_are_left_alone(
     await produce(
         settings.topic_requests,
         [
-            request(
-                TagExpired(
-                    namespace="acme",
-                    repository="web",
-                    repository_id=web,
-                    tag=name,
-                    tag_id=tag,
-                    lifetime_end_ms=end_ms,
-                )
-            )
+            expiry(web, name, tag, end_ms)
             for name, tag in (("restored", restored), ("re-expired", re_expired))
         ],
     )
