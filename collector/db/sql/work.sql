@@ -33,25 +33,25 @@ ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
 
 -- name: claim
--- Lock the oldest request due at $1 whose repository has no older request
--- due: a repository's requests run one at a time, in arrival order. The lock
--- is held while the engine works; a crash releases it and the request stays.
+-- Lock the oldest request due at $1 among the heads: each repository's
+-- oldest due request. A repository's requests run one at a time, in arrival
+-- order; a head another worker holds is skipped, and the requests behind it
+-- are no heads. The lock is held while the engine works; a crash releases it
+-- and the request stays.
 -- $1 bigint now (ms)
+WITH heads AS (
+    SELECT DISTINCT ON (repository_id) id
+    FROM gc.request
+    WHERE finished_at IS NULL AND due_at_ms <= $1
+    ORDER BY repository_id, id
+)
 SELECT r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
        r.lifetime_end_ms
 FROM gc.request r
-WHERE r.finished_at IS NULL
-  AND r.due_at_ms <= $1
-  AND NOT EXISTS (
-      SELECT 1 FROM gc.request older
-      WHERE older.repository_id = r.repository_id
-        AND older.finished_at IS NULL
-        AND older.due_at_ms <= $1
-        AND older.id < r.id
-  )
+JOIN heads USING (id)
 ORDER BY r.id
 LIMIT 1
-FOR UPDATE SKIP LOCKED
+FOR UPDATE OF r SKIP LOCKED
 
 -- name: tag_state
 -- The tag a tag-expired request names, if it is still in that repository.
