@@ -60,6 +60,7 @@ _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 #: Broker errors that a later attempt with a fresh producer may not meet again.
 _TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)
 _CLOSE_TIMEOUT_S = 10.0
+_LINGER_S = 0.05
 #: No relay query takes long; one that does is on a dead connection.
 _COMMAND_TIMEOUT_S = 60.0
 #: The server drops a silent client within about 25 s, which frees the lock for a
@@ -191,6 +192,8 @@ class Relay:
                     backoff = Backoff()
                 if count < self._settings.batch_size:  # drained: wait for news
                     await self._wait(self._poll_s)
+                    # Let a burst of commits land: one batch instead of one per commit.
+                    await self._sleep(_LINGER_S)
         finally:
             if producer is not None:
                 await _stop_producer(producer)
