@@ -581,3 +581,39 @@ async def test_a_member_joining_mid_stream_takes_partitions_without_losing_a_req
     assert len(rows) == 60
     assert {row["outcome"] for row in rows} == {"collected"}
     assert await db.fetchval("SELECT count(*) FROM tag") == 0
+
+
+async def test_concurrent_workers_finish_each_request_exactly_once(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """Eight workers racing over many quick requests: each request is worked on
+    once, whatever commits between one worker reading the heads and locking one."""
+    acme = await registry.namespace("acme")
+    records = []
+    for number in range(40):
+        repository = await registry.repository(acme, f"repo{number}")
+        manifest = await registry.manifest(repository)
+        for tag_number in range(5):
+            tag = await registry.expired_tag(repository, manifest, f"t{tag_number}")
+            end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag)
+            records.append(
+                request(
+                    TagExpired(
+                        namespace="acme",
+                        repository=f"repo{number}",
+                        repository_id=repository,
+                        tag=f"t{tag_number}",
+                        tag_id=tag,
+                        lifetime_end_ms=end_ms,
+                    )
+                )
+            )
+    await produce(settings.topic_requests, records)
+
+    summary = await run_service(settings.model_copy(update={"repository_concurrency": 8}), clock)
+
+    # The first request of each repository collects all five tags; the rest are stale.
+    assert summary.outcomes == {"collected": 40, "stale": 160}

@@ -49,6 +49,9 @@ SELECT r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag
        r.lifetime_end_ms
 FROM gc.request r
 JOIN heads USING (id)
+-- Checked again on the locked row's latest version: a head finished by another
+-- worker since the heads were read must not be claimed a second time.
+WHERE r.finished_at IS NULL AND r.due_at_ms <= $1
 ORDER BY r.id
 LIMIT 1
 FOR UPDATE OF r SKIP LOCKED
