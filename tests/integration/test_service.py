@@ -19,6 +19,8 @@ from prometheus_client import REGISTRY
 
 from collector.config import Settings
 from collector.service import Service, ServiceSummary
+from collector.work import queue
+from collector.work.queue import WorkItem
 from events import CONTENT_TYPE, RepoDeleted, RepoSweep, TagExpired
 from tests.pipeline import (
     Received,
@@ -617,3 +619,43 @@ async def test_concurrent_workers_finish_each_request_exactly_once(
 
     # The first request of each repository collects all five tags; the rest are stale.
     assert summary.outcomes == {"collected": 40, "stale": 160}
+
+
+async def test_immutable_tags_and_repositories_unmarked_since_admission_are_left_alone(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A tag-expired for an immutable tag removes nothing (outcome immutable); a
+    repo-deleted admitted while the repository was marked, whose mark was lifted
+    before a worker got to it, purges nothing (outcome not-marked)."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    pinned = await registry.expired_tag(web, await registry.manifest(web), immutable=True)
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", pinned)
+    api = await registry.repository(acme, "api", state="marked_for_deletion")
+    await registry.tag(api, await registry.manifest(api))
+    async with db.acquire() as conn:  # admitted while marked...
+        await queue.admit(
+            conn,
+            [
+                WorkItem(
+                    source="/t",
+                    event_id="purge-api",
+                    event_type="repo-deleted",
+                    repository_id=api,
+                    repository_path="acme/api",
+                )
+            ],
+            clock.ms,
+        )
+    await db.execute("UPDATE repository SET state = 'normal' WHERE id = $1", api)  # ...lifted
+    await produce(settings.topic_requests, [expiry(web, "old", pinned, end_ms)])
+    state = await state_of(db)
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"immutable": 1, "not-marked": 1}
+    assert await state_of(db) == state
+    assert await read_topic(settings.topic_removals) == []
