@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
 from collector.config import Settings
-from collector.db.connector import PoolDatabase, create_pool
+from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
 from collector.db.migrations import pending_migrations
 from collector.engine import Callbacks, Engine, EngineConfig
 from collector.engine.context import Clock, SystemClock
@@ -237,7 +237,7 @@ class Service:
             async with pool.acquire() as conn:
                 due = await queue.count_due(conn, self._clock.now_ms())
                 return due == 0 and await outbox.pending(conn) == 0
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (*DISCONNECTS, asyncpg.PostgresError):
             return False
 
 
@@ -260,7 +260,7 @@ class Pruner:
                     events = await outbox.prune(conn, self._retention)
                 if requests or events:
                     log.info("pruned", requests=requests, events=events)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*DISCONNECTS, asyncpg.PostgresError) as exc:
                 log.warning("prune_failed", error=repr(exc))  # the next round retries
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY_S):
