@@ -659,3 +659,23 @@ async def test_immutable_tags_and_repositories_unmarked_since_admission_are_left
     assert summary.outcomes == {"immutable": 1, "not-marked": 1}
     assert await state_of(db) == state
     assert await read_topic(settings.topic_removals) == []
+
+
+async def test_a_megabyte_of_binary_junk_is_dead_lettered_whole(
+    database_url: str, clock: FixedClock
+) -> None:
+    """The largest value the broker takes by default, not UTF-8, is refused and kept
+    byte for byte: base64 makes it a third larger than the broker's default message
+    size, which the dead-letter topic is created to accept."""
+    junk = bytes(range(256)) * 3900  # 998,400 bytes, not UTF-8
+    async with topics(pipeline_settings(database_url)) as settings:
+        await produce(settings.topic_requests, [Record(b"acme/web", junk)])
+        summary = await run_service(settings, clock)
+        (letter,) = await read_topic(settings.topic_dead_letter, partitions=1)
+
+    assert summary.refused == {"malformed-json": 1}
+    data = letter.event["data"]
+    assert data["value_encoding"] == "base64"
+    assert base64.b64decode(data["value"]) == junk
+    assert letter.value is not None
+    assert len(letter.value) > 1_048_588  # the broker's default message.max.bytes
