@@ -221,8 +221,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
     service, deleter, storage = result.service, result.deleter, result.storage
     outcomes = ", ".join(f"{count:,} {name}" for name, count in sorted(service.outcomes.items()))
     console.print(
-        f"service: {service.accepted:,} of {result.requests:,} requests accepted"
-        f" ({sum(service.refused.values())} refused), finished: {outcomes};"
+        f"service: {service.accepted:,} requests accepted (the demo published"
+        f" {result.requests:,}), {sum(service.refused.values())} refused; finished: {outcomes};"
         f" {service.published:,} removal events published in {service.seconds:.1f}s"
     )
     console.print(
