@@ -34,6 +34,29 @@ class Backoff:
         self._next = max(self._next, floor)
 
 
+class Outage:
+    """One dependency's availability, for the logs: ``failed`` and ``recovered`` log
+    only when it changes, so an outage is one warning and one info line however
+    many retries it takes (``<what>_unavailable``, ``<what>_recovered``)."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.down = False
+
+    def failed(self, error: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.warning(f"{self._what}_unavailable", error=repr(error))
+
+    def recovered(self) -> bool:
+        """Log the end of an outage; True if there was one."""
+        if not self.down:
+            return False
+        self.down = False
+        log.info(f"{self._what}_recovered")
+        return True
+
+
 async def reach(
     connect: Callable[[], Awaitable[T]],
     *,

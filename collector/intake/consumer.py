@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
 
 from collector import metrics
-from collector.backoff import Backoff, reach
+from collector.backoff import Backoff, Outage, reach
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS
 from collector.engine.context import Clock
-from collector.errors import BrokerUnavailable, CollectorError
+from collector.errors import BrokerUnavailable, CollectorError, DatabaseUnavailable
 from collector.intake.admission import Refusal, admit
 from collector.intake.dead_letters import DeadLetters
 from collector.intake.offsets import OffsetTracker
@@ -120,7 +120,7 @@ class Intake:
             await self._shut_down(consumer)
 
     async def _poll(self, consumer: Any) -> None:
-        backoff, down = Backoff(), False
+        backoff, broker = Backoff(), Outage("broker")
         while not self._stopping.is_set():
             try:
                 batches = await consumer.getmany(
@@ -129,14 +129,11 @@ class Intake:
             except KafkaError as exc:
                 if not exc.retriable:
                     raise CollectorError(f"cannot consume {self._topic}: {exc!r}") from exc
-                if not down:
-                    log.warning("broker_unavailable", error=repr(exc))
-                    down = True
+                broker.failed(exc)
                 await asyncio.sleep(backoff.next())
                 continue
-            if down:
-                log.info("broker_recovered")
-                backoff, down = Backoff(), False
+            if broker.recovered():
+                backoff = Backoff()
             for partition, records in batches.items():
                 self._start(partition, records)
             self._reap()
@@ -173,7 +170,7 @@ class Intake:
                 else:
                     decoded.append((record, request))
             await self._admit(partition, decoded)
-        except BrokerUnavailable as exc:
+        except (BrokerUnavailable, DatabaseUnavailable) as exc:
             # Stopping during an outage: the rest stays uncommitted, for the next run.
             if not self._stopping.is_set():
                 self._failure = exc
@@ -188,7 +185,7 @@ class Intake:
         """Make ``decoded`` durable in one transaction, waiting out database outages."""
         if not decoded:
             return
-        backoff, down = Backoff(), False
+        backoff, database = Backoff(), Outage("database")
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
@@ -197,14 +194,11 @@ class Intake:
                     )
                 break
             except DISCONNECTS as exc:
-                if not down:
-                    log.warning("database_unavailable", error=repr(exc))
-                    down = True
+                database.failed(exc)
                 if self._stopping.is_set():
-                    raise BrokerUnavailable("stopping while the database is away") from exc
+                    raise DatabaseUnavailable("stopping while the database is away") from exc
                 await asyncio.sleep(backoff.next())
-        if down:
-            log.info("database_recovered")
+        database.recovered()
         for (record, request), verdict in zip(decoded, verdicts, strict=True):
             if isinstance(verdict, Refusal):
                 await self._dead_letters.send(

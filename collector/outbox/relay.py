@@ -38,7 +38,7 @@ from aiokafka.errors import (
 from asyncpg.transaction import Transaction
 
 from collector import metrics
-from collector.backoff import Backoff
+from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, Connection
 from collector.db.queries import load_queries
@@ -114,7 +114,7 @@ class Relay:
         """Stand by or publish until stopped. Database and broker outages are waited
         out; any other error propagates."""
         log.info("relay_started", topic=self._topic)
-        backoff, database_down = Backoff(), False
+        backoff, database = Backoff(), Outage("database")
         try:
             while not self._stopping.is_set():
                 self.state = State.CONNECTING
@@ -125,15 +125,15 @@ class Relay:
                         server_settings=_SESSION_SETTINGS,
                     )
                 except DISCONNECTS as exc:
-                    database_down = _log_change(database_down, True, "database_unavailable", exc)
+                    database.failed(exc)
                     await self._sleep(backoff.next())
                     continue
                 try:
-                    database_down = _log_change(database_down, False, "database_recovered")
+                    database.recovered()
                     backoff = Backoff()
                     await self._session(conn)
                 except DISCONNECTS as exc:
-                    database_down = _log_change(database_down, True, "database_unavailable", exc)
+                    database.failed(exc)
                     delay = backoff.next()
                 else:
                     delay = 0.0  # stopping
@@ -169,7 +169,7 @@ class Relay:
 
     async def _publish_loop(self, conn: Connection) -> None:
         producer: Any = None
-        backoff, broker_down = Backoff(), False
+        backoff, broker = Backoff(), Outage("broker")
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
@@ -181,14 +181,13 @@ class Relay:
                     if not (exc.retriable or isinstance(exc, _TRANSIENT_KAFKA)):
                         raise CollectorError(f"cannot publish to {self._topic}: {exc!r}") from exc
                     self.publish_failures += 1
-                    broker_down = _log_change(broker_down, True, "broker_unavailable", exc)
+                    broker.failed(exc)
                     if producer is not None:
                         await _stop_producer(producer)
                         producer = None
                     await self._sleep(backoff.next())
                     continue
-                if broker_down:
-                    broker_down = _log_change(broker_down, False, "broker_recovered")
+                if broker.recovered():
                     backoff = Backoff()
                 if count < self._settings.batch_size:  # drained: wait for news
                     await self._wait(self._poll_s)
@@ -290,16 +289,6 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
-
-
-def _log_change(current: bool, new: bool, event: str, error: BaseException | None = None) -> bool:
-    """Log ``event`` when a down/up state flips; return the new state."""
-    if current != new:
-        if error is None:
-            log.info(event)
-        else:
-            log.warning(event, error=repr(error))
-    return new
 
 
 async def _stop_producer(producer: Any) -> None:

@@ -40,7 +40,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from collector.backoff import Backoff, reach
+from collector.backoff import Backoff, Outage, reach
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, create_pool
 from collector.db.queries import load_queries
@@ -129,7 +129,9 @@ class BlobDeleter:
         self._in_hand = asyncio.Lock()
         #: Next offset to commit, per partition, of records whose delete is done.
         self._done: dict[TopicPartition, int] = {}
-        self._down: set[str] = set()
+        self._broker = Outage("broker")
+        self._database = Outage("database")
+        self._storage_outage = Outage("storage")
         #: When a record last came, or partitions were last assigned: the idle clock.
         self._active_at: float | None = None
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -191,10 +193,10 @@ class BlobDeleter:
                     raise CollectorError(
                         f"cannot consume {self._settings.topic_removals}: {exc!r}"
                     ) from exc
-                self._unavailable("broker", exc)
+                self._broker.failed(exc)
                 await self._pause(backoff.next())
                 continue
-            if self._recovered("broker"):
+            if self._broker.recovered():
                 backoff = Backoff()
             if batches:
                 self._active_at = loop.time()
@@ -295,14 +297,14 @@ class BlobDeleter:
             try:
                 outcome = await self._delete(digest)
             except DISCONNECTS as exc:
-                self._unavailable("database", exc)
+                self._database.failed(exc)
             except ObjectStorageError as exc:
-                self._unavailable("storage", exc)
+                self._storage_outage.failed(exc)
             except asyncpg.PostgresError as exc:
                 raise StorageError(f"cannot check blob {digest}: {exc}") from exc
             else:
-                self._recovered("database")
-                self._recovered("storage")
+                self._database.recovered()
+                self._storage_outage.recovered()
                 return outcome
             if await self._pause(backoff.next()):
                 return None
@@ -319,20 +321,7 @@ class BlobDeleter:
                 return Outcome.DELETED
             return Outcome.ALREADY_GONE
 
-    # -- outages and waiting ---------------------------------------------------
-
-    def _unavailable(self, what: str, error: BaseException) -> None:
-        if what not in self._down:
-            self._down.add(what)
-            log.warning(f"{what}_unavailable", error=repr(error))
-
-    def _recovered(self, what: str) -> bool:
-        """Log the end of an outage once; True if there was one."""
-        if what not in self._down:
-            return False
-        self._down.discard(what)
-        log.info(f"{what}_recovered")
-        return True
+    # -- waiting ---------------------------------------------------------------
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds`` or until ``stop()``; True when stopping."""

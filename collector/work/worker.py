@@ -25,7 +25,7 @@ import asyncpg
 import structlog
 
 from collector import metrics
-from collector.backoff import Backoff
+from collector.backoff import Backoff, Outage
 from collector.db.connector import DISCONNECTS, Connection
 from collector.engine import Engine
 from collector.engine.context import Clock
@@ -96,19 +96,16 @@ class Workers:
             log.info("workers_stopped", outcomes=dict(self.outcomes), deferred=self.deferred)
 
     async def _loop(self) -> None:
-        backoff, down = Backoff(), False
+        backoff, database = Backoff(), Outage("database")
         while not self._stopping.is_set():
             try:
                 worked = await self._work_one()
             except _DISCONNECTS as exc:
-                if not down:
-                    log.warning("database_unavailable", error=repr(exc))
-                    down = True
+                database.failed(exc)
                 await self._sleep(backoff.next())
                 continue
-            if down:
-                log.info("database_recovered")
-                down, backoff = False, Backoff()
+            if database.recovered():
+                backoff = Backoff()
             if not worked:
                 await self._idle()
 

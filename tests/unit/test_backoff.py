@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
-from collector.backoff import Backoff, reach
+from collector.backoff import Backoff, Outage, reach
 from collector.errors import DatabaseUnavailable
 
 
@@ -81,3 +82,20 @@ async def test_reach_does_not_retry_other_errors(slept: list[float]) -> None:
             connect, errors=(OSError,), wait_s=30, unavailable=DatabaseUnavailable, event="x"
         )
     assert slept == []
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() -> None:
+    """However many failures an outage has, it is one warning and one recovery line;
+    recovering without an outage logs nothing and says so."""
+    outage = Outage("database")
+    with structlog.testing.capture_logs() as logs:
+        assert outage.recovered() is False
+        for _ in range(3):
+            outage.failed(OSError("refused"))
+        assert outage.down
+        assert outage.recovered() is True
+        assert outage.recovered() is False
+    assert [(e["event"], e["log_level"]) for e in logs] == [
+        ("database_unavailable", "warning"),
+        ("database_recovered", "info"),
+    ]
