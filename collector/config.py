@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     work_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)
     #: Request values larger than this are refused (reason ``oversized-value``).
     max_request_bytes: int = Field(default=1_048_576, ge=1)
+    #: Due requests of different repositories a worker claims at once and collects
+    #: in one context (batches then span them, as in `collect --all`).
+    work_batch_size: int = Field(default=16, ge=1, le=1000)
     #: Due requests waiting in gc.request above which the intake pauses the topic.
     intake_max_backlog: int = Field(default=10_000, ge=1)
     #: How long finished requests (the dedupe window for redelivered and replayed

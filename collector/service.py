@@ -127,6 +127,7 @@ class Service:
                 engine,
                 self._clock,
                 concurrency=settings.repository_concurrency,
+                batch_size=settings.work_batch_size,
                 poll_interval_s=settings.work_poll_interval_s,
             )
             intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)

@@ -13,24 +13,24 @@ _QUERIES = load_queries("candidates.sql")
 Batch = dict[int, str]
 
 
-async def claim(conn: Connection, repository_id: int | None, kind: str, limit: int) -> Batch:
-    """Up to ``limit`` candidates of ``kind`` of one repository (None: of any)."""
-    if repository_id is None:
+async def claim(conn: Connection, scope: list[int] | None, kind: str, limit: int) -> Batch:
+    """Up to ``limit`` candidates of ``kind`` of the repositories in scope (None: of any)."""
+    if scope is None:
         rows = await conn.fetch(_QUERIES["claim_any"], kind, limit)
     else:
-        rows = await conn.fetch(_QUERIES["claim"], repository_id, kind, limit)
+        rows = await conn.fetch(_QUERIES["claim_in"], scope, kind, limit)
     batch: Batch = {}
     for row in rows:
         batch.setdefault(row["object_id"], row["causation_id"])
     return batch
 
 
-async def pending_kinds(conn: Connection, repository_id: int | None) -> set[str]:
-    """The kinds with candidates waiting in one repository (None: in any)."""
-    if repository_id is None:
+async def pending_kinds(conn: Connection, scope: list[int] | None) -> set[str]:
+    """The kinds with candidates waiting in the repositories in scope (None: in any)."""
+    if scope is None:
         rows = await conn.fetch(_QUERIES["pending_kinds_any"])
     else:
-        rows = await conn.fetch(_QUERIES["pending_kinds"], repository_id)
+        rows = await conn.fetch(_QUERIES["pending_kinds_in"], scope)
     return {row["kind"] for row in rows}
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -33,17 +35,48 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True)
 class RepositoryContext:
-    """One collection of one repository, or of all of them (``repository_id`` None).
+    """One collection of one repository, of several (``causes``), or of all of them
+    (``repository_id`` None, no ``causes``).
 
     The durable part of the context (the candidates still to decide) lives in
-    ``gc.candidate`` under ``repository_id``; this object only names it. A
-    registry-wide context decides candidates of every repository in full
+    ``gc.candidate`` under each repository's id; this object only names them. A
+    context of several or all repositories decides their candidates in full
     batches, however few objects each repository holds.
     """
 
     repository_id: int | None
     causation_id: str
     mode: Mode = Mode.COLLECT
+    #: Several repositories, each collected for its own request: (id, causation id).
+    causes: tuple[tuple[int, str], ...] = ()
+
+    @classmethod
+    def of_requests(cls, causes: Mapping[int, str]) -> RepositoryContext:
+        """A collection of several repositories, each for the request naming it."""
+        if not causes:
+            raise ValueError("a collection of several repositories needs one at least")
+        pairs = tuple(sorted(causes.items()))
+        return cls(None, pairs[0][1], Mode.COLLECT, pairs)
+
+    @property
+    def repository_ids(self) -> list[int] | None:
+        """The repositories in scope; None for every repository."""
+        if self.causes:
+            return [repository_id for repository_id, _ in self.causes]
+        return None if self.repository_id is None else [self.repository_id]
+
+    def causation_of(self, repository_id: int) -> str:
+        """The request whose collection removes what ``repository_id`` holds."""
+        return self._causes_by_repository.get(repository_id, self.causation_id)
+
+    @functools.cached_property
+    def _causes_by_repository(self) -> dict[int, str]:
+        return dict(self.causes)
+
+    def causation_ids(self) -> list[str]:
+        """Causation ids parallel to ``repository_ids`` (one when every repository)."""
+        ids = self.repository_ids
+        return [self.causation_id] if ids is None else [self.causation_of(i) for i in ids]
 
     @property
     def repository(self) -> int:

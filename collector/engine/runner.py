@@ -20,7 +20,7 @@ which is safe because every decision is re-made from the database.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
 import asyncpg
@@ -101,15 +101,21 @@ class Engine:
 
     async def collect(self, repository_id: int, *, causation_id: str) -> Report:
         """Collect what is due in one repository, and everything that frees."""
-        ctx = RepositoryContext(repository_id, causation_id, Mode.COLLECT)
-        report = Report(repositories=1)
-        log.info("collection_started", repository_id=repository_id, causation_id=causation_id)
+        return await self.collect_many({repository_id: causation_id})
+
+    async def collect_many(self, causes: Mapping[int, str]) -> Report:
+        """Collect what is due in several repositories, each for its own request
+        (``causes``: repository id -> causation id), in one context whose batches
+        span them: a worker's requests of different repositories, together."""
+        ctx = RepositoryContext.of_requests(causes)
+        report = Report(repositories=len(causes))
+        log.info("collection_started", repositories=ctx.repository_ids)
         await asyncio.gather(
             self._drain(report, self._roots(ctx, tags.collect_batch)),
             self._drain(report, self._roots(ctx, uploads.collect_batch)),
         )
         await self._fixpoint(ctx, report)
-        log.info("collection_finished", repository_id=repository_id, removed=report.total)
+        log.info("collection_finished", repositories=ctx.repository_ids, removed=report.total)
         return report
 
     async def purge(self, repository_id: int, *, causation_id: str) -> Report:
@@ -199,7 +205,7 @@ class Engine:
         rounds = 0
         while True:
             waiting = await self._retrying(
-                lambda conn: candidates.pending_kinds(conn, ctx.repository_id)
+                lambda conn: candidates.pending_kinds(conn, ctx.repository_ids)
             )
             if not waiting:
                 break
@@ -245,7 +251,7 @@ class Engine:
     def _decide(self, ctx: RepositoryContext, collector: CandidateCollector) -> Step:
         async def step(conn: Connection) -> StepResult:
             batch = await candidates.claim(
-                conn, ctx.repository_id, collector.kind, self._config.batch_size
+                conn, ctx.repository_ids, collector.kind, self._config.batch_size
             )
             if not batch:
                 return StepResult(claimed=0)

@@ -15,16 +15,21 @@ async def collect_batch(
 ) -> StepResult:
     """Remove one batch of due tags and queue their manifests."""
     purge = ctx.mode is Mode.PURGE
+    scope = ctx.repository_ids
     if purge:
-        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository_id, limit)
-    elif ctx.repository_id is None:
+        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository, limit)
+    elif scope is None:
         locked = await conn.fetch(_QUERIES["lock_due_any"], now_ms, limit)
     else:
-        locked = await conn.fetch(_QUERIES["lock_due"], ctx.repository_id, now_ms, limit)
+        locked = await conn.fetch(_QUERIES["lock_due_in"], scope, now_ms, limit)
     if not locked:
         return StepResult(claimed=0)
     rows = await conn.fetch(
-        _QUERIES["delete"], [row["id"] for row in locked], now_ms, purge, ctx.causation_id
+        _QUERIES["delete"],
+        [row["id"] for row in locked],
+        now_ms,
+        purge,
+        [ctx.causation_of(row["repository_id"]) for row in locked],
     )
     removed = [
         Removed(
@@ -36,7 +41,7 @@ async def collect_batch(
                 tag_id=row["id"],
                 manifest_digest=row["manifest_digest"],
             ),
-            ctx.causation_id,
+            row["causation_id"],
         )
         for row in rows
     ]

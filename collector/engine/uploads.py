@@ -15,10 +15,10 @@ async def collect_batch(
     """Remove one batch of expired uploads and queue their blobs (no event: not an object)."""
     count: int = await conn.fetchval(
         _QUERIES["delete_expired"],
-        ctx.repository_id,
+        ctx.repository_ids,
         ms_to_datetime(now_ms),
         limit,
         ctx.mode is Mode.PURGE,
-        ctx.causation_id,
+        ctx.causation_ids(),
     )
     return StepResult(claimed=count)

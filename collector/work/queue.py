@@ -84,10 +84,11 @@ async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> Non
     )
 
 
-async def claim(conn: Connection, now_ms: int) -> WorkItem | None:
-    """Lock the next request due (see ``work.sql``); hold the transaction while working."""
-    row = await conn.fetchrow(_QUERIES["claim"], now_ms)
-    return None if row is None else WorkItem(**dict(row))
+async def claim(conn: Connection, now_ms: int, limit: int) -> list[WorkItem]:
+    """Lock up to ``limit`` requests due, each of a different repository (see
+    ``work.sql``); hold the transaction while working on them."""
+    rows = await conn.fetch(_QUERIES["claim"], now_ms, limit)
+    return [WorkItem(**dict(row)) for row in rows]
 
 
 async def tag_state(conn: Connection, tag_id: int, repository_id: int) -> TagState | None:

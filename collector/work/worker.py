@@ -31,7 +31,7 @@ from collector.engine import Engine
 from collector.engine.context import Clock
 from collector.errors import DatabaseUnavailable, RepositoryNotFound, RepositoryNotMarked
 from collector.work import queue
-from collector.work.queue import WorkItem
+from collector.work.queue import TagState, WorkItem
 
 log = structlog.get_logger(__name__)
 
@@ -61,12 +61,14 @@ class Workers:
         clock: Clock,
         *,
         concurrency: int,
+        batch_size: int,
         poll_interval_s: float,
     ) -> None:
         self._pool = pool
         self._engine = engine
         self._clock = clock
         self._concurrency = concurrency
+        self._batch_size = batch_size
         self._poll_s = poll_interval_s
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = asyncio.Event()
@@ -99,7 +101,7 @@ class Workers:
         backoff, database = Backoff(), Outage("database")
         while not self._stopping.is_set():
             try:
-                worked = await self._work_one()
+                worked = await self._work_batch()
             except _DISCONNECTS as exc:
                 database.failed(exc)
                 await self._sleep(backoff.next())
@@ -109,29 +111,30 @@ class Workers:
             if not worked:
                 await self._idle()
 
-    async def _work_one(self) -> bool:
-        """Claim one due request and see it through; False when none is due."""
+    async def _work_batch(self) -> bool:
+        """Claim due requests (of different repositories) and see them through; False
+        when none is due."""
         started = time.monotonic()
         async with self._pool.acquire() as conn, conn.transaction():
-            item = await queue.claim(conn, self._clock.now_ms())
-            if item is None:
+            items = await queue.claim(conn, self._clock.now_ms(), self._batch_size)
+            if not items:
                 return False
-            assert item.id is not None  # claimed rows have one
-            self.busy += 1
+            self.busy += len(items)
             try:
-                with structlog.contextvars.bound_contextvars(
-                    event_id=item.event_id, repository=item.repository_path
-                ):
-                    outcome = await self._handle(conn, item)
-                if isinstance(outcome, Deferred):
-                    await queue.defer(conn, item.id, outcome.due_at_ms)
-                else:
-                    await queue.finish(conn, item.id, outcome, self._name)
+                outcomes = await self._handle(conn, items)
+                for item, outcome in zip(items, outcomes, strict=True):
+                    assert item.id is not None  # claimed rows have one
+                    if isinstance(outcome, Deferred):
+                        await queue.defer(conn, item.id, outcome.due_at_ms)
+                    else:
+                        await queue.finish(conn, item.id, outcome, self._name)
             finally:
-                self.busy -= 1
-        # Counted once committed: a commit lost with the connection redoes the request.
-        self._record(item, outcome, time.monotonic() - started)
-        # The repository's next request may be claimable now: idle workers, look.
+                self.busy -= len(items)
+        # Counted once committed: a commit lost with the connection redoes the requests.
+        seconds = time.monotonic() - started
+        for item, outcome in zip(items, outcomes, strict=True):
+            self._record(item, outcome, seconds)
+        # The repositories' next requests may be claimable now: idle workers, look.
         self.wake()
         return True
 
@@ -153,15 +156,40 @@ class Workers:
                 **context,
             )
 
-    async def _handle(self, conn: Connection, item: WorkItem) -> Outcome:
-        if item.event_type == "repo-deleted":
-            return await self._purge(item)
-        if item.event_type == "tag-expired":
-            return await self._expire(conn, item)
-        await self._engine.collect(item.repository_id, causation_id=item.event_id)
-        return "collected"
+    async def _handle(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
+        """Each request's outcome. The repositories to collect (sweeps, and expiries
+        still valid and due) are collected together, in one context; purges run one
+        by one. Each request names a different repository."""
+        outcomes: dict[int, Outcome] = {}
+        collect: dict[int, str] = {}
+        expiring: list[tuple[int, WorkItem, TagState]] = []
+        for index, item in enumerate(items):
+            if item.event_type == "repo-sweep":
+                collect[item.repository_id] = item.event_id
+                outcomes[index] = "collected"
+            elif item.event_type == "tag-expired":
+                verdict = await self._check_expiry(conn, item)
+                if isinstance(verdict, TagState):
+                    collect[item.repository_id] = item.event_id
+                    expiring.append((index, item, verdict))
+                else:
+                    outcomes[index] = verdict
+        if collect:
+            await self._engine.collect_many(collect)
+        for index, item, tag in expiring:
+            assert item.tag_id is not None
+            # The engine skips tags a push holds locked right now: look again soon.
+            if await queue.tag_state(conn, item.tag_id, item.repository_id) == tag:
+                outcomes[index] = Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
+            else:
+                outcomes[index] = "collected"
+        for index, item in enumerate(items):
+            if item.event_type == "repo-deleted":
+                outcomes[index] = await self._purge(item)
+        return [outcomes[index] for index in range(len(items))]
 
-    async def _expire(self, conn: Connection, item: WorkItem) -> Outcome:
+    async def _check_expiry(self, conn: Connection, item: WorkItem) -> Outcome | TagState:
+        """Why a tag-expired request removes nothing, or its tag's state when it is due."""
         assert item.tag_id is not None
         assert item.lifetime_end_ms is not None
         tag = await queue.tag_state(conn, item.tag_id, item.repository_id)
@@ -174,11 +202,7 @@ class Workers:
         due_at_ms = item.lifetime_end_ms + tag.window_s * 1000
         if due_at_ms > self._clock.now_ms():
             return Deferred(due_at_ms, "inside the time-machine window")
-        await self._engine.collect(item.repository_id, causation_id=item.event_id)
-        # The engine skips tags a push holds locked right now: look again soon.
-        if await queue.tag_state(conn, item.tag_id, item.repository_id) == tag:
-            return Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
-        return "collected"
+        return tag
 
     async def _purge(self, item: WorkItem) -> Outcome:
         try:

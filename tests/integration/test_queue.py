@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncpg
 
+from collector.db.connector import Connection
 from collector.work import queue
 from collector.work.queue import WorkItem
 
 NOW_MS = 1_000_000
+
+
+async def claim_one(conn: Connection, now_ms: int = NOW_MS) -> WorkItem | None:
+    claimed = await queue.claim(conn, now_ms, 1)
+    return claimed[0] if claimed else None
 
 
 def item(event_id: str, repository_id: int) -> WorkItem:
@@ -31,19 +37,19 @@ async def test_a_repository_s_requests_are_claimed_one_at_a_time_in_order(
     first, second, third = [await db.acquire() for _ in range(3)]
     try:
         async with first.transaction():
-            claimed = await queue.claim(first, NOW_MS)
+            claimed = await claim_one(first)
             assert claimed is not None
             assert claimed.event_id == "a1"
             async with second.transaction():
-                other = await queue.claim(second, NOW_MS)
+                other = await claim_one(second)
                 assert other is not None
                 assert other.event_id == "b1"
                 async with third.transaction():
-                    assert await queue.claim(third, NOW_MS) is None
+                    assert await claim_one(third) is None
             assert claimed.id is not None
             await queue.finish(first, claimed.id, "collected", "test")
         async with third.transaction():
-            following = await queue.claim(third, NOW_MS)
+            following = await claim_one(third)
             assert following is not None
             assert following.event_id == "a2"
     finally:
@@ -59,16 +65,36 @@ async def test_a_deferred_request_holds_back_nothing_until_it_is_due(
     async with db.acquire() as conn:
         await queue.admit(conn, [item("early", 1), item("later", 1)], NOW_MS)
         async with conn.transaction():
-            early = await queue.claim(conn, NOW_MS)
+            early = await claim_one(conn)
             assert early is not None
             assert early.id is not None
             await queue.defer(conn, early.id, NOW_MS + 60_000)
         async with conn.transaction():
-            later = await queue.claim(conn, NOW_MS)
+            later = await claim_one(conn)
             assert later is not None
             assert later.event_id == "later"
         assert await queue.count_due(conn, NOW_MS) == 1
         async with conn.transaction():
-            again = await queue.claim(conn, NOW_MS + 60_000)
+            again = await claim_one(conn, NOW_MS + 60_000)
             assert again is not None
             assert again.event_id == "early"
+
+
+async def test_a_batch_claim_takes_the_oldest_request_of_each_repository(
+    db: asyncpg.Pool[asyncpg.Record],
+) -> None:
+    """A worker claiming many at once gets each repository's head, in arrival order,
+    and nothing another worker holds."""
+    async with db.acquire() as conn:
+        await queue.admit(
+            conn, [item("a1", 1), item("b1", 2), item("a2", 1), item("c1", 3)], NOW_MS
+        )
+    first, second = [await db.acquire() for _ in range(2)]
+    try:
+        async with first.transaction():
+            assert [i.event_id for i in await queue.claim(first, NOW_MS, 2)] == ["a1", "b1"]
+            async with second.transaction():
+                assert [i.event_id for i in await queue.claim(second, NOW_MS, 10)] == ["c1"]
+    finally:
+        for conn in (first, second):
+            await db.release(conn)

@@ -1,11 +1,11 @@
--- name: claim
--- Take up to $3 candidates of kind $2 for repository $1; the rows are
+-- name: claim_in
+-- Take up to $3 candidates of kind $2 of the repositories $1; the rows are
 -- deleted in the claiming transaction, so a rollback hands them back.
--- $1 bigint repository id, $2 text kind, $3 int limit
+-- $1 bigint[] repository ids, $2 text kind, $3 int limit
 DELETE FROM gc.candidate
 WHERE id IN (
     SELECT id FROM gc.candidate
-    WHERE repository_id = $1 AND kind = $2
+    WHERE repository_id = ANY($1::bigint[]) AND kind = $2
     ORDER BY id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -33,12 +33,15 @@ INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
 SELECT $1, object_id, repository_id, causation_id
 FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS q (object_id, repository_id, causation_id)
 
--- name: pending_kinds
--- The kinds with candidates waiting in repository $1, so that a fixpoint
--- round runs only the collectors that have something to claim.
--- $1 bigint repository id
+-- name: pending_kinds_in
+-- The kinds with candidates waiting in the repositories $1, so that a
+-- fixpoint round runs only the collectors that have something to claim.
+-- $1 bigint[] repository ids
 SELECT k.kind FROM unnest(ARRAY['manifest', 'label', 'image', 'blob']) AS k (kind)
-WHERE EXISTS (SELECT 1 FROM gc.candidate c WHERE c.repository_id = $1 AND c.kind = k.kind)
+WHERE EXISTS (
+    SELECT 1 FROM gc.candidate c
+    WHERE c.repository_id = ANY($1::bigint[]) AND c.kind = k.kind
+)
 
 -- name: pending_kinds_any
 -- The kinds with candidates waiting in any repository. No parameters.

@@ -33,12 +33,12 @@ ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
 
 -- name: claim
--- Lock the oldest request due at $1 among the heads: each repository's
+-- Lock the $2 oldest requests due at $1 among the heads: each repository's
 -- oldest due request. A repository's requests run one at a time, in arrival
 -- order; a head another worker holds is skipped, and the requests behind it
 -- are no heads. The lock is held while the engine works; a crash releases it
 -- and the request stays.
--- $1 bigint now (ms)
+-- $1 bigint now (ms), $2 int how many at most
 WITH heads AS (
     SELECT DISTINCT ON (repository_id) id
     FROM gc.request
@@ -53,7 +53,7 @@ JOIN heads USING (id)
 -- worker since the heads were read must not be claimed a second time.
 WHERE r.finished_at IS NULL AND r.due_at_ms <= $1
 ORDER BY r.id
-LIMIT 1
+LIMIT $2
 FOR UPDATE OF r SKIP LOCKED
 
 -- name: tag_state
