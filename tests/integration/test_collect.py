@@ -479,3 +479,39 @@ async def test_collect_all_covers_every_repository_with_due_work(
     assert report.repositories == 6
     assert report.removed["registry.gc.manifest-removed"] == 6
     assert await registry.conn.fetchval("SELECT count(*) FROM manifest") == 1
+
+
+async def test_collecting_several_repositories_together_keeps_each_one_s_cause(
+    registry: Registry, engine: Engine
+) -> None:
+    """collect_many collects several repositories in one context; every removal, and
+    every candidate it queues (a manifest's layer, an expired upload's blob), names the
+    request of its own repository. A repository not named is left alone, due or not."""
+    ns = await registry.namespace()
+    requests: dict[int, str] = {}
+    cause_of_blob: dict[str, str] = {}
+    for name in ("web", "api", "ops"):
+        repo = await registry.repository(ns, name)
+        layer, uploaded = await registry.blob(), await registry.blob()
+        await registry.expired_tag(repo, await registry.manifest(repo, blobs=(layer,)))
+        await registry.upload(repo, uploaded, expires_ms=NOW_MS - DAY_MS)
+        if name != "ops":
+            requests[repo] = f"request-{name}"
+            for blob in (layer, uploaded):
+                digest = await registry.conn.fetchval("SELECT digest FROM blob WHERE id = $1", blob)
+                cause_of_blob[digest] = f"request-{name}"
+    ops = repo
+
+    report = await engine.collect_many(requests)
+
+    events = await outbox(registry.conn)
+    assert report.total == len(events) == 2 * 4  # a tag, a manifest and two blobs each
+    for event in events:
+        data = event["data"]
+        if "repository_id" in data:
+            assert event["causationid"] == requests[data["repository_id"]]
+        else:
+            assert event["causationid"] == cause_of_blob[data["digest"]]
+    assert (
+        await registry.conn.fetchval("SELECT count(*) FROM tag WHERE repository_id = $1", ops) == 1
+    )

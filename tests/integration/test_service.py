@@ -122,6 +122,17 @@ async def test_each_request_type_removes_and_publishes_exactly_what_it_freed(
     assert all(("content-type", CONTENT_TYPE.encode()) in r.headers for r in removals)
     causes = {r.event["id"]: r.event["causationid"] for r in removals}
     assert set(causes.values()) == set(ids)
+    # Each removal names the request of its own repository, even when one worker
+    # collected several repositories together; what acme/web freed is its expiry's.
+    request_of = {
+        "acme/web": json.loads(expire.value or b"")["id"],
+        "acme/api": json.loads(purge.value or b"")["id"],
+        "acme/ops": json.loads(sweep.value or b"")["id"],
+    }
+    for record in removals:
+        data = record.event["data"]
+        path = f"{data['namespace']}/{data['repository']}" if "namespace" in data else "acme/web"
+        assert record.event["causationid"] == request_of[path], record.event
     expected = {
         ("tag-removed", "acme/web", "acme/web:old", _json({
             "namespace": "acme", "repository": "web", "repository_id": web, "tag": "old",
