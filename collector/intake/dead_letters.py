@@ -8,14 +8,14 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from collector import metrics
-from collector.backoff import Backoff
+from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.errors import BrokerUnavailable
 from collector.kafka import DEAD_LETTER_MAX_BYTES, client_options
-from events import rejection_event, to_record
+from events import CloudEvent, rejection_event, to_record
 
 log = structlog.get_logger(__name__)
 
@@ -39,33 +39,24 @@ class DeadLetters:
 
     async def send(self, record: Any, reason: str, detail: str, causation_id: str | None) -> None:
         """Publish the dead letter of ``record`` (an aiokafka ConsumerRecord) and wait for
-        the broker's acknowledgement; raise BrokerUnavailable only when stopping."""
-        event = rejection_event(
-            reason=reason,
-            detail=detail,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            causation_id=causation_id,
-            event_id=str(
-                uuid.uuid5(_ID_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}")
-            ),
-        )
-        value, headers = to_record(event)
-        backoff = Backoff()
-        while True:
-            try:
-                producer = await self._started()
-                await producer.send_and_wait(self._topic, value, key=record.key, headers=headers)
-                break
-            except KafkaError as exc:
-                log.warning("dead_letter_failed", error=repr(exc), reason=reason)
-                await self._reset()
-                if self._stopping.is_set():
-                    raise BrokerUnavailable(f"cannot publish a dead letter: {exc!r}") from exc
-                await asyncio.sleep(backoff.next())
+        the broker's acknowledgement; raise BrokerUnavailable only when stopping.
+
+        A dead letter too large for the topic (one created by hand, with the
+        broker's default size) is published without the value, and says where
+        the value stays: the refused record itself, on the requests topic.
+        """
+        letter = self._letter(record, reason, detail, causation_id)
+        try:
+            await self._publish(record, letter)
+        except MessageSizeTooLargeError:
+            size = len(record.value or b"")
+            detail += (
+                f"; the value ({size} bytes) is not kept here, it exceeds the dead-letter"
+                f" topic's message size: it stays at {record.topic} partition"
+                f" {record.partition} offset {record.offset}"
+            )
+            letter = self._letter(record, reason, detail, causation_id, keep_value=False)
+            await self._publish(record, letter)
         self.sent[reason] = self.sent.get(reason, 0) + 1
         metrics.REQUESTS_RECEIVED.labels("refused").inc()
         metrics.DEAD_LETTERS.labels(reason).inc()
@@ -75,8 +66,51 @@ class DeadLetters:
             detail=detail,
             partition=record.partition,
             offset=record.offset,
-            dead_letter_id=event.id,
+            dead_letter_id=letter.id,
         )
+
+    def _letter(
+        self,
+        record: Any,
+        reason: str,
+        detail: str,
+        causation_id: str | None,
+        *,
+        keep_value: bool = True,
+    ) -> CloudEvent:
+        return rejection_event(
+            reason=reason,
+            detail=detail,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value if keep_value else None,
+            causation_id=causation_id,
+            event_id=str(
+                uuid.uuid5(_ID_NAMESPACE, f"{record.topic}/{record.partition}/{record.offset}")
+            ),
+        )
+
+    async def _publish(self, record: Any, letter: CloudEvent) -> None:
+        """Send until the broker acknowledges; a letter too large is the caller's."""
+        value, headers = to_record(letter)
+        backoff, broker = Backoff(), Outage("broker")
+        while True:
+            try:
+                producer = await self._started()
+                await producer.send_and_wait(self._topic, value, key=record.key, headers=headers)
+            except MessageSizeTooLargeError:
+                raise
+            except KafkaError as exc:
+                broker.failed(exc)
+                await self._reset()
+                if self._stopping.is_set():
+                    raise BrokerUnavailable(f"cannot publish a dead letter: {exc!r}") from exc
+                await asyncio.sleep(backoff.next())
+            else:
+                broker.recovered()
+                return
 
     async def stop(self) -> None:
         await self._reset()

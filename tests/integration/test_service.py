@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY
 
 from collector.config import Settings
@@ -690,3 +691,31 @@ async def test_a_megabyte_of_binary_junk_is_dead_lettered_whole(
     assert base64.b64decode(data["value"]) == junk
     assert letter.value is not None
     assert len(letter.value) > 1_048_588  # the broker's default message.max.bytes
+
+
+async def test_a_dead_letter_too_large_for_its_topic_goes_without_the_value(
+    database_url: str, clock: FixedClock
+) -> None:
+    """On a dead-letter topic created by hand with a small message size, a refusal
+    whose value does not fit is published without it, saying where the value stays."""
+    settings = pipeline_settings(database_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        small = {"max.message.bytes": "2000"}
+        await admin.create_topics([NewTopic(settings.topic_dead_letter, 1, 1, None, small)])
+    finally:
+        await admin.close()
+    junk = b"\xff" * 3000
+    async with topics(settings):
+        await produce(settings.topic_requests, [Record(b"acme/web", junk)])
+        summary = await run_service(settings, clock)
+        (letter,) = await read_topic(settings.topic_dead_letter, partitions=1)
+        (original,) = await read_topic(settings.topic_requests)
+
+    assert summary.refused == {"malformed-json": 1}
+    data = letter.event["data"]
+    assert (data["value"], data["value_encoding"]) == (None, None)
+    assert "(3000 bytes) is not kept here" in data["detail"]
+    assert f"partition {original.partition} offset {original.offset}" in data["detail"]
+    assert (data["partition"], data["offset"]) == (original.partition, original.offset)
