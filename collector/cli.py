@@ -51,6 +51,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: rich markup would eat the "[env: COLLECTOR_…]" hints.
+    rich_markup_mode=None,
 )
 
 DatabaseUrl = Annotated[
@@ -74,14 +76,15 @@ BatchSize = Annotated[
 Concurrency = Annotated[
     int | None,
     typer.Option(
-        help="Repositories collected at once [env: COLLECTOR_REPOSITORY_CONCURRENCY]",
+        help="Repositories collected at once (run: workers)"
+        " [env: COLLECTOR_REPOSITORY_CONCURRENCY]",
         show_default=False,
     ),
 ]
 LogLevel = Annotated[
     str,
     typer.Option(
-        help="debug, info, warning or error [env: COLLECTOR_LOG_LEVEL]",
+        help="debug, info, warning or error",
         envvar="COLLECTOR_LOG_LEVEL",
     ),
 ]

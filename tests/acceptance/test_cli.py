@@ -297,3 +297,15 @@ async def test_window_not_elapsed_is_left_for_later(create_database: CreateDatab
         assert tag in (await snapshot(conn))["tag"]
     finally:
         await conn.close()
+
+
+def test_every_option_s_help_names_its_environment_variable() -> None:
+    """Help text is plain, so the "[env: …]" hints survive; every setting an option
+    overrides names the variable that sets it otherwise."""
+    for command in (["run"], ["collect"], ["sink", "blob-deleter"], ["audit"]):
+        result = run_collector(*command, "--help")
+        assert result.returncode == 0, result.stderr
+        for variable in ("COLLECTOR_DATABASE_URL", "COLLECTOR_LOG_LEVEL"):
+            if command == ["audit"] and variable == "COLLECTOR_DATABASE_URL":
+                continue  # the audit reads Kafka only
+            assert variable in " ".join(result.stdout.split()), (command, variable)
