@@ -587,8 +587,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args or ["--help"], prog_name="collector", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors carry exit code 2
-        # A group called without its command has shown its help: say what is missing.
-        _fail(exc.exit_code, exc.format_message() or "missing command (see the help above)")
+        # A group called without its command carries its help: show it, then say what
+        # is missing (matched by name, as typer does: the class is private).
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message(), file=sys.stderr)
+            _fail(exc.exit_code, "missing command (see the help above)")
+        _fail(exc.exit_code, exc.format_message())
     except (ConfigError, RepositoryNotFound) as exc:
         _fail(2, str(exc))
     except CollectorError as exc:
