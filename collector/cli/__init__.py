@@ -1,0 +1,17 @@
+"""The ``collector`` command line (CONTRACT §4).
+
+Exit codes: 0 success, 1 a failure found (``verify``) or a run that failed,
+2 a usage or configuration error, always with a one-line reason.
+"""
+
+from collector.cli._app import app, main
+
+# Importing the command modules registers their commands on ``app``, in help order.
+# isort: off
+from collector.cli import registry  # noqa: F401  # migrate, collect, verify, demo
+from collector.cli import pipeline  # noqa: F401  # publish, scan, run
+from collector.cli import sinks  # noqa: F401  # sink blob-deleter, audit
+
+# isort: on
+
+__all__ = ["app", "main"]

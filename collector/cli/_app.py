@@ -1,0 +1,47 @@
+"""The ``collector`` application and its entry point: one-line errors, contract exit codes."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import typer
+
+from collector.errors import CollectorError, ConfigError, RepositoryNotFound
+
+app = typer.Typer(
+    name="collector",
+    help="Garbage collector for container registry metadata and storage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Plain help text: rich markup would eat the "[env: COLLECTOR_…]" hints.
+    rich_markup_mode=None,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, contract exit codes."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        code = app(args=args or ["--help"], prog_name="collector", standalone_mode=False)
+    except typer.TyperException as exc:  # usage errors carry exit code 2
+        # A group called without its command carries its help: show it, then say what
+        # is missing (matched by name, as typer does: the class is private).
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            print(exc.format_message(), file=sys.stderr)
+            _fail(exc.exit_code, "missing command (see the help above)")
+        _fail(exc.exit_code, exc.format_message())
+    except (ConfigError, RepositoryNotFound) as exc:
+        _fail(2, str(exc))
+    except CollectorError as exc:
+        _fail(1, str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        _fail(130, "interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    lines = message.strip().splitlines() or ["failed"]
+    print(f"collector: error: {lines[0]}", file=sys.stderr)
+    sys.exit(code)

@@ -1,0 +1,189 @@
+"""Commands of the Kafka pipeline: publish, scan, and run (the service)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import typer
+
+from collector import publish
+from collector.cli._app import app
+from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.config import load_settings
+from collector.db.connector import Connection, create_pool
+from collector.engine import SystemClock
+from collector.logging import configure_logging
+from collector.service import Service, ServiceSummary
+from events import CloudEvent, RequestData
+
+publish_app = typer.Typer(
+    help="Put a request on the requests topic, reading ids from the database.",
+    no_args_is_help=True,
+)
+app.add_typer(publish_app, name="publish")
+
+RepositoryPath = Annotated[str, typer.Argument(metavar="NAMESPACE/REPOSITORY")]
+
+
+@publish_app.command("tag-expired")
+def publish_tag_expired(
+    repository: RepositoryPath,
+    tag: Annotated[str, typer.Argument(metavar="TAG")],
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for the latest ended tag of that name to be collected once it is due."""
+    _publish(
+        database_url, kafka_bootstrap, log_level, lambda c: publish.tag_expired(c, repository, tag)
+    )
+
+
+@publish_app.command("repo-deleted")
+def publish_repo_deleted(
+    repository: RepositoryPath,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for a repository marked for deletion to be purged."""
+    _publish(
+        database_url, kafka_bootstrap, log_level, lambda c: publish.repo_deleted(c, repository)
+    )
+
+
+@publish_app.command("repo-sweep")
+def publish_repo_sweep(
+    repository: RepositoryPath,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for everything due in a repository to be collected."""
+    _publish(database_url, kafka_bootstrap, log_level, lambda c: publish.repo_sweep(c, repository))
+
+
+def _publish(
+    database_url: str | None,
+    kafka_bootstrap: str | None,
+    log_level: str,
+    build: Callable[[Connection], Awaitable[RequestData]],
+) -> None:
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+
+    async def main() -> list[CloudEvent]:
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            async with pool.acquire() as conn:
+                request = await build(conn)
+        finally:
+            await pool.close()
+        return await publish.publish(settings, [request])
+
+    for event in asyncio.run(main()):
+        typer.echo(f"published {event.type.removeprefix('registry.gc.')} id={event.id}")
+
+
+@app.command()
+def scan(
+    every: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Scan again every SECONDS until SIGTERM/SIGINT."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Find work no event announced (tags past their window, expired uploads, repositories
+    marked for deletion) and publish requests for it: the safety net of the pipeline."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            while True:
+                async with pool.acquire() as conn:
+                    requests = await publish.scan(conn, SystemClock().now_ms())
+                events = await publish.publish(settings, requests) if requests else []
+                for request, event in zip(requests, events, strict=True):
+                    kind = event.type.removeprefix("registry.gc.")
+                    typer.echo(f"published {kind} {request.repository_path} id={event.id}")
+                typer.echo(f"scan: {len(events)} request(s) published", err=True)
+                if every is None:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(every):
+                        await stopping.wait()
+                if stopping.is_set():
+                    return
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
+@app.command()
+def run(
+    exit_when_idle: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            metavar="SECONDS",
+            help="Exit after SECONDS with the topic read, no request due and the outbox empty.",
+        ),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            metavar="PORT",
+            help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (address:"
+            " COLLECTOR_METRICS_ADDRESS) [env: COLLECTOR_METRICS_PORT]",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Concurrency = None,
+    batch_size: BatchSize = None,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """The service: consume requests, collect, publish removals. Stops cleanly on
+    SIGTERM/SIGINT."""
+    configure_logging(log_level)
+    settings = load_settings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        repository_concurrency=concurrency,
+        batch_size=batch_size,
+        metrics_port=metrics_port,
+    )
+
+    async def main() -> ServiceSummary:
+        service = Service(settings, exit_when_idle_s=exit_when_idle)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, service.stop)
+        return await service.run()
+
+    summary = asyncio.run(main())
+    outcomes = ", ".join(f"{count} {name}" for name, count in sorted(summary.outcomes.items()))
+    refused = sum(summary.refused.values())
+    typer.echo(
+        f"run: {summary.received} record(s) received, {summary.accepted} accepted,"
+        f" {summary.duplicates} duplicate(s), {refused} refused;"
+        f" requests finished: {outcomes or 'none'};"
+        f" {summary.published} event(s) published in {summary.seconds:.1f} s",
+        err=True,
+    )

@@ -1,0 +1,267 @@
+"""Commands on the registry database: migrate, collect, verify, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import structlog
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from collector import kafka
+from collector.cli._app import app
+from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.config import Settings, load_settings
+from collector.db.connector import Database, PoolDatabase, RollbackDatabase, create_pool
+from collector.db.migrations import migrate as apply_migrations
+from collector.demo.run import print_summary, run_demo
+from collector.demo.seed import Shape
+from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
+from collector.engine import repositories as repository_rows
+from collector.errors import ConfigError
+from collector.logging import configure_logging
+from collector.verify import Verification
+from collector.verify import verify as verify_registry
+from events import Removal
+
+
+@app.command()
+def migrate(
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    skip_topics: Annotated[
+        bool, typer.Option("--skip-topics", help="Only the database; leave Kafka alone.")
+    ] = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Create or upgrade the registry schema, the gc schema and the topics. Idempotent."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+
+    async def main() -> None:
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            async with pool.acquire() as conn:
+                applied = await apply_migrations(conn)
+        finally:
+            await pool.close()
+        typer.echo(
+            f"database: {len(applied)} migration(s) applied" if applied else "database: up to date"
+        )
+        if not skip_topics:
+            created = await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
+            typer.echo(f"topics: created {', '.join(created)}" if created else "topics: up to date")
+
+    asyncio.run(main())
+
+
+@app.command()
+def collect(
+    repositories: Annotated[
+        list[str] | None, typer.Argument(metavar="[NAMESPACE/REPOSITORY]...", show_default=False)
+    ] = None,
+    all_repositories: Annotated[
+        bool, typer.Option("--all", help="Every repository with due work.")
+    ] = False,
+    purge: Annotated[
+        bool,
+        typer.Option(help="Purge the named repositories (with --all: also every marked one)."),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be removed; change nothing.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    batch_size: BatchSize = None,
+    concurrency: Concurrency = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Collect what is due, without Kafka, and print what was removed.
+
+    Removal events still go through the outbox. --dry-run runs the very same
+    engine inside a transaction that is rolled back: it holds the row locks a
+    real run takes while it runs.
+    """
+    configure_logging(log_level)
+    if bool(repositories) == all_repositories:
+        raise ConfigError("name repositories or give --all (not both)")
+    settings = load_settings(
+        database_url=database_url, batch_size=batch_size, repository_concurrency=concurrency
+    )
+    causation_id = f"cli-{uuid.uuid4()}"
+    structlog.contextvars.bind_contextvars(causation_id=causation_id)
+    report = asyncio.run(
+        _collect(
+            settings, repositories or [], purge=purge, dry_run=dry_run, causation_id=causation_id
+        )
+    )
+    _print_report(report, dry_run=dry_run)
+
+
+async def _collect(
+    settings: Settings, paths: list[str], *, purge: bool, dry_run: bool, causation_id: str
+) -> Report:
+    verb = "would remove" if dry_run else "removed"
+
+    async def show(removal: Removal, cause: str) -> None:
+        # One plain line per removal, never wrapped: scripts read these.
+        typer.echo(f"{verb} {removal.event_type.removeprefix('registry.gc.')} {removal.subject}")
+
+    callbacks = Callbacks()
+    callbacks.on(Removal, show)
+    config = EngineConfig(
+        batch_size=settings.batch_size, protected_digests=tuple(settings.protected_digests)
+    )
+    pool = await create_pool(
+        settings.database_url,
+        max_size=4 * settings.repository_concurrency + 2,
+        wait_s=settings.connect_wait_s,
+    )
+    try:
+        async with pool.acquire() as conn:
+            targets = [await repository_rows.find(conn, path) for path in paths]
+        if purge and (live := [r.path for r in targets if not r.marked_for_deletion]):
+            raise ConfigError(f"not marked for deletion, refusing to purge: {', '.join(live)}")
+
+        async def run(db: Database) -> Report:
+            engine = Engine(db, config, callbacks=callbacks)
+            if not targets:
+                return await engine.collect_all(
+                    causation_id=causation_id,
+                    purge_marked=purge,
+                    concurrency=settings.repository_concurrency,
+                )
+            report = Report()
+            for repo in targets:
+                one = engine.purge if purge else engine.collect
+                report.merge(await one(repo.id, causation_id=causation_id))
+            return report
+
+        if dry_run:
+            async with RollbackDatabase.session(pool) as db:
+                return await run(db)
+        return await run(PoolDatabase(pool))
+    finally:
+        await pool.close()
+
+
+def _print_report(report: Report, *, dry_run: bool) -> None:
+    console = Console(highlight=False)
+    title = "summary (dry run: nothing was changed)" if dry_run else "summary"
+    table = Table(title=title, title_justify="left")
+    table.add_column("kind")
+    table.add_column("count", justify="right")
+    for event_type, count in sorted(report.removed.items()):
+        table.add_row(event_type.removeprefix("registry.gc."), str(count))
+    table.add_row("bytes freed", f"{report.bytes_freed:,}", style="bold")
+    console.print(table)
+    for repository_id in report.incomplete:
+        console.print(
+            f"[yellow]purge incomplete[/] repository {repository_id}: "
+            "rows were added meanwhile; run again"
+        )
+
+
+@app.command()
+def verify(
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Check integrity: exit 1 on any dangling reference; list garbage due but not collected."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url)
+
+    async def main() -> Verification:
+        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        try:
+            async with pool.acquire() as conn:
+                return await verify_registry(
+                    conn,
+                    now_ms=SystemClock().now_ms(),
+                    protected_digests=settings.protected_digests,
+                )
+        finally:
+            await pool.close()
+
+    result = asyncio.run(main())
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "dangling": [vars(f) for f in result.dangling],
+                    "garbage": [vars(f) for f in result.garbage],
+                }
+            )
+        )
+    else:
+        _print_verification(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def demo(
+    repositories: Annotated[int, typer.Option(min=1, help="Image repositories to seed.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed of the seeded registry.")] = 0,
+    storage_root: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            metavar="DIR",
+            help="Keep the demo's blob storage here (default: a temporary folder, removed).",
+            show_default=False,
+        ),
+    ] = None,
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Seed a realistic registry and its blob storage, expire and delete part of it,
+    collect it over Kafka with `collector run`, delete the removed blobs' files, verify."""
+    configure_logging(log_level)
+    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    console = Console(highlight=False)
+    with contextlib.ExitStack() as stack:
+        if storage_root is None:
+            storage_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gc-demo-")))
+        storage_root.mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(
+            run_demo(
+                settings,
+                Shape(repositories=repositories),
+                seed=seed,
+                console=console,
+                storage_root=storage_root,
+            )
+        )
+    print_summary(result, console)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_verification(result: Verification) -> None:
+    console = Console(highlight=False)
+    if result.dangling:
+        table = Table(title="dangling references", title_justify="left", title_style="bold red")
+        for column in ("reference", "rows", "sample ids"):
+            table.add_column(column)
+        for finding in result.dangling:
+            table.add_row(finding.what, str(finding.rows), ", ".join(map(str, finding.sample)))
+        console.print(table)
+    else:
+        console.print("integrity: ok, no dangling reference")
+    if result.garbage:
+        table = Table(title="garbage due, not collected yet", title_justify="left")
+        for column in ("kind", "rows", "sample ids"):
+            table.add_column(column)
+        for finding in result.garbage:
+            table.add_row(finding.what, str(finding.rows), ", ".join(map(str, finding.sample)))
+        console.print(table)
+    else:
+        console.print("garbage: none due")
