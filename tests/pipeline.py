@@ -72,7 +72,9 @@ async def topics(settings: Settings) -> AsyncIterator[Settings]:
     try:
         yield settings
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=20_000)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=20_000
+        )
         await asyncio.wait_for(admin.start(), WAIT_S)
         try:
             names = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
@@ -87,9 +89,11 @@ def request(data: RequestData, *, event_id: str | None = None) -> Record:
     return Record(data.repository_path.encode(), value, headers)
 
 
-async def produce(topic: str, records: Sequence[Record], **options: Any) -> None:
+async def produce(
+    topic: str, records: Sequence[Record], *, bootstrap: str = BOOTSTRAP, **options: Any
+) -> None:
     """Send ``records`` in order and wait for the broker's acknowledgement."""
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", **options)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
     await asyncio.wait_for(producer.start(), WAIT_S)
     try:
         for record in records:
@@ -100,10 +104,12 @@ async def produce(topic: str, records: Sequence[Record], **options: Any) -> None
         await producer.stop()
 
 
-async def read_topic(topic: str, partitions: int = 3) -> list[Received]:
+async def read_topic(
+    topic: str, partitions: int = 3, *, bootstrap: str = BOOTSTRAP
+) -> list[Received]:
     """Every record of ``topic`` (of so many partitions) up to its current end, by
     partition then offset."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await asyncio.wait_for(consumer.start(), WAIT_S)
     try:
         assigned = [TopicPartition(topic, p) for p in range(partitions)]
