@@ -16,7 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings
 from collector.kafka import ensure_topics
-from events import RequestData, request_event, to_record
+from events import RepoSweep, RequestData, request_event, to_record
+from tests.registry import Registry
 
 WAIT_S = 30.0
 BOOTSTRAP = "127.0.0.1:9092"
@@ -139,3 +140,20 @@ async def until(condition: Callable[[], bool | Awaitable[bool]], within: float =
             if await holds if inspect.isawaitable(holds) else holds:
                 return
             await asyncio.sleep(0.05)
+
+
+async def expired_repositories(
+    registry: Registry, count: int, *, layered: bool = False
+) -> list[RepoSweep]:
+    """``count`` repositories acme/repo0… with one expired tag each (on a manifest with
+    a layer of its own when ``layered``), and the sweep requests that collect them."""
+    acme = await registry.namespace("acme")
+    sweeps = []
+    for number in range(count):
+        repository = await registry.repository(acme, f"repo{number}")
+        blobs = (await registry.blob(),) if layered else ()
+        await registry.expired_tag(repository, await registry.manifest(repository, blobs=blobs))
+        sweeps.append(
+            RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
+        )
+    return sweeps

@@ -15,8 +15,15 @@ import structlog
 from collector.service import Service
 from collector.work import queue
 from collector.work.queue import WorkItem
-from events import RepoSweep
-from tests.pipeline import pipeline_settings, produce, read_topic, request, topics, until
+from tests.pipeline import (
+    expired_repositories,
+    pipeline_settings,
+    produce,
+    read_topic,
+    request,
+    topics,
+    until,
+)
 from tests.registry import FixedClock, Registry
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services"
@@ -74,14 +81,7 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
     """With the broker gone, the service keeps collecting what it already holds (its
     events wait in the outbox); when the broker is back it consumes again and
     publishes every event: nothing lost, no stage failed, no restart needed."""
-    acme = await registry.namespace("acme")
-    sweeps = []
-    for number in range(15):
-        repository = await registry.repository(acme, f"repo{number}")
-        await registry.expired_tag(repository, await registry.manifest(repository))
-        sweeps.append(
-            RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
-        )
+    sweeps = await expired_repositories(registry, 15)
     settings = pipeline_settings(database_url, kafka_bootstrap=SPARE)
     async with topics(settings):
         service = Service(settings, clock=clock)

@@ -26,6 +26,7 @@ from events import CONTENT_TYPE, RepoDeleted, RepoSweep, TagExpired
 from tests.pipeline import (
     Received,
     Record,
+    expired_repositories,
     pipeline_settings,
     produce,
     read_topic,
@@ -400,17 +401,7 @@ async def test_lost_database_connections_are_waited_out_and_nothing_is_lost(
     """Every connection of the service is killed, again and again, while it works: it
     retries with backoff, and in the end every request is finished and every
     deletion is on the removals topic."""
-    acme = await registry.namespace("acme")
-    sweeps = []
-    for number in range(20):
-        repository = await registry.repository(acme, f"repo{number}")
-        manifest = await registry.manifest(repository, blobs=(await registry.blob(),))
-        await registry.expired_tag(repository, manifest)
-        sweeps.append(
-            request(
-                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
-            )
-        )
+    sweeps = [request(s) for s in await expired_repositories(registry, 20, layered=True)]
     await produce(settings.topic_requests, sweeps)
     kills = 0
 
@@ -448,16 +439,7 @@ async def test_a_backlog_of_due_work_pauses_the_intake_until_workers_catch_up(
     """With more due requests waiting than COLLECTOR_INTAKE_MAX_BACKLOG, the intake
     pauses its partitions (it keeps polling, so it stays in the group) and resumes
     once the workers have halved the backlog; every request is served."""
-    acme = await registry.namespace("acme")
-    sweeps = []
-    for number in range(30):
-        repository = await registry.repository(acme, f"repo{number}")
-        await registry.expired_tag(repository, await registry.manifest(repository))
-        sweeps.append(
-            request(
-                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
-            )
-        )
+    sweeps = [request(s) for s in await expired_repositories(registry, 30)]
     await produce(settings.topic_requests, sweeps)
     throttled = settings.model_copy(
         update={"intake_max_backlog": 4, "repository_concurrency": 1, "batch_size": 5}
@@ -549,16 +531,7 @@ async def test_a_member_joining_mid_stream_takes_partitions_without_losing_a_req
     """A second service joins the group while the first is consuming a stream of
     requests: the first hands its revoked partitions over (drain, commit), and every
     request is admitted and finished exactly once between the two."""
-    acme = await registry.namespace("acme")
-    sweeps = []
-    for number in range(60):
-        repository = await registry.repository(acme, f"repo{number}")
-        await registry.expired_tag(repository, await registry.manifest(repository))
-        sweeps.append(
-            request(
-                RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
-            )
-        )
+    sweeps = [request(s) for s in await expired_repositories(registry, 60)]
     members = [Service(settings, clock=clock), Service(settings, clock=clock)]
     with structlog.testing.capture_logs() as logs:
         first = asyncio.create_task(members[0].run())
