@@ -1,10 +1,11 @@
-"""Workers: claim the next due request, run the engine on its repository, record the outcome.
+"""Workers: claim due requests, run the engine on their repositories, record the outcomes.
 
-A worker claims a request in a transaction on its own connection and keeps
-that transaction open while the engine works (on other connections); the
-outcome is written in the same transaction. A crash at any point rolls the
-claim back, and the request is claimed again, by this process or another:
-the engine's work is idempotent and its own transactions are durable.
+A worker claims up to ``batch_size`` requests, each the oldest due one of its
+repository, in a transaction on its own connection, and keeps that
+transaction open while the engine works (on other connections); the outcomes
+are written in the same transaction. A crash at any point rolls the claim
+back, and the requests are claimed again, by this process or another: the
+engine's work is idempotent and its own transactions are durable.
 
 Requests are re-validated here, when due (CONTRACT §2.1): a ``tag-expired``
 acts only while the tag still has the event's ``lifetime_end_ms``; one whose
@@ -210,7 +211,12 @@ class Workers:
         except RepositoryNotFound:
             return "gone"  # purged already
         except RepositoryNotMarked:
-            log.warning("purge_refused", reason="the repository is no longer marked for deletion")
+            log.warning(
+                "purge_refused",
+                reason="the repository is no longer marked for deletion",
+                event_id=item.event_id,
+                repository=item.repository_path,
+            )
             return "not-marked"
         if report.incomplete:
             return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")
