@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -36,6 +37,18 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+async def reach_broker(start: Callable[[], Awaitable[None]], *, wait_s: float) -> None:
+    """``start()`` a client, retrying with backoff while the broker is unreachable, for up
+    to ``wait_s`` seconds; then BrokerUnavailable."""
+    await reach(
+        start,
+        errors=(KafkaConnectionError,),
+        wait_s=wait_s,
+        unavailable=lambda reason: BrokerUnavailable(f"cannot reach the Kafka broker: {reason}"),
+        event="broker_unreachable",
+    )
+
+
 async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str]:
     """Create the collector's topics that are missing; return the names created."""
     wanted = {
@@ -45,13 +58,7 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
         settings.topic_dead_letter: 1,
     }
     admin = AIOKafkaAdminClient(**client_options(settings))
-    await reach(
-        admin.start,
-        errors=(KafkaConnectionError,),
-        wait_s=wait_s,
-        unavailable=lambda reason: BrokerUnavailable(f"cannot reach the Kafka broker: {reason}"),
-        event="broker_unreachable",
-    )
+    await reach_broker(admin.start, wait_s=wait_s)
     try:
         missing = sorted(set(wanted) - set(await admin.list_topics()))
         if missing:

@@ -11,16 +11,15 @@ from collections.abc import Sequence
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
-from collector.backoff import reach
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import repositories
 from collector.engine.context import ms_to_datetime
 from collector.errors import BrokerUnavailable, ConfigError
-from collector.kafka import client_options
+from collector.kafka import client_options, reach_broker
 from events import (
     CloudEvent,
     RepoDeleted,
@@ -84,15 +83,7 @@ async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[C
     events = [request_event(request, source=SOURCE) for request in requests]
     producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **client_options(settings))
     try:
-        await reach(
-            producer.start,
-            errors=(KafkaConnectionError,),
-            wait_s=settings.connect_wait_s,
-            unavailable=lambda reason: BrokerUnavailable(
-                f"cannot reach the Kafka broker: {reason}"
-            ),
-            event="broker_unreachable",
-        )
+        await reach_broker(producer.start, wait_s=settings.connect_wait_s)
         deliveries = []
         for request, event in zip(requests, events, strict=True):
             value, headers = to_record(event)

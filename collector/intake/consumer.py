@@ -21,10 +21,10 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from collector import metrics
-from collector.backoff import Backoff, Outage, reach
+from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS
 from collector.engine.context import Clock
@@ -32,7 +32,7 @@ from collector.errors import BrokerUnavailable, CollectorError, DatabaseUnavaila
 from collector.intake.admission import Refusal, admit
 from collector.intake.dead_letters import DeadLetters
 from collector.intake.offsets import OffsetTracker
-from collector.kafka import client_options
+from collector.kafka import client_options, reach_broker
 from collector.work import queue
 from events import DecodeError, Request, decode_request
 
@@ -100,15 +100,7 @@ class Intake:
         )
         consumer.subscribe([self._topic], listener=_HandOver(self))
         try:
-            await reach(
-                consumer.start,
-                errors=(KafkaConnectionError,),
-                wait_s=self._settings.connect_wait_s,
-                unavailable=lambda reason: BrokerUnavailable(
-                    f"cannot reach the Kafka broker: {reason}"
-                ),
-                event="broker_unreachable",
-            )
+            await reach_broker(consumer.start, wait_s=self._settings.connect_wait_s)
         except BaseException:
             await consumer.stop()
             raise

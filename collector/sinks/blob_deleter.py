@@ -38,14 +38,14 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaError
 
-from collector.backoff import Backoff, Outage, reach
+from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, create_pool
 from collector.db.queries import load_queries
-from collector.errors import BrokerUnavailable, CollectorError, StorageError
-from collector.kafka import client_options
+from collector.errors import CollectorError, StorageError
+from collector.kafka import client_options, reach_broker
 from collector.sinks.decode import InvalidRecord, decode_event, removal_of
 from collector.sinks.storage import (
     FilesystemStorage,
@@ -161,15 +161,7 @@ class BlobDeleter:
                 [topic], listener=_Rebalance(lambda: self._settle(consumer), self._on_assigned)
             )
             try:
-                await reach(
-                    consumer.start,
-                    errors=(KafkaConnectionError,),
-                    wait_s=settings.connect_wait_s,
-                    unavailable=lambda reason: BrokerUnavailable(
-                        f"cannot reach the Kafka broker: {reason}"
-                    ),
-                    event="broker_unreachable",
-                )
+                await reach_broker(consumer.start, wait_s=settings.connect_wait_s)
                 await self._consume(consumer)
                 await self._commit(consumer)  # whatever a failed commit left
             finally:

@@ -7,7 +7,6 @@ so a replay leaves no trace on the broker and two replays read the same records.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,16 +15,14 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import (
-    KafkaConnectionError,
     KafkaError,
     UnknownTopicOrPartitionError,
     for_code,
 )
 
-from collector.backoff import reach
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, ConfigError
-from collector.kafka import client_options
+from collector.kafka import client_options, reach_broker
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +50,7 @@ async def replay(settings: Settings, topic: str, *, since: datetime | None = Non
             group_id=None, enable_auto_commit=False, **client_options(settings)
         )
         try:
-            await _start(consumer.start, settings)
+            await reach_broker(consumer.start, wait_s=settings.connect_wait_s)
             records = await _read(consumer, topic, partitions, since, settings.connect_wait_s)
         finally:
             try:
@@ -66,22 +63,12 @@ async def replay(settings: Settings, topic: str, *, since: datetime | None = Non
     return records
 
 
-async def _start(start: Callable[[], Awaitable[None]], settings: Settings) -> None:
-    await reach(
-        start,
-        errors=(KafkaConnectionError,),
-        wait_s=settings.connect_wait_s,
-        unavailable=lambda reason: BrokerUnavailable(f"cannot reach the Kafka broker: {reason}"),
-        event="broker_unreachable",
-    )
-
-
 async def _partitions(settings: Settings, topic: str) -> list[int]:
     """The topic's partition ids, asked of the broker (a consumer without a group or a
     subscription keeps no metadata for it)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     try:
-        await _start(admin.start, settings)
+        await reach_broker(admin.start, wait_s=settings.connect_wait_s)
         [described] = await admin.describe_topics([topic])
     finally:
         await admin.close()
