@@ -47,11 +47,12 @@ class Received:
         return decoded
 
 
-def pipeline_settings(database_url: str, **overrides: Any) -> Settings:
-    """Settings on ``database_url`` with topics and a group of their own."""
+def pipeline_settings(database_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings with topics and a group of their own, on ``database_url`` (the default
+    one, unused, for what reads Kafka only)."""
     suffix = uuid.uuid4().hex[:12]
     values: dict[str, Any] = {
-        "database_url": database_url,
+        **({} if database_url is None else {"database_url": database_url}),
         "kafka_bootstrap": BOOTSTRAP,
         "topic_requests": f"test.requests.{suffix}",
         "topic_removals": f"test.removals.{suffix}",

@@ -14,13 +14,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings
-from collector.kafka import client_options, ensure_topics
+from collector.kafka import client_options
 from collector.sinks.storage import FilesystemStorage
 from events import BlobRemoved, CloudEvent, RepoSweep, removal_event, request_event, to_record
 from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+from tests.pipeline import pipeline_settings, topics
 
 WAIT_S = 30.0
 
@@ -41,34 +41,21 @@ async def setup(
     own, all named to the collector through its environment variables."""
     url = await create_database("sinks_acceptance")
     suffix = uuid.uuid4().hex[:12]
-    settings = Settings(
-        database_url=url,
-        topic_requests=f"test.requests.{suffix}",
-        topic_removals=f"test.removals.{suffix}",
-        topic_dead_letter=f"test.dead-letter.{suffix}",
-        topic_partitions=2,
-        sink_group_id=f"test.blob-deleter.{suffix}",
-    )
-    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
-    env = {
-        "COLLECTOR_DATABASE_URL": url,
-        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
-        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
-        "COLLECTOR_SINK_GROUP_ID": settings.sink_group_id,
-    }
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    root = tmp_path / "storage"
-    root.mkdir()
-    yield Setup(settings, url, FilesystemStorage(root), env)
-    admin = AIOKafkaAdminClient(**client_options(settings))
-    await admin.start()
-    try:
-        await admin.delete_topics(
-            [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
-        )
-    finally:
-        await admin.close()
+    blob_group = f"test.blob-deleter.{suffix}"
+    async with topics(
+        pipeline_settings(url, topic_partitions=2, sink_group_id=blob_group)
+    ) as settings:
+        env = {
+            "COLLECTOR_DATABASE_URL": url,
+            "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
+            "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
+            "COLLECTOR_SINK_GROUP_ID": settings.sink_group_id,
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        root = tmp_path / "storage"
+        root.mkdir()
+        yield Setup(settings, url, FilesystemStorage(root), env)
 
 
 def digest(n: int) -> str:

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings
 from collector.errors import ConfigError
-from collector.kafka import ensure_topics
 from collector.sinks.audit import Query, audit, json_lines, parse_since, text_lines
 from events import (
     BlobRemoved,
@@ -32,7 +30,9 @@ from events import (
     request_event,
     to_record,
 )
-from tests.integration.test_kafka import WAIT_S, bootstrap, delete_topics
+from tests.integration.test_kafka import WAIT_S, bootstrap
+from tests.pipeline import pipeline_settings
+from tests.pipeline import topics as own_topics
 
 T = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 OLD = datetime(2020, 1, 1, tzinfo=UTC)
@@ -91,16 +91,12 @@ async def topics() -> AsyncIterator[Topics]:
     """Requests and removals topics of this module's own, read by every test (never written
     after setup). Produced in an order that is not time order, with duplicates, an unknown
     cause, a removal without causationid, junk, a non-removal event and old records."""
-    suffix = uuid.uuid4().hex[:12]
-    settings = Settings(
-        kafka_bootstrap=bootstrap(),
-        topic_requests=f"test.requests.{suffix}",
-        topic_removals=f"test.removals.{suffix}",
-        topic_dead_letter=f"test.dead-letter.{suffix}",
-        topic_partitions=2,
-        connect_wait_s=5.0,
-    )
-    await asyncio.wait_for(ensure_topics(settings, wait_s=5.0), WAIT_S)
+    async with own_topics(pipeline_settings(topic_partitions=2)) as settings:
+        yield await _produced(settings)
+
+
+async def _produced(settings: Settings) -> Topics:
+    """The records every test reads, on the settings' topics."""
     web: dict[str, Any] = {"namespace": "acme", "repository": "web", "repository_id": 1}
     gone: dict[str, Any] = {"namespace": "acme", "repository": "gone", "repository_id": 2}
     old: dict[str, Any] = {"namespace": "acme", "repository": "old", "repository_id": 3}
@@ -164,7 +160,7 @@ async def topics() -> AsyncIterator[Topics]:
             (b"acme/old", late_old, None),  # relayed long after the deletion
         ],
     )
-    yield Topics(
+    return Topics(
         settings,
         old_sweep,
         sweep,
@@ -178,14 +174,6 @@ async def topics() -> AsyncIterator[Topics]:
         old_tag,
         late_old,
     )
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(), request_timeout_ms=20_000)
-    await asyncio.wait_for(admin.start(), WAIT_S)
-    try:
-        await delete_topics(
-            admin, [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
-        )
-    finally:
-        await admin.close()
 
 
 async def test_each_removal_is_linked_to_its_request_in_time_order(topics: Topics) -> None:
