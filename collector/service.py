@@ -25,7 +25,6 @@ from aiokafka.errors import KafkaError
 from collector import kafka, metrics
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
-from collector.db.migrations import pending_migrations
 from collector.engine import Callbacks, Engine, EngineConfig
 from collector.engine.context import Clock, SystemClock
 from collector.errors import CollectorError, ConfigError
@@ -103,12 +102,6 @@ class Service:
             wait_s=settings.connect_wait_s,
         )
         try:
-            async with pool.acquire() as conn:
-                if missing := await pending_migrations(conn):
-                    raise ConfigError(
-                        f"the database lacks migration {missing[0].version}"
-                        f" ({missing[0].name}): run `collector migrate` first"
-                    )
             # A consumer subscribed to a missing topic would wait silently forever.
             await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
             callbacks = Callbacks()

@@ -46,7 +46,9 @@ def migrate(
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
 
     async def main() -> None:
-        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        pool = await create_pool(
+            settings.database_url, max_size=1, wait_s=settings.connect_wait_s, migrated=False
+        )
         try:
             async with pool.acquire() as conn:
                 applied = await apply_migrations(conn)

@@ -18,6 +18,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from collector.backoff import reach
+from collector.db.migrations import require_current
 from collector.errors import ConfigError, DatabaseUnavailable
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
@@ -79,14 +80,35 @@ class RollbackDatabase:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int = 10, wait_s: float = 30.0, application_name: str = "collector"
+    dsn: str,
+    *,
+    max_size: int = 10,
+    wait_s: float = 30.0,
+    application_name: str = "collector",
+    migrated: bool = True,
 ) -> asyncpg.Pool[asyncpg.Record]:
     """A pool, retrying with backoff while the server is unreachable.
 
     A server that answers but refuses (no such database, bad credentials) is
-    a configuration error: waiting would not help. ``application_name`` names
-    the connections in ``pg_stat_activity``.
+    a configuration error: waiting would not help. So is, unless ``migrated``
+    is False (for `collector migrate` itself), a database that lacks one of
+    the collector's migrations. ``application_name`` names the connections in
+    ``pg_stat_activity``.
     """
+    pool = await _reach_pool(dsn, max_size, wait_s, application_name)
+    if migrated:
+        try:
+            async with pool.acquire() as conn:
+                await require_current(conn)
+        except BaseException:
+            await pool.close()
+            raise
+    return pool
+
+
+async def _reach_pool(
+    dsn: str, max_size: int, wait_s: float, application_name: str
+) -> asyncpg.Pool[asyncpg.Record]:
     try:
         return await reach(
             lambda: asyncpg.create_pool(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 import structlog
 
-from collector.db.connector import Connection
 from collector.errors import ConfigError
+
+if TYPE_CHECKING:  # the connector checks migrations with this module
+    from collector.db.connector import Connection
 
 log = structlog.get_logger(__name__)
 
@@ -76,3 +79,13 @@ async def pending_migrations(conn: Connection) -> list[Migration]:
         return available_migrations()
     done = {row["version"] for row in await conn.fetch("SELECT version FROM gc.schema_migration")}
     return [migration for migration in available_migrations() if migration.version not in done]
+
+
+async def require_current(conn: Connection) -> None:
+    """Refuse a database that lacks any of this collector's migrations: every query
+    would fail on a missing table or column."""
+    if missing := await pending_migrations(conn):
+        raise ConfigError(
+            f"the database lacks migration {missing[0].version}"
+            f" ({missing[0].name}): run `collector migrate` first"
+        )

@@ -211,6 +211,33 @@ async def test_a_database_that_refuses_is_a_configuration_error(url: str) -> Non
     assert "cannot use the database" in single_error_line(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["collect", "--all"],
+        ["collect", "acme/app"],
+        ["verify"],
+        ["publish", "repo-sweep", "acme/app"],
+        ["scan"],
+        ["sink", "blob-deleter", "--storage-root", "."],
+        ["demo"],
+    ],
+    ids=" ".join,
+)
+async def test_every_command_refuses_an_unmigrated_database_with_one_line(
+    create_database: CreateDatabase, command: list[str]
+) -> None:
+    """Not a traceback about a missing table: exit 2, one line naming the fix."""
+    bare = await create_database("cli_bare", template="template0")
+
+    result = run_collector(*command, env={"COLLECTOR_DATABASE_URL": bare})
+
+    assert result.returncode == 2
+    assert single_error_line(result.stderr) == (
+        "collector: error: the database lacks migration 1 (registry): run `collector migrate` first"
+    )
+
+
 async def test_migrate_is_idempotent(create_database: CreateDatabase) -> None:
     """migrate on a migrated database applies nothing and says so."""
     url = await create_database("cli_migrate")
