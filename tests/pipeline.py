@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from collector.config import Settings
-from collector.kafka import ensure_topics
+from collector.kafka import client_options, ensure_topics
 from events import RepoSweep, RequestData, request_event, to_record
 from tests.registry import Registry
 
@@ -74,9 +74,7 @@ async def topics(settings: Settings) -> AsyncIterator[Settings]:
     try:
         yield settings
     finally:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=20_000
-        )
+        admin = AIOKafkaAdminClient(request_timeout_ms=20_000, **client_options(settings))
         await asyncio.wait_for(admin.start(), WAIT_S)
         try:
             names = [settings.topic_requests, settings.topic_removals, settings.topic_dead_letter]
@@ -91,11 +89,16 @@ def request(data: RequestData, *, event_id: str | None = None) -> Record:
     return Record(data.repository_path.encode(), value, headers)
 
 
+def connection(via: Settings | None) -> dict[str, Any]:
+    """How to reach the broker ``via`` some settings' (the shared test broker by default)."""
+    return {"bootstrap_servers": BOOTSTRAP} if via is None else client_options(via)
+
+
 async def produce(
-    topic: str, records: Sequence[Record], *, bootstrap: str = BOOTSTRAP, **options: Any
+    topic: str, records: Sequence[Record], *, via: Settings | None = None, **options: Any
 ) -> None:
     """Send ``records`` in order and wait for the broker's acknowledgement."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **options)
+    producer = AIOKafkaProducer(acks="all", **connection(via), **options)
     await asyncio.wait_for(producer.start(), WAIT_S)
     try:
         for record in records:
@@ -107,11 +110,11 @@ async def produce(
 
 
 async def read_topic(
-    topic: str, partitions: int = 3, *, bootstrap: str = BOOTSTRAP
+    topic: str, partitions: int = 3, *, via: Settings | None = None
 ) -> list[Received]:
     """Every record of ``topic`` (of so many partitions) up to its current end, by
     partition then offset."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, **connection(via))
     await asyncio.wait_for(consumer.start(), WAIT_S)
     try:
         assigned = [TopicPartition(topic, p) for p in range(partitions)]
