@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, ValidationError
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from collector.errors import ConfigError
@@ -27,11 +29,15 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(default=12, ge=1)
     #: -1: the broker's default.replication.factor.
     topic_replication_factor: int = Field(default=-1, ge=-1)
-    kafka_security_protocol: str = "PLAINTEXT"
-    kafka_sasl_mechanism: str | None = None
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    #: The CA bundle that signed the brokers' certificates (default: the system's).
     kafka_ssl_cafile: str | None = None
+    #: A client certificate (PEM, with its chain) and key, for brokers that require one.
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
 
     #: How long a command waits for an unreachable database or broker before
     #: it gives up with a one-line error (retrying with backoff meanwhile).
@@ -64,6 +70,32 @@ class Settings(BaseSettings):
     #: (rolled back, and redone by the next run).
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Self:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise ValueError(
+                f"kafka_security_protocol {self.kafka_security_protocol} needs"
+                " kafka_sasl_mechanism, kafka_sasl_username and kafka_sasl_password"
+            )
+        if sasl and self.kafka_sasl_password is None:
+            raise ValueError("kafka_sasl_password is needed with kafka_sasl_username")
+        if not sasl and self.kafka_sasl_mechanism:
+            raise ValueError(
+                f"kafka_sasl_mechanism is set but kafka_security_protocol is"
+                f" {self.kafka_security_protocol}: use SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        tls = self.kafka_security_protocol in ("SSL", "SASL_SSL")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not tls and any(tls_files):
+            raise ValueError(
+                f"kafka_ssl_* files are set but kafka_security_protocol is"
+                f" {self.kafka_security_protocol}: use SSL or SASL_SSL"
+            )
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+        return self
+
 
 def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with the given non-None overrides (flags win).
@@ -78,6 +110,9 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**update)  # type: ignore[arg-type]  # validated right here
     except ValidationError as exc:
         error = exc.errors()[0]
+        if not error["loc"]:  # a rule across settings: its message names them
+            message = error["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"invalid settings: {message}") from exc
         field = ".".join(str(part) for part in error["loc"])
         raise ConfigError(f"invalid setting {field}: {error['msg']}") from exc
     except SettingsError as exc:  # e.g. a list variable that is not JSON

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
 
 from collector.backoff import reach
 from collector.config import Settings
-from collector.errors import BrokerUnavailable, CollectorError
+from collector.errors import BrokerUnavailable, CollectorError, ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -28,7 +40,14 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "security_protocol": settings.kafka_security_protocol,
     }
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+        try:
+            options["ssl_context"] = create_ssl_context(
+                cafile=settings.kafka_ssl_cafile,
+                certfile=settings.kafka_ssl_certfile,
+                keyfile=settings.kafka_ssl_keyfile,
+            )
+        except (OSError, ssl.SSLError) as exc:  # a missing file, or not PEM
+            raise ConfigError(f"cannot use the Kafka TLS files: {exc}") from exc
     if settings.kafka_sasl_mechanism:
         options["sasl_mechanism"] = settings.kafka_sasl_mechanism
         options["sasl_plain_username"] = settings.kafka_sasl_username
@@ -37,11 +56,63 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+#: Why a broker turned a client away that waiting will not change: credentials,
+#: mechanism, certificates. These are configuration errors.
+_REFUSALS = (
+    SaslAuthenticationFailed,
+    AuthenticationFailedError,
+    AuthenticationMethodNotSupported,
+    UnsupportedSaslMechanismError,
+    ssl.SSLCertVerificationError,
+)
+
+
+class _BootstrapFailures(logging.Filter):
+    """aiokafka logs why each bootstrap connection failed, then raises a bare "Unable to
+    bootstrap": this keeps the last why."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cause = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        if isinstance(cause, BaseException):
+            self.last = cause
+        return True
+
+
+@contextmanager
+def _bootstrap_failures() -> Iterator[_BootstrapFailures]:
+    logger = logging.getLogger("aiokafka")  # where aiokafka's client logs
+    failures = _BootstrapFailures()
+    logger.addFilter(failures)
+    try:
+        yield failures
+    finally:
+        logger.removeFilter(failures)
+
+
 async def reach_broker(start: Callable[[], Awaitable[None]], *, wait_s: float) -> None:
     """``start()`` a client, retrying with backoff while the broker is unreachable, for up
-    to ``wait_s`` seconds; then BrokerUnavailable."""
+    to ``wait_s`` seconds; then BrokerUnavailable. A broker that refuses the client's
+    credentials or certificates is a ConfigError at once."""
+
+    async def start_or_refuse() -> None:
+        with _bootstrap_failures() as failures:
+            try:
+                await start()
+            except KafkaConnectionError as exc:
+                if isinstance(failures.last, _REFUSALS):
+                    raise ConfigError(f"the Kafka broker refused us: {failures.last}") from exc
+                if failures.last is None:
+                    raise
+                raise KafkaConnectionError(
+                    f"no bootstrap server answered: {failures.last}"
+                ) from exc
+
     await reach(
-        start,
+        start_or_refuse,
         errors=(KafkaConnectionError,),
         wait_s=wait_s,
         unavailable=lambda reason: BrokerUnavailable(f"cannot reach the Kafka broker: {reason}"),

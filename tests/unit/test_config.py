@@ -57,7 +57,7 @@ def test_load_settings_returns_settings() -> None:
         ("COLLECTOR_TOPIC_REMOVALS", "topic_removals", "acme.gc.removals"),
         ("COLLECTOR_TOPIC_DEAD_LETTER", "topic_dead_letter", "acme.gc.dlq"),
         ("COLLECTOR_GROUP_ID", "group_id", "acme-collector"),
-        ("COLLECTOR_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "SASL_SSL"),
+        ("COLLECTOR_KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol", "SSL"),
     ],
 )
 def test_environment_variable_is_read(
@@ -85,11 +85,79 @@ def test_environment_list_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_environment_secret_is_kept_secret(monkeypatch: pytest.MonkeyPatch) -> None:
     """The SASL password is read from the environment and not shown in the settings' repr."""
+    monkeypatch.setenv("COLLECTOR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("COLLECTOR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("COLLECTOR_KAFKA_SASL_USERNAME", "gc")
     monkeypatch.setenv("COLLECTOR_KAFKA_SASL_PASSWORD", "hunter2")
     settings = load_settings()
     assert settings.kafka_sasl_password is not None
     assert settings.kafka_sasl_password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings)
+
+
+SASL = {"kafka_sasl_mechanism": "PLAIN", "kafka_sasl_username": "gc"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"kafka_security_protocol": "SASL_SSL"},
+            "invalid settings: kafka_security_protocol SASL_SSL needs kafka_sasl_mechanism,"
+            " kafka_sasl_username and kafka_sasl_password",
+        ),
+        (
+            {"kafka_security_protocol": "SASL_PLAINTEXT", **SASL},
+            "invalid settings: kafka_sasl_password is needed with kafka_sasl_username",
+        ),
+        (
+            {**SASL, "kafka_sasl_password": "pw"},
+            "invalid settings: kafka_sasl_mechanism is set but kafka_security_protocol is"
+            " PLAINTEXT: use SASL_SSL (or SASL_PLAINTEXT)",
+        ),
+        (
+            {"kafka_ssl_cafile": "/ca.pem"},
+            "invalid settings: kafka_ssl_* files are set but kafka_security_protocol is"
+            " PLAINTEXT: use SSL or SASL_SSL",
+        ),
+        (
+            {"kafka_security_protocol": "SSL", "kafka_ssl_keyfile": "/client.key"},
+            "invalid settings: kafka_ssl_keyfile needs kafka_ssl_certfile",
+        ),
+        (
+            {"kafka_security_protocol": "TLS"},
+            "invalid setting kafka_security_protocol: Input should be 'PLAINTEXT', 'SSL',"
+            " 'SASL_PLAINTEXT' or 'SASL_SSL'",
+        ),
+        (
+            {"kafka_security_protocol": "SASL_SSL", **SASL, "kafka_sasl_mechanism": "GSSAPI"},
+            "invalid setting kafka_sasl_mechanism: Input should be 'PLAIN', 'SCRAM-SHA-256'"
+            " or 'SCRAM-SHA-512'",
+        ),
+    ],
+)
+def test_incomplete_or_contradictory_kafka_security_is_refused(
+    settings: dict[str, str], message: str
+) -> None:
+    """Half a security setup would fail later, at the broker, with a vaguer error."""
+    with pytest.raises(ConfigError) as refused:
+        load_settings(**settings)
+    assert str(refused.value) == message
+
+
+def test_complete_kafka_security_is_accepted() -> None:
+    settings = load_settings(
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_password="pw",
+        kafka_ssl_cafile="/ca.pem",
+        kafka_ssl_certfile="/client.pem",
+        kafka_ssl_keyfile="/client.key",
+        **SASL,
+    )
+    assert (settings.kafka_security_protocol, settings.kafka_sasl_mechanism) == (
+        "SASL_SSL",
+        "PLAIN",
+    )
 
 
 def test_override_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
