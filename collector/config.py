@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
 
+    #: How long a publish waits for the broker's acknowledgement; then the
+    #: producer is restarted and the outage logged (the events wait meanwhile).
+    kafka_produce_timeout_s: float = Field(default=30.0, ge=1, le=600)
+
     #: How long a command waits for an unreachable database or broker before
     #: it gives up with a one-line error (retrying with backoff meanwhile).
     connect_wait_s: float = Field(default=30.0, ge=0)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
     KafkaConnectionError,
     KafkaError,
+    KafkaTimeoutError,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
@@ -22,7 +25,7 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from collector.backoff import reach
+from collector.backoff import Outage, reach
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, CollectorError, ConfigError
 
@@ -54,6 +57,41 @@ def client_options(settings: Settings) -> dict[str, Any]:
         if settings.kafka_sasl_password is not None:
             options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return options
+
+
+def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A producer that loses nothing: idempotent, acknowledged by every in-sync replica,
+    giving up on a send after ``kafka_produce_timeout_s``."""
+    return AIOKafkaProducer(
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=int(settings.kafka_produce_timeout_s * 1000),
+        **client_options(settings),
+        **options,
+    )
+
+
+async def acknowledged(
+    deliveries: Sequence[asyncio.Future[Any]], *, settings: Settings, broker: Outage
+) -> None:
+    """Wait until the broker acknowledged every delivery; raise the first one's error.
+
+    An idempotent producer retries a batch until it lands and never gives up on
+    it, so a broker outage is a delivery that takes long: past
+    ``kafka_produce_timeout_s`` it is logged (once, through ``broker``) and the
+    wait goes on. Nothing is sent twice for it.
+    """
+    patience_s = settings.kafka_produce_timeout_s
+    pending: set[asyncio.Future[Any]] = set(deliveries)
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=patience_s)
+        if pending:
+            broker.failed(
+                KafkaTimeoutError(f"{len(pending)} event(s) not acknowledged in {patience_s} s")
+            )
+    for delivery in deliveries:
+        if (error := delivery.exception()) is not None:
+            raise error
 
 
 #: Why a broker turned a client away that waiting will not change: credentials,

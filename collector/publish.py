@@ -10,16 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from collector import kafka
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import repositories
 from collector.engine.context import ms_to_datetime
 from collector.errors import BrokerUnavailable, ConfigError
-from collector.kafka import client_options, reach_broker
 from events import (
     CloudEvent,
     RepoDeleted,
@@ -81,9 +80,9 @@ async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[C
     """Put the requests on the requests topic, keyed by repository; returns the events
     once the broker acknowledged every one."""
     events = [request_event(request, source=SOURCE) for request in requests]
-    producer = AIOKafkaProducer(acks="all", enable_idempotence=True, **client_options(settings))
+    producer = kafka.producer(settings)
     try:
-        await reach_broker(producer.start, wait_s=settings.connect_wait_s)
+        await kafka.reach_broker(producer.start, wait_s=settings.connect_wait_s)
         deliveries = []
         for request, event in zip(requests, events, strict=True):
             value, headers = to_record(event)

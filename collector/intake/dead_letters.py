@@ -7,14 +7,13 @@ import uuid
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from collector import metrics
+from collector import kafka, metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.errors import BrokerUnavailable
-from collector.kafka import DEAD_LETTER_MAX_BYTES, client_options
+from collector.kafka import DEAD_LETTER_MAX_BYTES
 from events import CloudEvent, rejection_event, to_record
 
 log = structlog.get_logger(__name__)
@@ -99,7 +98,8 @@ class DeadLetters:
         while True:
             try:
                 producer = await self._started()
-                await producer.send_and_wait(self._topic, value, key=record.key, headers=headers)
+                delivery = await producer.send(self._topic, value, key=record.key, headers=headers)
+                await kafka.acknowledged([delivery], settings=self._settings, broker=broker)
             except MessageSizeTooLargeError:
                 raise
             except KafkaError as exc:
@@ -121,13 +121,8 @@ class DeadLetters:
 
     async def _start(self) -> Any:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                acks="all",
-                enable_idempotence=True,
-                # A refused value of up to 1 MiB, base64 encoded, inside its envelope.
-                max_request_size=DEAD_LETTER_MAX_BYTES,
-                **client_options(self._settings),
-            )
+            # A refused value of up to 1 MiB, base64 encoded, inside its envelope.
+            producer = kafka.producer(self._settings, max_request_size=DEAD_LETTER_MAX_BYTES)
             try:
                 await producer.start()
             except BaseException:

@@ -28,7 +28,6 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -37,13 +36,12 @@ from aiokafka.errors import (
 )
 from asyncpg.transaction import Transaction
 
-from collector import metrics
+from collector import kafka, metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, Connection
 from collector.db.queries import load_queries
 from collector.errors import CollectorError
-from collector.kafka import client_options
 from collector.outbox import store
 from events import CONTENT_TYPE
 
@@ -99,6 +97,7 @@ class Relay:
         self.claims = 0
         #: Publication attempts that failed on the broker.
         self.publish_failures = 0
+        self._broker = Outage("broker")
 
     async def pending(self) -> int:
         """How many events still wait for publication (by any relay)."""
@@ -169,7 +168,7 @@ class Relay:
 
     async def _publish_loop(self, conn: Connection) -> None:
         producer: Any = None
-        backoff, broker = Backoff(), Outage("broker")
+        backoff, broker = Backoff(), self._broker
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
@@ -198,9 +197,7 @@ class Relay:
                 await _stop_producer(producer)
 
     async def _start_producer(self) -> Any:
-        producer = AIOKafkaProducer(
-            acks="all", enable_idempotence=True, **client_options(self._settings)
-        )
+        producer = kafka.producer(self._settings)
         try:
             await producer.start()
         except BaseException:
@@ -259,12 +256,11 @@ class Relay:
                         headers=_HEADERS,
                     )
                 )
-        finally:
-            # Even after a failure: nothing of this batch may still be on its way.
-            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        except BaseException:
+            # Nothing of this batch may still be on its way when the error is handled.
+            await asyncio.gather(*deliveries, return_exceptions=True)
+            raise
+        await kafka.acknowledged(deliveries, settings=self._settings, broker=self._broker)
 
     async def _settle(
         self, conn: Connection, transaction: Transaction, rows: list[asyncpg.Record]

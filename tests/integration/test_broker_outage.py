@@ -10,7 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import structlog
+from aiokafka import ConsumerRecord
 
+from collector.intake.dead_letters import DeadLetters
 from collector.service import Service
 from collector.work import queue
 from collector.work.queue import WorkItem
@@ -55,7 +57,9 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
     events wait in the outbox); when the broker is back it consumes again and
     publishes every event: nothing lost, no stage failed, no restart needed."""
     sweeps = await expired_repositories(registry, 15)
-    settings = pipeline_settings(database_url, kafka_bootstrap=spare_broker.bootstrap)
+    settings = pipeline_settings(
+        database_url, kafka_bootstrap=spare_broker.bootstrap, kafka_produce_timeout_s=1
+    )
     async with topics(settings):
         service = Service(settings, clock=clock)
         with structlog.testing.capture_logs() as logs:
@@ -92,6 +96,11 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
 
     assert pending > 0, "the outage held events back in the outbox"
     assert not [e for e in logs if e["log_level"] == "error"], "no stage failed"
+    # The relay's deliveries waited past COLLECTOR_KAFKA_PRODUCE_TIMEOUT_S: logged once
+    # per stage that noticed, each followed by its recovery.
+    broker = [e["event"] for e in logs if e["event"].startswith("broker_")]
+    assert 1 <= broker.count("broker_unavailable") == broker.count("broker_recovered") <= 2
+    assert broker[-1] == "broker_recovered"
     outbox = {str(row["event_id"]) for row in await db.fetch("SELECT event_id FROM gc.outbox")}
     assert len(outbox) == 15 * 2  # a tag and a manifest per repository
     assert {r.event["id"] for r in published} == outbox
@@ -106,3 +115,51 @@ async def _count_is(db: asyncpg.Pool[asyncpg.Record], count: int) -> bool:
 async def _all_published(db: asyncpg.Pool[asyncpg.Record]) -> bool:
     pending: int = await db.fetchval("SELECT count(*) FROM gc.outbox WHERE published_at IS NULL")
     return pending == 0
+
+
+def refused_record(topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"acme/app",
+        value=b"{not json",
+        checksum=None,
+        serialized_key_size=8,
+        serialized_value_size=9,
+        headers=(),
+    )
+
+
+async def test_a_dead_letter_waits_out_a_broker_outage(spare_broker: SpareBroker) -> None:
+    """A refusal that cannot be published is retried (the outage logged once) until the
+    broker is back, then published whole: the intake holds its offset meanwhile."""
+    settings = pipeline_settings(kafka_bootstrap=spare_broker.bootstrap, kafka_produce_timeout_s=2)
+    async with topics(settings):
+        letters = DeadLetters(settings, stopping=asyncio.Event())
+        try:
+            with structlog.testing.capture_logs() as logs:
+                first = refused_record(settings.topic_requests, 0)
+                await letters.send(first, "malformed-json", "not JSON", None)
+                await spare_broker.down()
+                second = refused_record(settings.topic_requests, 1)
+                sending = asyncio.create_task(
+                    letters.send(second, "malformed-json", "not JSON", None)
+                )
+                await until(lambda: "broker_unavailable" in [e["event"] for e in logs])
+                assert not sending.done(), "published with the broker down"
+
+                await spare_broker.up()
+                await asyncio.wait_for(sending, 90)
+        finally:
+            await letters.stop()
+        received = await read_topic(settings.topic_dead_letter, partitions=1, via=settings)
+
+    events = [entry["event"] for entry in logs]
+    assert events.count("broker_unavailable") == 1
+    assert events.count("broker_recovered") == 1
+    assert {r.event["data"]["offset"] for r in received} == {0, 1}
+    assert {r.event["data"]["value"] for r in received} == {"{not json"}
+    assert letters.sent == {"malformed-json": 2}
