@@ -68,6 +68,9 @@ _SESSION_SETTINGS = {
     "tcp_keepalives_idle": "10",
     "tcp_keepalives_interval": "5",
     "tcp_keepalives_count": "3",
+    # A batch's transaction waits, idle, for the broker's acknowledgement (through
+    # an outage, if need be); ending it would drop the relay lock mid-batch.
+    "idle_in_transaction_session_timeout": "0",
 }
 
 

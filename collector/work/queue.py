@@ -87,6 +87,7 @@ async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> Non
 async def claim(conn: Connection, now_ms: int, limit: int) -> list[WorkItem]:
     """Lock up to ``limit`` requests due, each of a different repository (see
     ``work.sql``); hold the transaction while working on them."""
+    await conn.execute(_QUERIES["keep_claim_open"])
     rows = await conn.fetch(_QUERIES["claim"], now_ms, limit)
     return [WorkItem(**dict(row)) for row in rows]
 

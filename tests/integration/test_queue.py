@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from collector.db.connector import Connection
@@ -98,3 +100,26 @@ async def test_a_batch_claim_takes_the_oldest_request_of_each_repository(
     finally:
         for conn in (first, second):
             await db.release(conn)
+
+
+async def test_a_claim_outlives_the_server_s_idle_in_transaction_timeout(
+    db: asyncpg.Pool[asyncpg.Record], database_url: str
+) -> None:
+    """A claim sits idle in its transaction while the engine works on other connections.
+    A server or role setting of idle_in_transaction_session_timeout shorter than that
+    work must not end the claim's session, which would redo the work."""
+    async with db.acquire() as conn:
+        await queue.admit(conn, [item("long", 1)], NOW_MS)
+    strict = {"idle_in_transaction_session_timeout": "100"}  # ms
+    conn = await asyncpg.connect(database_url, server_settings=strict)
+    try:
+        async with conn.transaction():
+            claimed = await claim_one(conn)
+            assert claimed is not None
+            assert claimed.id is not None
+            await asyncio.sleep(0.5)  # the engine at work
+            await queue.finish(conn, claimed.id, "collected", "test")
+    finally:
+        await conn.close()
+    outcome = await db.fetchval("SELECT outcome FROM gc.request WHERE event_id = 'long'")
+    assert outcome == "collected"

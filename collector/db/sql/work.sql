@@ -32,6 +32,12 @@ FROM unnest(
 ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
 
+-- name: keep_claim_open
+-- A claim's transaction sits idle while the engine works on other connections:
+-- a server's or role's idle_in_transaction_session_timeout must not end it
+-- (the work would be redone). For this transaction only.
+SET LOCAL idle_in_transaction_session_timeout = 0
+
 -- name: claim
 -- Lock the $2 oldest requests due at $1 among the heads: each repository's
 -- oldest due request. A repository's requests run one at a time, in arrival
