@@ -111,15 +111,15 @@ async def test_a_claim_outlives_the_server_s_idle_in_transaction_timeout(
     async with db.acquire() as conn:
         await queue.admit(conn, [item("long", 1)], NOW_MS)
     strict = {"idle_in_transaction_session_timeout": "100"}  # ms
-    conn = await asyncpg.connect(database_url, server_settings=strict)
+    worker = await asyncpg.connect(database_url, server_settings=strict)
     try:
-        async with conn.transaction():
-            claimed = await claim_one(conn)
+        async with worker.transaction():
+            claimed = await claim_one(worker)
             assert claimed is not None
             assert claimed.id is not None
             await asyncio.sleep(0.5)  # the engine at work
-            await queue.finish(conn, claimed.id, "collected", "test")
+            await queue.finish(worker, claimed.id, "collected", "test")
     finally:
-        await conn.close()
+        await worker.close()
     outcome = await db.fetchval("SELECT outcome FROM gc.request WHERE event_id = 'long'")
     assert outcome == "collected"
