@@ -101,6 +101,15 @@ async def finish(conn: Connection, request_id: int, outcome: str, finished_by: s
     await conn.execute(_QUERIES["finish"], request_id, outcome, finished_by)
 
 
+async def finish_stale(
+    conn: Connection, repository_ids: Sequence[int], finished_by: str
+) -> list[WorkItem]:
+    """Finish, as ``stale``, the tag expiries of these repositories that can only be
+    stale (see ``work.sql``); return them."""
+    rows = await conn.fetch(_QUERIES["finish_stale"], list(repository_ids), finished_by)
+    return [WorkItem(**dict(row)) for row in rows]
+
+
 async def defer(conn: Connection, request_id: int, due_at_ms: int) -> None:
     await conn.execute(_QUERIES["defer"], request_id, due_at_ms)
 

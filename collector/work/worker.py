@@ -129,12 +129,17 @@ class Workers:
                         await queue.defer(conn, item.id, outcome.due_at_ms)
                     else:
                         await queue.finish(conn, item.id, outcome, self._name)
+                # The expiries queued behind these that the work made stale end now.
+                repositories = [item.repository_id for item in items]
+                stale = await queue.finish_stale(conn, repositories, self._name)
             finally:
                 self.busy -= len(items)
         # Counted once committed: a commit lost with the connection redoes the requests.
         seconds = time.monotonic() - started
         for item, outcome in zip(items, outcomes, strict=True):
             self._record(item, outcome, seconds)
+        for item in stale:
+            self._record(item, "stale", seconds)
         # The repositories' next requests may be claimable now: idle workers, look.
         self.wake()
         return True

@@ -9,6 +9,7 @@ import asyncpg
 from collector.db.connector import Connection
 from collector.work import queue
 from collector.work.queue import WorkItem
+from tests.registry import DAY_MS, Registry
 
 NOW_MS = 1_000_000
 
@@ -123,3 +124,59 @@ async def test_a_claim_outlives_the_server_s_idle_in_transaction_timeout(
         await worker.close()
     outcome = await db.fetchval("SELECT outcome FROM gc.request WHERE event_id = 'long'")
     assert outcome == "collected"
+
+
+def expiry(event_id: str, repository_id: int, tag_id: int, lifetime_end_ms: int) -> WorkItem:
+    return WorkItem(
+        source="/t",
+        event_id=event_id,
+        event_type="tag-expired",
+        repository_id=repository_id,
+        repository_path="acme/app",
+        tag_id=tag_id,
+        lifetime_end_ms=lifetime_end_ms,
+    )
+
+
+async def test_finish_stale_ends_exactly_the_expiries_that_can_only_be_stale(
+    db: asyncpg.Pool[asyncpg.Record], registry: Registry
+) -> None:
+    """Of a repository's queued requests, the tag expiries whose tag is gone or has
+    another lifetime end now are finished as stale, due or not; valid expiries, other
+    request types and other repositories' requests are left alone."""
+    acme = await registry.namespace("acme")
+    app, other = await registry.repository(acme, "app"), await registry.repository(acme, "other")
+    manifest = await registry.manifest(app)
+    end = registry.now_ms - DAY_MS
+    valid = await registry.tag(app, manifest, "valid", end_ms=end)
+    restored = await registry.tag(app, manifest, "restored", end_ms=None)
+    elsewhere = await registry.tag(other, await registry.manifest(other), "x", end_ms=end)
+    async with db.acquire() as conn:
+        await queue.admit(
+            conn,
+            [
+                expiry("valid", app, valid, end),
+                expiry("gone", app, 999_999, end),
+                expiry("restored", app, restored, end),
+                expiry("re-expired", app, valid, end - 1),
+                expiry("moved", app, elsewhere, end),  # the tag is in another repository
+                item("sweep", app),
+                expiry("other-repo-gone", other, 999_999, end),
+            ],
+            NOW_MS,
+        )
+        await conn.execute("UPDATE gc.request SET due_at_ms = $1 WHERE event_id = 'gone'", 2**60)
+        async with conn.transaction():
+            stale = await queue.finish_stale(conn, [app], "test")
+        rows = await conn.fetch("SELECT event_id, outcome FROM gc.request ORDER BY id")
+
+    assert sorted(s.event_id for s in stale) == ["gone", "moved", "re-expired", "restored"]
+    assert {row["event_id"]: row["outcome"] for row in rows} == {
+        "valid": None,
+        "gone": "stale",
+        "restored": "stale",
+        "re-expired": "stale",
+        "moved": "stale",
+        "sweep": None,
+        "other-repo-gone": None,
+    }

@@ -261,6 +261,34 @@ async def test_a_tag_inside_its_window_is_deferred_durably_and_collected_when_du
     assert sorted(kinds) == ["registry.gc.manifest-removed", "registry.gc.tag-removed"]
 
 
+async def test_one_claim_ends_the_expiries_its_collection_made_stale(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A retention policy expires five tags of a repository at once: the first request
+    collects all five, and the four behind it, stale now, end in the same claim (one
+    transaction, one finished_at) instead of waiting for a claim each."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    tags = [
+        await registry.expired_tag(web, await registry.manifest(web), f"v{n}") for n in range(5)
+    ]
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tags[0])
+    await produce(
+        settings.topic_requests, [expiry(web, f"v{n}", tag, end_ms) for n, tag in enumerate(tags)]
+    )
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"collected": 1, "stale": 4}
+    rows = await db.fetch("SELECT outcome, finished_at FROM gc.request ORDER BY id")
+    assert [row["outcome"] for row in rows] == ["collected"] + ["stale"] * 4
+    assert len({row["finished_at"] for row in rows}) == 1
+    assert await db.fetchval("SELECT count(*) FROM tag") == 0
+
+
 async def test_restored_and_re_expired_tags_are_left_alone(
     db: asyncpg.Pool[asyncpg.Record],
     registry: Registry,

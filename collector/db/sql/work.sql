@@ -75,6 +75,33 @@ WHERE t.id = $1 AND t.repository_id = $2
 -- $1 bigint request id, $2 text outcome, $3 text finished by
 UPDATE gc.request SET finished_at = now(), outcome = $2, finished_by = $3 WHERE id = $1
 
+-- name: finish_stale
+-- Finish the requests of these repositories, due or not, whose verdict is
+-- "stale" already: tag-expired requests whose tag is gone or has another
+-- lifetime end now. That verdict never changes (a tag does not get an old
+-- lifetime end back), so they need not wait for their turn: the collection
+-- of a repository's first expiry makes the expiries of its other collected
+-- tags stale, and they end in that claim instead of one claim each.
+-- $1 bigint[] repository ids (whose heads this claim holds), $2 text finished by
+UPDATE gc.request r
+SET finished_at = now(), outcome = 'stale', finished_by = $2
+FROM (
+    SELECT q.id
+    FROM gc.request q
+    WHERE q.repository_id = ANY($1::bigint[]) AND q.finished_at IS NULL
+      AND q.event_type = 'tag-expired'
+      AND NOT EXISTS (
+          SELECT FROM tag t
+          WHERE t.id = q.tag_id AND t.repository_id = q.repository_id
+            AND t.lifetime_end_ms = q.lifetime_end_ms
+      )
+    ORDER BY q.id
+    FOR UPDATE OF q SKIP LOCKED
+) stale
+WHERE r.id = stale.id
+RETURNING r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
+          r.lifetime_end_ms
+
 -- name: defer
 -- $1 bigint request id, $2 bigint due at (ms)
 UPDATE gc.request SET due_at_ms = $2 WHERE id = $1
