@@ -7,6 +7,7 @@ against the database anyway (CONTRACT §2.1).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import structlog
@@ -94,12 +95,21 @@ async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[C
                     headers=headers,
                 )
             )
-        for delivery in deliveries:
-            await delivery
+        # The idempotent producer would retry an unacknowledged send forever.
+        async with asyncio.timeout(settings.kafka_produce_timeout_s):
+            await asyncio.gather(*deliveries)
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot publish to {settings.topic_requests}: {exc}") from exc
+    except TimeoutError as exc:
+        raise BrokerUnavailable(
+            f"the broker did not acknowledge the requests on {settings.topic_requests}"
+            f" within {settings.kafka_produce_timeout_s:g} s"
+        ) from exc
     finally:
-        await producer.stop()
+        try:
+            await asyncio.wait_for(producer.stop(), 10)  # it flushes what is still unsent
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("producer_stop_failed", error=repr(exc))
     for event in events:
         log.info("request_published", event_id=event.id, type=event.type)
     return events

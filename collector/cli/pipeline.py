@@ -8,17 +8,25 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import asyncpg
+import structlog
 import typer
 
 from collector import publish
+from collector.backoff import Backoff
 from collector.cli._app import app
 from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
 from collector.config import load_settings
-from collector.db.connector import Connection, create_pool
+from collector.db.connector import DISCONNECTS, Connection, create_pool
 from collector.engine import SystemClock
+from collector.errors import BrokerUnavailable, DatabaseUnavailable
 from collector.logging import configure_logging
 from collector.service import Service, ServiceSummary
 from events import CloudEvent, RequestData
+
+log = structlog.get_logger(__name__)
+#: What `scan --every` waits out instead of exiting: lost database, unreachable broker.
+_OUTAGES = (DatabaseUnavailable, BrokerUnavailable, *DISCONNECTS)
 
 publish_app = typer.Typer(
     help="Put a request on the requests topic, reading ids from the database.",
@@ -110,24 +118,37 @@ def scan(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        backoff = Backoff(first=1.0, cap=60.0)
         try:
             while True:
-                async with pool.acquire() as conn:
-                    requests = await publish.scan(conn, SystemClock().now_ms())
-                events = await publish.publish(settings, requests) if requests else []
-                for request, event in zip(requests, events, strict=True):
-                    kind = event.type.removeprefix("registry.gc.")
-                    typer.echo(f"published {kind} {request.repository_path} id={event.id}")
-                typer.echo(f"scan: {len(events)} request(s) published", err=True)
-                if every is None:
-                    return
+                try:
+                    await scan_once(pool)
+                except _OUTAGES as exc:
+                    if every is None:
+                        raise
+                    # Kept going: the next scan finds whatever this one missed.
+                    delay = backoff.next()
+                    log.warning("scan_failed", error=str(exc), retry_in_s=round(delay, 1))
+                else:
+                    if every is None:
+                        return
+                    backoff, delay = Backoff(first=1.0, cap=60.0), every
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(every):
+                    async with asyncio.timeout(delay):
                         await stopping.wait()
                 if stopping.is_set():
                     return
         finally:
             await pool.close()
+
+    async def scan_once(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        async with pool.acquire() as conn:
+            requests = await publish.scan(conn, SystemClock().now_ms())
+        events = await publish.publish(settings, requests) if requests else []
+        for request, event in zip(requests, events, strict=True):
+            kind = event.type.removeprefix("registry.gc.")
+            typer.echo(f"published {kind} {request.repository_path} id={event.id}")
+        typer.echo(f"scan: {len(events)} request(s) published", err=True)
 
     asyncio.run(main())
 

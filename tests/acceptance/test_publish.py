@@ -8,6 +8,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
 from events import RepoDeleted, RepoSweep, Request, TagExpired, decode_request
 from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+from tests.brokers import SpareBroker
 from tests.registry import DAY_MS, Registry
 
 
@@ -82,14 +84,17 @@ def collector(setup: Setup, *args: str) -> Any:
             del os.environ[name]
 
 
-async def received(topic: str, count: int) -> list[tuple[bytes, Request]]:
-    """The first ``count`` records of the topic, decoded as the intake will."""
+async def received(
+    topic: str, count: int, *, via: Settings | None = None
+) -> list[tuple[bytes, Request]]:
+    """The first ``count`` records of the topic, decoded as the intake will (from the
+    broker of ``via``, the shared one by default)."""
     consumer = AIOKafkaConsumer(
         topic,
         group_id=f"test-{uuid.uuid4().hex}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        **client_options(Settings()),
+        **client_options(via or Settings()),
     )
     await consumer.start()
     records: list[Any] = []
@@ -172,3 +177,48 @@ async def test_scan_every_repeats_until_sigterm(setup: Setup) -> None:
 
     assert process.returncode == 0, stderr
     assert stderr.decode().count("scan: 2 request(s) published") >= 2
+
+
+async def test_scan_every_waits_out_a_broker_outage(setup: Setup, tmp_path: Path) -> None:
+    """`scan --every` started while its broker is down keeps going (a warning per failed
+    scan, with backoff) instead of exiting, and publishes once the broker is there."""
+    spare = SpareBroker(tmp_path / "services", 19292, 19293)
+    settings = Settings(kafka_bootstrap=spare.bootstrap, topic_requests=setup.topic)
+    process = await asyncio.create_subprocess_exec(
+        *collector_command("scan", "--every", "0.2"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            **setup.env,
+            "COLLECTOR_KAFKA_BOOTSTRAP": spare.bootstrap,
+            "COLLECTOR_CONNECT_WAIT_S": "0.5",
+            "COLLECTOR_LOG_LEVEL": "warning",
+        },
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        await lines_until(process.stderr, b"scan_failed", times=2)
+        await spare.up()
+        await ensure_topics(settings)
+        await lines_until(process.stdout, b"published repo-sweep acme/app")
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+        published = {key for key, _ in await received(setup.topic, 2, via=settings)}
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await spare.down()
+
+    assert process.returncode == 0
+    assert published == {b"acme/app", b"acme/gone"}
+
+
+async def lines_until(stream: asyncio.StreamReader, text: bytes, *, times: int = 1) -> None:
+    """Read ``stream`` until ``times`` lines held ``text``; fail at its end."""
+    async with asyncio.timeout(60):
+        while times:
+            line = await stream.readline()
+            assert line, f"the stream ended before {times} more line(s) with {text!r}"
+            times -= text in line
