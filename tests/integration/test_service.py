@@ -710,10 +710,14 @@ async def test_a_dead_letter_too_large_for_its_topic_goes_without_the_value(
     junk = b"\xff" * 3000
     async with topics(settings):
         await produce(settings.topic_requests, [Record(b"acme/web", junk)])
-        summary = await run_service(settings, clock)
+        with structlog.testing.capture_logs() as logs:
+            summary = await run_service(settings, clock)
         (letter,) = await read_topic(settings.topic_dead_letter, partitions=1)
         (original,) = await read_topic(settings.topic_requests)
 
+    [warning] = [entry for entry in logs if entry["event"] == "dead_letter_topic_limited"]
+    assert warning["max_message_bytes"] == 2000
+    assert "--add-config max.message.bytes=8388608" in warning["advice"]
     assert summary.refused == {"malformed-json": 1}
     data = letter.event["data"]
     assert (data["value"], data["value_encoding"]) == (None, None)
