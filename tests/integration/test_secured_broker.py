@@ -82,6 +82,7 @@ async def secured(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sec
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
 async def test_each_sasl_mechanism_gets_in(secured: SecuredBroker, mechanism: str) -> None:
+    """Each mechanism the settings accept authenticates, over TLS checked against the CA."""
     settings = pipeline_settings(**secured.sasl(mechanism))
 
     created = await ensure_topics(settings, wait_s=5)
