@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from events._model import EventData
+from events._model import NO_NUL, EventData
 from events._removals import Removal
 from events._requests import RequestData
 
@@ -26,8 +26,9 @@ class CloudEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     specversion: Literal["1.0"]
-    id: str = Field(min_length=1)
-    source: str = Field(min_length=1)
+    # Bounded so that the pair, kept to dedupe requests, fits one PostgreSQL index entry.
+    id: str = Field(min_length=1, max_length=256, pattern=NO_NUL)
+    source: str = Field(min_length=1, max_length=256, pattern=NO_NUL)
     type: str = Field(min_length=1)
     time: AwareDatetime
     datacontenttype: Literal["application/json"] = "application/json"

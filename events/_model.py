@@ -8,8 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TYPE_PREFIX = "registry.gc."
 
-#: A non-empty string; nothing else (no number, no null) is turned into one.
-Name = Annotated[str, Field(strict=True, min_length=1)]
+#: Text a PostgreSQL column can hold: JSON can carry "\u0000", a text column cannot.
+NO_NUL = r"^[^\x00]*$"
+#: A non-empty string without NUL, of a sane length; nothing else (no number, no
+#: null) is turned into one.
+Name = Annotated[str, Field(strict=True, min_length=1, max_length=1024, pattern=NO_NUL)]
 #: An integer of PostgreSQL's `bigint` range; a bool, float or numeric string is refused.
 BigInt = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 

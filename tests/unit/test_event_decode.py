@@ -265,6 +265,11 @@ CASES = [
     ),
     case("empty id", "invalid-envelope", "id", value=spoiled(id="")),
     case("numeric id", "invalid-envelope", "id", value=spoiled(id=1)),
+    # PostgreSQL keeps (source, id) to dedupe: no NUL, and short enough for one index entry.
+    case("NUL in id", "invalid-envelope", "id", value=spoiled(id="a\u0000b")),
+    case("id too long", "invalid-envelope", "id", value=spoiled(id="x" * 257)),
+    case("NUL in source", "invalid-envelope", "source", value=spoiled(source="/a\u0000")),
+    case("source too long", "invalid-envelope", "source", value=spoiled(source="/" * 257)),
     case("no source", "invalid-envelope", "source", value=spoiled(source=...)),
     case("no type", "invalid-envelope", "type", value=spoiled(type=...)),
     case("no time", "invalid-envelope", "time", value=spoiled(time=...)),
@@ -409,6 +414,8 @@ CASES = [
     ),
     case("missing tag", "invalid-field", "data.tag", value=spoiled_data(tag=...)),
     case("empty tag", "invalid-field", "data.tag", value=spoiled_data(tag="")),
+    case("NUL in tag", "invalid-field", "data.tag", value=spoiled_data(tag="v\u00001")),
+    case("tag too long", "invalid-field", "data.tag", value=spoiled_data(tag="v" * 1025)),
     case("extra field", "invalid-field", "data.color", value=spoiled_data(color="red")),
     case(
         "tag on a sweep", "invalid-field", "data.tag", value=spoiled(type="registry.gc.repo-sweep")
