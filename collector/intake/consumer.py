@@ -38,6 +38,11 @@ from events import DecodeError, Request, decode_request
 
 log = structlog.get_logger(__name__)
 
+#: The database refused a record's values themselves (a data exception, a size
+#: limit): no retry can help, and the record would stop its partition on every
+#: restart. Decoding refuses every such value known; this is the safety net.
+_UNSTORABLE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
 _POLL_MS = 200
 #: How long a revoked partition's batch may take before it is abandoned uncommitted.
 _HANDOVER_S = 10.0
@@ -185,6 +190,9 @@ class Intake:
                         conn, [request for _, request in decoded], self._clock.now_ms()
                     )
                 break
+            except _UNSTORABLE as exc:
+                await self._admit_apart(partition, decoded, exc)
+                return
             except DISCONNECTS as exc:
                 database.failed(exc)
                 if self._stopping.is_set():
@@ -214,6 +222,20 @@ class Intake:
             self._tracker.completed(partition, [record.offset])
         if "accepted" in verdicts:
             self._on_admitted()
+
+    async def _admit_apart(
+        self, partition: TopicPartition, decoded: list[tuple[Any, Request]], error: Exception
+    ) -> None:
+        """The database refused to store a batch: admit its records one by one, in
+        order, and dead-letter those it refuses (reason ``unstorable``)."""
+        if len(decoded) > 1:
+            for one in decoded:
+                await self._admit(partition, [one])
+            return
+        [(record, request)] = decoded
+        detail = f"the database cannot store this request: {error}"
+        await self._dead_letters.send(record, "unstorable", detail, request.event.id)
+        self._tracker.completed(partition, [record.offset])
 
     def _reap(self) -> None:
         """Surface the first failed batch task: never swallow a background error."""

@@ -677,6 +677,47 @@ async def test_immutable_tags_and_repositories_unmarked_since_admission_are_left
     assert await read_topic(settings.topic_removals) == []
 
 
+async def test_a_request_the_database_refuses_to_store_is_dead_lettered_alone(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """Should a request pass decoding that PostgreSQL still cannot store (a data
+    exception: here a trigger raises one for it), its batch is admitted record by
+    record: that one is dead-lettered as `unstorable`, the others go in, in order,
+    and the intake does not fail on it again and again."""
+    [sweep] = await expired_repositories(registry, 1)
+    records = [request(sweep, event_id=event_id) for event_id in ("before", "poison", "after")]
+    await db.execute(
+        """
+        CREATE FUNCTION gc.test_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.event_id = 'poison' THEN
+                RAISE EXCEPTION 'cannot store %', NEW.event_id USING ERRCODE = '22021';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_refuse_poison BEFORE INSERT ON gc.request
+            FOR EACH ROW EXECUTE FUNCTION gc.test_refuse_poison();
+        """
+    )
+    try:
+        await produce(settings.topic_requests, records)
+        summary = await run_service(settings, clock)
+    finally:
+        await db.execute("DROP FUNCTION gc.test_refuse_poison() CASCADE")
+
+    assert summary.refused == {"unstorable": 1}
+    assert [row["event_id"] for row in await requests_table(db)] == ["before", "after"]
+    [letter] = await read_topic(settings.topic_dead_letter, partitions=1)
+    data = letter.event["data"]
+    assert data["reason"] == "unstorable"
+    assert "cannot store poison" in data["detail"]
+    [original] = [r for r in await read_topic(settings.topic_requests) if r.event["id"] == "poison"]
+    assert (data["partition"], data["offset"]) == (original.partition, original.offset)
+
+
 async def test_a_megabyte_of_binary_junk_is_dead_lettered_whole(
     database_url: str, clock: FixedClock
 ) -> None:
