@@ -18,6 +18,8 @@ import structlog
 from collector.errors import BrokerUnavailable, ConfigError
 from collector.kafka import ensure_topics
 from collector.service import Service
+from collector.sinks.blob_deleter import BlobDeleter
+from collector.sinks.storage import FilesystemStorage
 from tests.brokers import SpareBroker
 from tests.pipeline import (
     Record,
@@ -100,12 +102,19 @@ async def test_the_service_works_through_a_secured_listener(
     database_url: str,
     clock: FixedClock,
     listener: str,
+    tmp_path: Path,
 ) -> None:
-    """Requests in, removals out, over SASL_SSL (SCRAM) or mutual TLS: every client the
-    service runs (admin, intake, dead letters, relay) connects with the settings."""
+    """Requests in, removals out, bytes deleted, over SASL_SSL (SCRAM) or mutual TLS:
+    every client of the service (admin, intake, dead letters, relay) and of the blob
+    deleter connects with the settings."""
     security = secured.sasl("SCRAM-SHA-512") if listener == "SASL_SSL" else secured.mutual_tls()
-    settings = pipeline_settings(database_url, **security)
-    sweeps = await expired_repositories(registry, 3)
+    settings = pipeline_settings(database_url, sink_group_id=f"test.sink.{listener}", **security)
+    sweeps = await expired_repositories(registry, 3, layered=True)
+    storage = FilesystemStorage(tmp_path)
+    files = [storage.path(row["digest"]) for row in await db.fetch("SELECT digest FROM blob")]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"layer")
     await ensure_topics(settings, wait_s=5)
     await produce(
         settings.topic_requests,
@@ -115,11 +124,15 @@ async def test_the_service_works_through_a_secured_listener(
 
     service = Service(settings, exit_when_idle_s=0.5, clock=clock)
     summary = await asyncio.wait_for(service.run(), 60)
+    deleter = BlobDeleter(settings, storage, exit_when_idle=1.0)
+    await asyncio.wait_for(deleter.run(), 60)
 
     assert summary.outcomes == {"collected": 3}
     removals = await read_topic(settings.topic_removals, via=settings)
     outbox = {str(row["event_id"]) for row in await db.fetch("SELECT event_id FROM gc.outbox")}
-    assert len(outbox) == 3 * 2  # a tag and a manifest per repository
+    assert len(outbox) == 3 * 3  # a tag, a manifest and a blob per repository
+    assert len(files) == 3
+    assert not [path for path in files if path.exists()]
     assert {r.event["id"] for r in removals} == outbox
     [letter] = await read_topic(settings.topic_dead_letter, partitions=1, via=settings)
     assert letter.event["data"]["reason"] == "malformed-json"
