@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import structlog
 
+from collector import metrics
 from collector.errors import CollectorError
 
 T = TypeVar("T")
@@ -35,9 +36,10 @@ class Backoff:
 
 
 class Outage:
-    """One dependency's availability, for the logs: ``failed`` and ``recovered`` log
-    only when it changes, so an outage is one warning and one info line however
-    many retries it takes (``<what>_unavailable``, ``<what>_recovered``)."""
+    """One dependency's availability, for the logs and metrics: ``failed`` and
+    ``recovered`` act only when it changes, so an outage is one warning and one info
+    line however many retries it takes (``<what>_unavailable``, ``<what>_recovered``),
+    and counts once in ``registry_gc_unavailable`` while it lasts."""
 
     def __init__(self, what: str) -> None:
         self._what = what
@@ -46,6 +48,7 @@ class Outage:
     def failed(self, error: BaseException) -> None:
         if not self.down:
             self.down = True
+            metrics.UNAVAILABLE.labels(self._what).inc()
             log.warning(f"{self._what}_unavailable", error=repr(error))
 
     def recovered(self) -> bool:
@@ -53,6 +56,7 @@ class Outage:
         if not self.down:
             return False
         self.down = False
+        metrics.UNAVAILABLE.labels(self._what).dec()
         log.info(f"{self._what}_recovered")
         return True
 

@@ -51,6 +51,17 @@ EVENTS_PUBLISHED = Counter(
     "registry_gc_events_published",
     "Removal events the broker acknowledged and the relay marked published.",
 )
+OUTBOX_PENDING = Gauge(
+    "registry_gc_outbox_pending",
+    "Removal events committed and not yet acknowledged by the broker, as the publishing"
+    " relay last counted them.",
+)
+UNAVAILABLE = Gauge(
+    "registry_gc_unavailable",
+    "Stages that find a dependency unavailable right now, by dependency (database,"
+    " broker, storage); above 0 means an outage is being waited out.",
+    ["dependency"],
+)
 
 
 def serve(address: str, port: int) -> Callable[[], None]:

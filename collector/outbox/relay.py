@@ -192,9 +192,12 @@ class Relay:
                 if broker.recovered():
                     backoff = Backoff()
                 if count < self._settings.batch_size:  # drained: wait for news
+                    metrics.OUTBOX_PENDING.set(0)
                     await self._wait(self._poll_s)
                     # Let a burst of commits land: one batch instead of one per commit.
                     await self._sleep(_LINGER_S)
+                else:  # a backlog: say how large
+                    metrics.OUTBOX_PENDING.set(await store.pending(conn))
         finally:
             if producer is not None:
                 await _stop_producer(producer)

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 import structlog
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY
 
 from collector.intake.dead_letters import DeadLetters
 from collector.service import Service
@@ -62,6 +63,7 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
     )
     async with topics(settings):
         service = Service(settings, clock=clock)
+        unavailable_before = broker_unavailable()
         with structlog.testing.capture_logs() as logs:
             running = asyncio.create_task(service.run())
             await produce(settings.topic_requests, [request(s) for s in sweeps[:5]], via=settings)
@@ -85,6 +87,7 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
                 )
             await until(lambda: _count_is(db, 10))
             pending = await db.fetchval("SELECT count(*) FROM gc.outbox WHERE published_at IS NULL")
+            await until(lambda: broker_unavailable() > unavailable_before, within=10)
 
             await spare_broker.up()
             await produce(settings.topic_requests, [request(s) for s in sweeps[10:]], via=settings)
@@ -98,6 +101,7 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
     assert not [e for e in logs if e["log_level"] == "error"], "no stage failed"
     # The relay's deliveries waited past COLLECTOR_KAFKA_PRODUCE_TIMEOUT_S: logged once
     # per stage that noticed, each followed by its recovery.
+    assert broker_unavailable() == unavailable_before, "the gauge is back with the broker"
     broker = [e["event"] for e in logs if e["event"].startswith("broker_")]
     assert 1 <= broker.count("broker_unavailable") == broker.count("broker_recovered") <= 2
     assert broker[-1] == "broker_recovered"
@@ -106,6 +110,11 @@ async def test_the_service_rides_out_a_broker_outage_and_loses_nothing(
     assert {r.event["id"] for r in published} == outbox
     outcomes = await db.fetch("SELECT outcome FROM gc.request")
     assert [row["outcome"] for row in outcomes] == ["collected"] * 15
+
+
+def broker_unavailable() -> float:
+    """The stages that find the broker unavailable now (registry_gc_unavailable)."""
+    return REGISTRY.get_sample_value("registry_gc_unavailable", {"dependency": "broker"}) or 0
 
 
 async def _count_is(db: asyncpg.Pool[asyncpg.Record], count: int) -> bool:

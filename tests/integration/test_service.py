@@ -543,6 +543,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
         before["tags"] + 1
     )
     assert sample("registry_gc_events_published_total") == before["published"] + 2
+    assert sample("registry_gc_outbox_pending") == 0  # the relay drained the outbox
     with pytest.raises(urllib.error.URLError):  # the endpoint went with the service
         _fetch(f"http://127.0.0.1:{port}/metrics")
 

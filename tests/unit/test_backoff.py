@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from collector.backoff import Backoff, Outage, reach
 from collector.errors import DatabaseUnavailable
@@ -88,13 +89,20 @@ def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends() -> None
     """However many failures an outage has, it is one warning and one recovery line;
     recovering without an outage logs nothing and says so."""
     outage = Outage("database")
+
+    def unavailable() -> float:
+        return REGISTRY.get_sample_value("registry_gc_unavailable", {"dependency": "database"}) or 0
+
+    before = unavailable()
     with structlog.testing.capture_logs() as logs:
         assert outage.recovered() is False
         for _ in range(3):
             outage.failed(OSError("refused"))
         assert outage.down
+        assert unavailable() == before + 1  # one stage, one outage
         assert outage.recovered() is True
         assert outage.recovered() is False
+    assert unavailable() == before
     assert [(e["event"], e["log_level"]) for e in logs] == [
         ("database_unavailable", "warning"),
         ("database_recovered", "info"),
