@@ -39,8 +39,9 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
 
-    #: How long a publish waits for the broker's acknowledgement; then the
-    #: producer is restarted and the outage logged (the events wait meanwhile).
+    #: How long a send may wait for the broker's acknowledgement: past it the
+    #: service logs the broker outage and goes on waiting (its idempotent producer
+    #: never drops a send), and `publish`/`scan` fail. Also bounds each request.
     kafka_produce_timeout_s: float = Field(default=30.0, ge=1, le=600)
 
     #: How long a command waits for an unreachable database or broker before

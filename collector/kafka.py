@@ -61,8 +61,9 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 
 def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
-    """A producer that loses nothing: idempotent, acknowledged by every in-sync replica,
-    giving up on a send after ``kafka_produce_timeout_s``."""
+    """A producer that loses nothing: idempotent, acknowledged by every in-sync replica.
+    ``kafka_produce_timeout_s`` bounds its requests and metadata waits; a send it never
+    gives up on (see :func:`acknowledged`)."""
     return AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
