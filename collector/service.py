@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -115,14 +116,7 @@ class Service:
                 clock=self._clock,
                 callbacks=callbacks,
             )
-            workers = Workers(
-                pool,
-                engine,
-                self._clock,
-                concurrency=settings.repository_concurrency,
-                batch_size=settings.work_batch_size,
-                poll_interval_s=settings.work_poll_interval_s,
-            )
+            workers = Workers(pool, engine, self._clock, settings)
             intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)
             relay = Relay(pool, settings)
             pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
@@ -131,7 +125,7 @@ class Service:
                 received=intake.received,
                 accepted=intake.accepted,
                 duplicates=intake.duplicates,
-                refused=intake.refused,
+                refused=dict(Counter(intake.refused) + Counter(workers.refused)),
                 outcomes=dict(workers.outcomes),
                 published=relay.published,
                 seconds=time.monotonic() - started,

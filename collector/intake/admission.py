@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from collector.db.connector import Connection
 from collector.work import queue
@@ -30,13 +30,19 @@ class Refusal:
 Verdict = Literal["accepted", "duplicate"] | Refusal
 
 
-async def admit(conn: Connection, requests: Sequence[Request], now_ms: int) -> list[Verdict]:
-    """Admit ``requests`` (in order) in the caller's transaction; one verdict each.
+async def admit(
+    conn: Connection, arrivals: Sequence[tuple[Any, Request]], now_ms: int
+) -> list[Verdict]:
+    """Admit ``arrivals`` (each an aiokafka record and its request, in order) in the
+    caller's transaction; one verdict each.
 
     An event seen before, here or in an earlier batch, is a duplicate: a
     redelivery or a replay, and it changes nothing.
     """
-    items = [WorkItem.of(request) for request in requests]
+    items = [
+        WorkItem.of(request, topic=record.topic, partition=record.partition, offset=record.offset)
+        for record, request in arrivals
+    ]
     seen = await queue.known(conn, items)
     known_repositories = await queue.repositories(conn, {item.repository_id for item in items})
     verdicts: list[Verdict] = []

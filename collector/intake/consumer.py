@@ -186,9 +186,7 @@ class Intake:
         while True:
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    verdicts = await admit(
-                        conn, [request for _, request in decoded], self._clock.now_ms()
-                    )
+                    verdicts = await admit(conn, decoded, self._clock.now_ms())
                 break
             except _UNSTORABLE as exc:
                 await self._admit_apart(partition, decoded, exc)

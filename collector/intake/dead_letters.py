@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -21,6 +22,18 @@ log = structlog.get_logger(__name__)
 #: Dead-letter ids derive from the refused record's position, so refusing a
 #: redelivered record again publishes a duplicate that consumers drop.
 _ID_NAMESPACE = uuid.UUID("0b6f7a54-41c3-4c0e-9d5e-6a1f3a8d2c10")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request was read: what a dead letter names when the record itself is
+    gone from memory (the key is the request's repository path)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    value: None = None
 
 
 class DeadLetters:
@@ -56,8 +69,22 @@ class DeadLetters:
             )
             letter = self._letter(record, reason, detail, causation_id, keep_value=False)
             await self._publish(record, letter)
-        self.sent[reason] = self.sent.get(reason, 0) + 1
         metrics.REQUESTS_RECEIVED.labels("refused").inc()
+        self._sent(record, reason, detail, letter)
+
+    async def send_later(self, origin: Origin, reason: str, detail: str, event_id: str) -> None:
+        """Publish the dead letter of a request admitted earlier and refused only when its
+        turn came. Its value is not kept in the database: the letter says where it stays."""
+        detail += (
+            f"; the value is not kept here: it stays at {origin.topic} partition"
+            f" {origin.partition} offset {origin.offset}"
+        )
+        letter = self._letter(origin, reason, detail, event_id, keep_value=False)
+        await self._publish(origin, letter)
+        self._sent(origin, reason, detail, letter)
+
+    def _sent(self, record: Any, reason: str, detail: str, letter: CloudEvent) -> None:
+        self.sent[reason] = self.sent.get(reason, 0) + 1
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning(
             "request_refused",

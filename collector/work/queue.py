@@ -25,9 +25,14 @@ class WorkItem:
     lifetime_end_ms: int | None = None
     source: str = ""
     id: int | None = None
+    #: Where the request was read, for a dead letter should it be refused later.
+    record_topic: str | None = None
+    record_partition: int | None = None
+    record_offset: int | None = None
 
     @classmethod
-    def of(cls, request: Request) -> WorkItem:
+    def of(cls, request: Request, *, topic: str, partition: int, offset: int) -> WorkItem:
+        """The work a request read at ``topic``/``partition``/``offset`` asks for."""
         data = request.data
         tag = data if isinstance(data, TagExpired) else None
         return cls(
@@ -38,6 +43,9 @@ class WorkItem:
             repository_path=data.repository_path,
             tag_id=tag.tag_id if tag else None,
             lifetime_end_ms=tag.lifetime_end_ms if tag else None,
+            record_topic=topic,
+            record_partition=partition,
+            record_offset=offset,
         )
 
 
@@ -80,6 +88,9 @@ async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> Non
         [item.repository_path for item in items],
         [item.tag_id for item in items],
         [item.lifetime_end_ms for item in items],
+        [item.record_topic for item in items],
+        [item.record_partition for item in items],
+        [item.record_offset for item in items],
         now_ms,
     )
 

@@ -27,17 +27,25 @@ import structlog
 
 from collector import metrics
 from collector.backoff import Backoff, Outage
+from collector.config import Settings
 from collector.db.connector import DISCONNECTS, Connection
 from collector.engine import Engine
 from collector.engine.context import Clock
-from collector.errors import DatabaseUnavailable, RepositoryNotFound, RepositoryNotMarked
+from collector.errors import (
+    BrokerUnavailable,
+    DatabaseUnavailable,
+    RepositoryNotFound,
+    RepositoryNotMarked,
+)
+from collector.intake.dead_letters import DeadLetters, Origin
 from collector.work import queue
 from collector.work.queue import TagState, WorkItem
 
 log = structlog.get_logger(__name__)
 
-#: The engine gives up on a lost database after its retries: wait longer here.
-_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
+#: The engine gives up on a lost database after its retries: wait longer here. A
+#: dead letter gives up on the broker only when stopping: the claim is redone later.
+_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable, BrokerUnavailable)
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000
@@ -56,29 +64,29 @@ class Workers:
     """``concurrency`` workers side by side; ``run()`` until ``stop()``."""
 
     def __init__(
-        self,
-        pool: asyncpg.Pool[asyncpg.Record],
-        engine: Engine,
-        clock: Clock,
-        *,
-        concurrency: int,
-        batch_size: int,
-        poll_interval_s: float,
+        self, pool: asyncpg.Pool[asyncpg.Record], engine: Engine, clock: Clock, settings: Settings
     ) -> None:
         self._pool = pool
         self._engine = engine
         self._clock = clock
-        self._concurrency = concurrency
-        self._batch_size = batch_size
-        self._poll_s = poll_interval_s
+        self._concurrency = settings.repository_concurrency
+        self._batch_size = settings.work_batch_size
+        self._poll_s = settings.work_poll_interval_s
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = asyncio.Event()
+        #: For requests refused only when their turn comes.
+        self._dead_letters = DeadLetters(settings, self._stopping)
         self._wakeup = asyncio.Event()
         #: Requests being worked on right now.
         self.busy = 0
         #: Finished requests by outcome, and deferrals.
         self.outcomes: Counter[str] = Counter()
         self.deferred = 0
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Dead letters of requests refused when their turn came, by reason."""
+        return dict(self._dead_letters.sent)
 
     def wake(self) -> None:
         """New work may be due: look now rather than at the next poll."""
@@ -96,6 +104,7 @@ class Workers:
                 for number in range(self._concurrency):
                     group.create_task(self._loop(), name=f"worker-{number}")
         finally:
+            await self._dead_letters.stop()
             log.info("workers_stopped", outcomes=dict(self.outcomes), deferred=self.deferred)
 
     async def _loop(self) -> None:
@@ -216,12 +225,24 @@ class Workers:
         except RepositoryNotFound:
             return "gone"  # purged already
         except RepositoryNotMarked:
-            log.warning(
-                "purge_refused",
-                reason="the repository is no longer marked for deletion",
-                event_id=item.event_id,
-                repository=item.repository_path,
+            # Marked when admitted, live now: refused like a forged purge (CONTRACT §2.1).
+            detail = (
+                f"repository {item.repository_path} is no longer marked for deletion (it was"
+                " when the request was admitted); refusing to purge it"
             )
+            log.warning("purge_refused", reason=detail, event_id=item.event_id)
+            if item.record_topic is not None:  # not for requests admitted before 0008
+                assert item.record_partition is not None
+                assert item.record_offset is not None
+                origin = Origin(
+                    item.record_topic,
+                    item.record_partition,
+                    item.record_offset,
+                    key=item.repository_path.encode(),
+                )
+                await self._dead_letters.send_later(
+                    origin, "repository-not-marked", detail, item.event_id
+                )
             return "not-marked"
         if report.incomplete:
             return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")

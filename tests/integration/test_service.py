@@ -678,6 +678,65 @@ async def test_immutable_tags_and_repositories_unmarked_since_admission_are_left
     assert await read_topic(settings.topic_removals) == []
 
 
+async def test_a_purge_whose_mark_is_lifted_before_its_turn_is_dead_lettered(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+    database_url: str,
+) -> None:
+    """A repo-deleted admitted while its repository was marked, whose mark the registry
+    lifts before the purge may start, is refused like a forged one: it reaches the
+    dead-letter topic with its original position (the value stays there), and nothing
+    of the repository goes."""
+    acme = await registry.namespace("acme")
+    api = await registry.repository(acme, "api", state="marked_for_deletion")
+    await registry.tag(api, await registry.manifest(api))
+    state = await state_of(db)
+    registry_app = await asyncpg.connect(database_url)
+    try:
+        async with registry_app.transaction():  # the registry lifts the mark...
+            await registry_app.execute("UPDATE repository SET state = 'normal' WHERE id = $1", api)
+            await produce(
+                settings.topic_requests,
+                [request(RepoDeleted(namespace="acme", repository="api", repository_id=api))],
+            )
+            service = asyncio.create_task(run_service(settings, clock))
+            # ...and commits only once the purge waits for its row lock.
+            await until(lambda: _purge_waits_for_lock(db))
+        summary = await service
+    finally:
+        await registry_app.close()
+
+    assert summary.outcomes == {"not-marked": 1}
+    assert summary.refused == {"repository-not-marked": 1}
+    assert await state_of(db) == state  # nothing removed
+    [letter] = await read_topic(settings.topic_dead_letter, partitions=1)
+    [original] = await read_topic(settings.topic_requests)
+    data = letter.event["data"]
+    assert data["reason"] == "repository-not-marked"
+    assert "no longer marked for deletion" in data["detail"]
+    assert f"partition {original.partition} offset {original.offset}" in data["detail"]
+    assert (data["topic"], data["partition"], data["offset"]) == (
+        settings.topic_requests,
+        original.partition,
+        original.offset,
+    )
+    assert (data["key"], data["value"]) == ("acme/api", None)
+    assert letter.event["causationid"] == original.event["id"]
+
+
+async def _purge_waits_for_lock(db: asyncpg.Pool[asyncpg.Record]) -> bool:
+    waiting: int = await db.fetchval(
+        """
+        SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name LIKE 'collector%'
+          AND wait_event_type = 'Lock'
+        """
+    )
+    return waiting > 0
+
+
 async def test_a_request_the_database_refuses_to_store_is_dead_lettered_alone(
     db: asyncpg.Pool[asyncpg.Record],
     registry: Registry,

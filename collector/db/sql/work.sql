@@ -18,16 +18,20 @@ WHERE r.id = ANY($1::bigint[])
 -- (a concurrent intake after a rebalance) is skipped.
 -- $1 text[] sources, $2 text[] event ids, $3 text[] types, $4 bigint[] repository ids,
 -- $5 text[] repository paths, $6 bigint[] tag ids, $7 bigint[] lifetime ends (ms),
--- $8 bigint now (ms) (arrays parallel, in arrival order)
+-- $8 text[] record topics, $9 int[] record partitions, $10 bigint[] record offsets,
+-- $11 bigint now (ms) (arrays parallel, in arrival order)
 INSERT INTO gc.request (
     source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-    due_at_ms
+    record_topic, record_partition, record_offset, due_at_ms
 )
-SELECT source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms, $8
+SELECT source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
+       record_topic, record_partition, record_offset, $11
 FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[]
+    $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[],
+    $8::text[], $9::int[], $10::bigint[]
 ) WITH ORDINALITY AS e (
-    source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms, n
+    source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
+    record_topic, record_partition, record_offset, n
 )
 ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
@@ -52,7 +56,7 @@ WITH heads AS (
     ORDER BY repository_id, id
 )
 SELECT r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
-       r.lifetime_end_ms
+       r.lifetime_end_ms, r.record_topic, r.record_partition, r.record_offset
 FROM gc.request r
 JOIN heads USING (id)
 -- Checked again on the locked row's latest version: a head finished by another
