@@ -43,9 +43,8 @@ from collector.work.queue import TagState, WorkItem
 
 log = structlog.get_logger(__name__)
 
-#: The engine gives up on a lost database after its retries: wait longer here. A
-#: dead letter gives up on the broker only when stopping: the claim is redone later.
-_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable, BrokerUnavailable)
+#: The engine gives up on a lost database after its retries: wait longer here.
+_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000
@@ -112,6 +111,10 @@ class Workers:
         while not self._stopping.is_set():
             try:
                 worked = await self._work_batch()
+            except BrokerUnavailable:
+                # Stopping while a late dead letter waited for the broker: the claim is
+                # rolled back, and the next run redoes it (the letter's id is the same).
+                continue
             except _DISCONNECTS as exc:
                 database.failed(exc)
                 await self._sleep(backoff.next())
