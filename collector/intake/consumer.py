@@ -189,6 +189,7 @@ class Intake:
                     verdicts = await admit(conn, decoded, self._clock.now_ms())
                 break
             except _UNSTORABLE as exc:
+                database.recovered()  # it answered: an outage before this one is over
                 await self._admit_apart(partition, decoded, exc)
                 return
             except DISCONNECTS as exc:
