@@ -33,7 +33,6 @@ class Origin:
     partition: int
     offset: int
     key: bytes
-    value: None = None
 
 
 class DeadLetters:

@@ -182,15 +182,11 @@ async def test_the_command_line_says_why_in_one_line(
     secured: SecuredBroker, database_url: str
 ) -> None:
     """`collector migrate` with a wrong password: exit 2, one line, the broker's reason."""
+    security = secured.sasl("SCRAM-SHA-512", kafka_sasl_password="wrong")
     env = {
         **os.environ,
+        **{f"COLLECTOR_{name.upper()}": value for name, value in security.items()},
         "COLLECTOR_DATABASE_URL": database_url,
-        "COLLECTOR_KAFKA_BOOTSTRAP": f"127.0.0.1:{SASL_SSL_PORT}",
-        "COLLECTOR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-        "COLLECTOR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
-        "COLLECTOR_KAFKA_SASL_USERNAME": "collector",
-        "COLLECTOR_KAFKA_SASL_PASSWORD": "wrong",
-        "COLLECTOR_KAFKA_SSL_CAFILE": str(secured.tls / "ca.pem"),
         "COLLECTOR_LOG_LEVEL": "warning",
     }
 
