@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=500, ge=1, le=50_000)
     repository_concurrency: int = Field(default=4, ge=1, le=64)
     protected_digests: list[str] = Field(default_factory=lambda: [EMPTY_LAYER_DIGEST])
+    #: The orphan sweep leaves an unreferenced object alone until it is this old,
+    #: so that an object a registry writes in several transactions is never raced.
+    orphan_grace_s: float = Field(default=3600.0, ge=0)
+    #: `scan --every --orphans` sweeps the registry for orphans this often.
+    orphan_sweep_every_s: float = Field(default=6 * 3600.0, gt=0)
+    #: Ids of one table an orphan sweep judges per transaction.
+    orphan_sweep_span: int = Field(default=10_000, ge=1, le=10_000_000)
     #: The relay polls the outbox this often when no NOTIFY wakes it earlier; a
     #: standing-by relay tries to become the publishing one as often.
     relay_poll_interval_s: float = Field(default=1.0, gt=0, le=3600)

@@ -109,10 +109,7 @@ class Service:
             callbacks.on(Removal, _count_removal)
             engine = Engine(
                 PoolDatabase(pool),
-                EngineConfig(
-                    batch_size=settings.batch_size,
-                    protected_digests=tuple(settings.protected_digests),
-                ),
+                EngineConfig.from_settings(settings),
                 clock=self._clock,
                 callbacks=callbacks,
             )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Annotated
 
 import asyncpg
@@ -17,8 +19,8 @@ from collector.backoff import Backoff
 from collector.cli._app import app
 from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
 from collector.config import load_settings
-from collector.db.connector import DISCONNECTS, Connection, create_pool
-from collector.engine import SystemClock
+from collector.db.connector import DISCONNECTS, Connection, PoolDatabase, create_pool
+from collector.engine import Engine, EngineConfig, SystemClock, sweep
 from collector.errors import BrokerUnavailable, DatabaseUnavailable
 from collector.logging import configure_logging
 from collector.service import Service, ServiceSummary
@@ -103,6 +105,16 @@ def scan(
         float | None,
         typer.Option(min=0.1, help="Scan again every SECONDS until SIGTERM/SIGINT."),
     ] = None,
+    orphans: Annotated[
+        bool,
+        typer.Option(
+            "--orphans",
+            help="Also sweep the registry for objects nothing references and no event"
+            " announced (older than COLLECTOR_ORPHAN_GRACE_S) and collect them; with"
+            " --every, once every COLLECTOR_ORPHAN_SWEEP_EVERY_S.",
+        ),
+    ] = False,
+    concurrency: Concurrency = None,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     log_level: LogLevel = "info",
@@ -110,14 +122,23 @@ def scan(
     """Find work no event announced (tags past their window, expired uploads, repositories
     marked for deletion) and publish requests for it: the safety net of the pipeline."""
     configure_logging(log_level)
-    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    settings = load_settings(
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        repository_concurrency=concurrency,
+    )
+    sweep_every = timedelta(seconds=settings.orphan_sweep_every_s if every else 0)
 
     async def main() -> None:
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
+        pool = await create_pool(
+            settings.database_url,
+            max_size=4 * settings.repository_concurrency + 2 if orphans else 1,
+            wait_s=settings.connect_wait_s,
+        )
         backoff = Backoff(first=1.0, cap=60.0)
         try:
             while True:
@@ -149,6 +170,23 @@ def scan(
             kind = event.type.removeprefix("registry.gc.")
             typer.echo(f"published {kind} {request.repository_path} id={event.id}")
         typer.echo(f"scan: {len(events)} request(s) published", err=True)
+        if orphans:
+            async with pool.acquire() as conn:
+                due = await sweep.is_due(conn, sweep_every)
+            if due:
+                await sweep_once(pool)
+
+    async def sweep_once(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        engine = Engine(PoolDatabase(pool), EngineConfig.from_settings(settings))
+        report = await engine.sweep_orphans(
+            causation_id=f"scan-{uuid.uuid4()}", concurrency=settings.repository_concurrency
+        )
+        typer.echo(
+            f"sweep: {report.sweep.scanned:,} rows judged ({report.sweep.rows_per_s:,.0f} rows/s),"
+            f" {report.sweep.queued:,} orphans queued; removed {report.total:,} objects,"
+            f" {report.bytes_freed:,} bytes",
+            err=True,
+        )
 
     asyncio.run(main())
 

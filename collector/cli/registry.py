@@ -76,6 +76,15 @@ def collect(
         bool,
         typer.Option(help="Purge the named repositories (with --all: also every marked one)."),
     ] = False,
+    orphans: Annotated[
+        bool,
+        typer.Option(
+            "--orphans",
+            help="Also sweep for objects nothing references and no event announced, older"
+            " than COLLECTOR_ORPHAN_GRACE_S (named repositories: their manifests and legacy"
+            " images; --all: every table).",
+        ),
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be removed; change nothing.")
     ] = False,
@@ -100,14 +109,25 @@ def collect(
     structlog.contextvars.bind_contextvars(causation_id=causation_id)
     report = asyncio.run(
         _collect(
-            settings, repositories or [], purge=purge, dry_run=dry_run, causation_id=causation_id
+            settings,
+            repositories or [],
+            purge=purge,
+            orphans=orphans,
+            dry_run=dry_run,
+            causation_id=causation_id,
         )
     )
     _print_report(report, dry_run=dry_run)
 
 
 async def _collect(
-    settings: Settings, paths: list[str], *, purge: bool, dry_run: bool, causation_id: str
+    settings: Settings,
+    paths: list[str],
+    *,
+    purge: bool,
+    orphans: bool,
+    dry_run: bool,
+    causation_id: str,
 ) -> Report:
     verb = "would remove" if dry_run else "removed"
 
@@ -117,9 +137,7 @@ async def _collect(
 
     callbacks = Callbacks()
     callbacks.on(Removal, show)
-    config = EngineConfig(
-        batch_size=settings.batch_size, protected_digests=tuple(settings.protected_digests)
-    )
+    config = EngineConfig.from_settings(settings)
     pool = await create_pool(
         settings.database_url,
         max_size=4 * settings.repository_concurrency + 2,
@@ -137,12 +155,17 @@ async def _collect(
                 return await engine.collect_all(
                     causation_id=causation_id,
                     purge_marked=purge,
+                    orphans=orphans,
                     concurrency=settings.repository_concurrency,
                 )
             report = Report()
             for repo in targets:
-                one = engine.purge if purge else engine.collect
-                report.merge(await one(repo.id, causation_id=causation_id))
+                if purge:
+                    report.merge(await engine.purge(repo.id, causation_id=causation_id))
+                else:
+                    report.merge(
+                        await engine.collect(repo.id, causation_id=causation_id, orphans=orphans)
+                    )
             return report
 
         if dry_run:
@@ -163,6 +186,11 @@ def _print_report(report: Report, *, dry_run: bool) -> None:
         table.add_row(event_type.removeprefix("registry.gc."), str(count))
     table.add_row("bytes freed", f"{report.bytes_freed:,}", style="bold")
     console.print(table)
+    if report.sweep.scanned:
+        console.print(
+            f"orphan sweep: {report.sweep.scanned:,} rows judged in {report.sweep.seconds:.2f} s"
+            f" ({report.sweep.rows_per_s:,.0f} rows/s), {report.sweep.queued:,} orphans queued"
+        )
     for repository_id in report.incomplete:
         console.print(
             f"[yellow]purge incomplete[/] repository {repository_id}: "
@@ -188,6 +216,7 @@ def verify(
                     conn,
                     now_ms=SystemClock().now_ms(),
                     protected_digests=settings.protected_digests,
+                    orphan_grace_s=settings.orphan_grace_s,
                 )
         finally:
             await pool.close()
@@ -200,6 +229,8 @@ def verify(
                     "ok": result.ok,
                     "dangling": [vars(f) for f in result.dangling],
                     "garbage": [vars(f) for f in result.garbage],
+                    "queued": [vars(f) for f in result.queued],
+                    "grace": [vars(f) for f in result.grace],
                 }
             )
         )
@@ -258,12 +289,19 @@ def _print_verification(result: Verification) -> None:
         console.print(table)
     else:
         console.print("integrity: ok, no dangling reference")
-    if result.garbage:
-        table = Table(title="garbage due, not collected yet", title_justify="left")
+    sections = (
+        (result.garbage, "garbage due: the next collection or orphan sweep removes it"),
+        (result.queued, "queued: candidates and requests waiting for a run"),
+        (result.grace, "unreferenced, inside the orphan grace period (COLLECTOR_ORPHAN_GRACE_S)"),
+    )
+    for findings, title in sections:
+        if not findings:
+            continue
+        table = Table(title=title, title_justify="left")
         for column in ("kind", "rows", "sample ids"):
             table.add_column(column)
-        for finding in result.garbage:
+        for finding in findings:
             table.add_row(finding.what, str(finding.rows), ", ".join(map(str, finding.sample)))
         console.print(table)
-    else:
+    if not result.garbage:
         console.print("garbage: none due")

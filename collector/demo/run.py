@@ -113,7 +113,10 @@ async def run_demo(
             removed, bytes_freed = await _removed(conn, outbox_before)
             storage = await _check_storage(conn, storage_root, files_before)
             verification = await verify(
-                conn, now_ms=clock.now_ms(), protected_digests=settings.protected_digests
+                conn,
+                now_ms=clock.now_ms(),
+                protected_digests=settings.protected_digests,
+                orphan_grace_s=settings.orphan_grace_s,
             )
     finally:
         await pool.close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from collector.config import Settings
 from events import BlobRemoved, Removal
 
 
@@ -101,6 +102,24 @@ class StepResult:
 
 
 @dataclass
+class SweepTotals:
+    """What an orphan sweep judged and queued, and how long it took."""
+
+    scanned: int = 0
+    queued: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.scanned / self.seconds if self.seconds else 0.0
+
+    def merge(self, other: SweepTotals) -> None:
+        self.scanned += other.scanned
+        self.queued += other.queued
+        self.seconds += other.seconds
+
+
+@dataclass
 class Report:
     """What a run removed, by event type, and the bytes it freed."""
 
@@ -108,6 +127,7 @@ class Report:
     bytes_freed: int = 0
     repositories: int = 0
     incomplete: list[int] = field(default_factory=list)  # purges that left rows behind
+    sweep: SweepTotals = field(default_factory=SweepTotals)
 
     def add(self, removed: Removed) -> None:
         self.removed[removed.removal.event_type] += 1
@@ -119,6 +139,7 @@ class Report:
         self.bytes_freed += other.bytes_freed
         self.repositories += other.repositories
         self.incomplete.extend(other.incomplete)
+        self.sweep.merge(other.sweep)
 
     @property
     def total(self) -> int:
@@ -132,3 +153,16 @@ class EngineConfig:
     #: Links of a legacy image chain unwound in one transaction before the
     #: rest is handed back to the candidate table.
     chain_steps_per_transaction: int = 1000
+    #: The orphan sweep leaves an unreferenced object alone until it is this old.
+    orphan_grace_s: float = 3600.0
+    #: Ids of one table an orphan sweep judges per transaction.
+    orphan_sweep_span: int = 10_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngineConfig:
+        return cls(
+            batch_size=settings.batch_size,
+            protected_digests=tuple(settings.protected_digests),
+            orphan_grace_s=settings.orphan_grace_s,
+            orphan_sweep_span=settings.orphan_sweep_span,
+        )

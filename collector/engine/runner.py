@@ -5,6 +5,8 @@ the whole registry at once (``collect_all``, whose batches span repositories):
 
 1. roots: tags past their window and expired uploads (a purge: every tag,
    upload and application tag, and every manifest and legacy image is queued);
+   with ``orphans``, the orphan sweep then queues what nothing references
+   and no event announced (``sweep.py``);
 2. fixpoint: rounds in which the manifest, label, image and blob collectors
    run concurrently, each in its own transaction, each claiming a batch of
    the context's candidates, deciding it with one set-based query and
@@ -20,6 +22,8 @@ which is safe because every decision is re-made from the database.
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
@@ -28,7 +32,7 @@ import structlog
 
 from collector.backoff import Backoff
 from collector.db.connector import DISCONNECTS, Connection, Database
-from collector.engine import candidates, images, manifests, repositories, tags, uploads
+from collector.engine import candidates, images, manifests, repositories, sweep, tags, uploads
 from collector.engine.blobs import BlobCollector
 from collector.engine.callbacks import Callbacks
 from collector.engine.candidates import Batch
@@ -40,6 +44,7 @@ from collector.engine.context import (
     Report,
     RepositoryContext,
     StepResult,
+    SweepTotals,
     SystemClock,
     ms_to_datetime,
 )
@@ -99,11 +104,14 @@ class Engine:
 
     # -- public API --------------------------------------------------------
 
-    async def collect(self, repository_id: int, *, causation_id: str) -> Report:
-        """Collect what is due in one repository, and everything that frees."""
-        return await self.collect_many({repository_id: causation_id})
+    async def collect(
+        self, repository_id: int, *, causation_id: str, orphans: bool = False
+    ) -> Report:
+        """Collect what is due in one repository, and everything that frees; with
+        ``orphans``, also its manifests and legacy images that nothing references."""
+        return await self.collect_many({repository_id: causation_id}, orphans=orphans)
 
-    async def collect_many(self, causes: Mapping[int, str]) -> Report:
+    async def collect_many(self, causes: Mapping[int, str], *, orphans: bool = False) -> Report:
         """Collect what is due in several repositories, each for its own request
         (``causes``: repository id -> causation id), in one context whose batches
         span them: a worker's requests of different repositories, together."""
@@ -114,6 +122,8 @@ class Engine:
             self._drain(report, self._roots(ctx, tags.collect_batch)),
             self._drain(report, self._roots(ctx, uploads.collect_batch)),
         )
+        if orphans:
+            await self._sweep(ctx, report)
         await self._fixpoint(ctx, report)
         log.info("collection_finished", repositories=ctx.repository_ids, removed=report.total)
         return report
@@ -134,10 +144,16 @@ class Engine:
         return report
 
     async def collect_all(
-        self, *, causation_id: str, purge_marked: bool = False, concurrency: int = 4
+        self,
+        *,
+        causation_id: str,
+        purge_marked: bool = False,
+        orphans: bool = False,
+        concurrency: int = 4,
     ) -> Report:
-        """Collect every repository with due work or pending candidates and (with
-        ``purge_marked``) purge every repository marked for deletion.
+        """Collect every repository with due work or pending candidates, (with
+        ``purge_marked``) purge every repository marked for deletion and (with
+        ``orphans``) sweep the registry for objects nothing references.
 
         One registry-wide context: roots are taken in batches across
         repositories and the fixpoint claims full batches of candidates
@@ -172,13 +188,68 @@ class Engine:
             group.create_task(self._drain(report, self._roots(everywhere, uploads.collect_batch)))
             for repository_id in marked:
                 group.create_task(purge_roots(repository_id))
+        if orphans:
+            await self._sweep(everywhere, report)
         await self._fixpoint(everywhere, report, claimers=concurrency)
         for ctx in sorted(purging, key=lambda ctx: ctx.repository):
             await self._finish_purge(ctx, report)
         log.info("collection_finished", removed=report.total)
         return report
 
+    async def sweep_orphans(self, *, causation_id: str, concurrency: int = 4) -> Report:
+        """Sweep the whole registry for objects nothing references (older than the
+        grace period), and collect them with everything they free."""
+        everywhere = RepositoryContext(None, causation_id, Mode.COLLECT)
+        report = Report()
+        await self._sweep(everywhere, report)
+        await self._fixpoint(everywhere, report, claimers=concurrency)
+        log.info("collection_finished", removed=report.total)
+        return report
+
     # -- phases ------------------------------------------------------------
+
+    async def _sweep(self, ctx: RepositoryContext, report: Report) -> None:
+        """Queue the orphans in scope as candidates (see ``sweep.py``): the whole
+        registry, table by table and range by range, or the repositories' own."""
+        started = time.monotonic()
+        judgement = sweep.Judgement.at(
+            ms_to_datetime(self._clock.now_ms()),
+            grace_s=self._config.orphan_grace_s,
+            protected_digests=list(self._config.protected_digests),
+        )
+        steps: list[sweep.Step] = []
+        if ctx.repository_ids is None:
+            for kind in sweep.KINDS:
+                work = functools.partial(
+                    sweep.step,
+                    kind=kind,
+                    judgement=judgement,
+                    span=self._config.orphan_sweep_span,
+                    causation_id=ctx.causation_id,
+                )
+                while not (step := await self._retrying(work)).done:
+                    steps.append(step)
+                    log.debug("sweep_step", kind=kind, scanned=step.scanned, queued=step.queued)
+        else:
+            causes = dict(zip(ctx.repository_ids, ctx.causation_ids(), strict=True))
+            steps.append(
+                await self._retrying(
+                    functools.partial(sweep.queue_in, causes=causes, judgement=judgement)
+                )
+            )
+        totals = SweepTotals(
+            scanned=sum(step.scanned for step in steps),
+            queued=sum(step.queued for step in steps),
+            seconds=time.monotonic() - started,
+        )
+        report.sweep.merge(totals)
+        log.info(
+            "sweep_finished",
+            repositories=ctx.repository_ids,
+            scanned=totals.scanned,
+            queued=totals.queued,
+            rows_per_s=round(totals.rows_per_s),
+        )
 
     async def _purge_roots(self, ctx: RepositoryContext, report: Report) -> None:
         """Queue everything in the repository and remove its tags, uploads and app tags."""

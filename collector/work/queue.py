@@ -56,10 +56,13 @@ class RepositoryState:
 
 
 @dataclass(frozen=True, slots=True)
-class TagState:
-    lifetime_end_ms: int | None
+class ExpiringTag:
+    """The tag a ``tag-expired`` request names, as the database has it now."""
+
     immutable: bool
-    window_s: int
+    due: bool
+    #: When it falls due (saturated: never past the bigint range).
+    due_at_ms: int
 
 
 async def known(conn: Connection, items: Sequence[WorkItem]) -> set[tuple[str, str]]:
@@ -103,9 +106,13 @@ async def claim(conn: Connection, now_ms: int, limit: int) -> list[WorkItem]:
     return [WorkItem(**dict(row)) for row in rows]
 
 
-async def tag_state(conn: Connection, tag_id: int, repository_id: int) -> TagState | None:
-    row = await conn.fetchrow(_QUERIES["tag_state"], tag_id, repository_id)
-    return None if row is None else TagState(**dict(row))
+async def expiring_tag(conn: Connection, item: WorkItem, now_ms: int) -> ExpiringTag | None:
+    """The tag of a ``tag-expired`` request while it still ended when the request
+    says; None when the request is stale (see ``gc.expiring_tag``)."""
+    row = await conn.fetchrow(
+        _QUERIES["expiring_tag"], item.tag_id, item.repository_id, item.lifetime_end_ms, now_ms
+    )
+    return None if row is None else ExpiringTag(**dict(row))
 
 
 async def finish(conn: Connection, request_id: int, outcome: str, finished_by: str) -> None:

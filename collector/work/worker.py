@@ -39,7 +39,7 @@ from collector.errors import (
 )
 from collector.intake.dead_letters import DeadLetters, Origin
 from collector.work import queue
-from collector.work.queue import TagState, WorkItem
+from collector.work.queue import ExpiringTag, WorkItem
 
 log = structlog.get_logger(__name__)
 
@@ -180,24 +180,23 @@ class Workers:
         by one. Each request names a different repository."""
         outcomes: dict[int, Outcome] = {}
         collect: dict[int, str] = {}
-        expiring: list[tuple[int, WorkItem, TagState]] = []
+        expiring: list[tuple[int, WorkItem]] = []
         for index, item in enumerate(items):
             if item.event_type == "repo-sweep":
                 collect[item.repository_id] = item.event_id
                 outcomes[index] = "collected"
             elif item.event_type == "tag-expired":
                 verdict = await self._check_expiry(conn, item)
-                if isinstance(verdict, TagState):
+                if isinstance(verdict, ExpiringTag):
                     collect[item.repository_id] = item.event_id
-                    expiring.append((index, item, verdict))
+                    expiring.append((index, item))
                 else:
                     outcomes[index] = verdict
         if collect:
             await self._engine.collect_many(collect)
-        for index, item, tag in expiring:
-            assert item.tag_id is not None
+        for index, item in expiring:
             # The engine skips tags a push holds locked right now: look again soon.
-            if await queue.tag_state(conn, item.tag_id, item.repository_id) == tag:
+            if await queue.expiring_tag(conn, item, self._clock.now_ms()) is not None:
                 outcomes[index] = Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
             else:
                 outcomes[index] = "collected"
@@ -206,20 +205,15 @@ class Workers:
                 outcomes[index] = await self._purge(item)
         return [outcomes[index] for index in range(len(items))]
 
-    async def _check_expiry(self, conn: Connection, item: WorkItem) -> Outcome | TagState:
-        """Why a tag-expired request removes nothing, or its tag's state when it is due."""
-        assert item.tag_id is not None
-        assert item.lifetime_end_ms is not None
-        tag = await queue.tag_state(conn, item.tag_id, item.repository_id)
+    async def _check_expiry(self, conn: Connection, item: WorkItem) -> Outcome | ExpiringTag:
+        """Why a tag-expired request removes nothing, or its tag when it is due."""
+        tag = await queue.expiring_tag(conn, item, self._clock.now_ms())
         if tag is None:
-            return "stale"  # collected already, or deleted by the registry
-        if tag.lifetime_end_ms != item.lifetime_end_ms:
-            return "stale"  # restored or re-expired since: a later event will say so
+            return "stale"  # collected, deleted, restored or re-expired since
         if tag.immutable:
             return "immutable"
-        due_at_ms = item.lifetime_end_ms + tag.window_s * 1000
-        if due_at_ms > self._clock.now_ms():
-            return Deferred(due_at_ms, "inside the time-machine window")
+        if not tag.due:
+            return Deferred(tag.due_at_ms, "inside the time-machine window")
         return tag
 
     async def _purge(self, item: WorkItem) -> Outcome:

@@ -110,5 +110,5 @@ async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
     assert removed_blobs, "the engine must have removed blobs meanwhile"
     assert removed_blobs.isdisjoint(existing_blobs)
     assert removed_manifests.isdisjoint(existing_manifests)
-    result = await verify(conn, now_ms=NOW_MS, protected_digests=[])
+    result = await verify(conn, now_ms=NOW_MS, protected_digests=[], orphan_grace_s=3600)
     assert result.dangling == []

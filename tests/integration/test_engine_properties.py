@@ -1,9 +1,11 @@
 """Property: on random registries, the engine removes exactly what became unreachable.
 
-The registries are built so that nothing is garbage beforehand; a run then
-removes its roots (due tags, expired uploads, or all of a purged repository)
-and the reference model below says what must survive: everything still
-reachable from the remaining roots, by the rules of CONTRACT §3.
+The registries are built so that nothing is garbage beforehand but orphans:
+objects nothing references and no event announces (of every kind). A run
+removes its roots (due tags, expired uploads, or all of a purged repository),
+with the orphan sweep also the orphans, and the reference model below says
+what must survive: everything still reachable from the remaining roots, by the
+rules of CONTRACT §3 (orphans the run did not sweep count as roots).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 from collector.db.connector import PoolDatabase
 from collector.engine import Engine, EngineConfig
+from collector.verify import verify
 from tests.registry import DAY_MS, NOW_MS, WINDOW_S, FixedClock, Registry, outbox, snapshot
 
 PROTECTED = "sha256:" + "e" * 64
@@ -45,6 +48,11 @@ class Model:
     derived: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (image, blob)
     legacy: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (manifest, image)
     uploads: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # repo, blob, expired
+    #: Objects nothing referenced when built: garbage only an orphan sweep finds.
+    orphan_manifests: set[int] = field(default_factory=set)
+    orphan_images: set[int] = field(default_factory=set)
+    orphan_labels: set[int] = field(default_factory=set)
+    orphan_blobs: set[int] = field(default_factory=set)
 
     def tag_due(self, tag_id: int) -> bool:
         repo, _, end_ms, immutable = self.tags[tag_id]
@@ -182,11 +190,42 @@ async def build(reg: Registry, rng: random.Random) -> Model:
                 blob_id,
                 expired,
             )
+        for _ in range(rng.randint(0, 2)):  # orphans: untagged manifests and manifest lists
+            children = tuple(rng.sample(plain, rng.randint(1, len(plain))))
+            orphan = await manifest(repo, children=children if rng.random() < 0.3 else ())
+            model.orphan_manifests.add(orphan)
+        for _ in range(rng.randint(0, 1)):  # an orphan legacy chain, linked from nothing
+            parent = None
+            for _ in range(rng.randint(1, 3)):
+                storage = await blob()
+                image_id = await reg.image(repo, storage, parent)
+                model.images[image_id] = (repo, storage, parent)
+                parent = image_id
+            assert parent is not None
+            model.orphan_images.add(parent)
+    for _ in range(rng.randint(0, 2)):
+        orphan_label = await reg.label(f"k{next(names)}")
+        model.labels.add(orphan_label)
+        model.orphan_labels.add(orphan_label)
+    for _ in range(rng.randint(0, 2)):
+        orphan_blob = await reg.blob()
+        model.blobs.add(orphan_blob)
+        model.orphan_blobs.add(orphan_blob)
     return model
 
 
-def expected(model: Model, collected: set[int], purged: set[int]) -> dict[str, set[int]]:
-    """What must survive a run that collected ``collected`` and purged ``purged``."""
+def expected(
+    model: Model,
+    collected: set[int],
+    purged: set[int],
+    swept: set[int] | None = None,
+) -> dict[str, set[int]]:
+    """What must survive a run that collected ``collected`` and purged ``purged``, and
+    swept the orphans of ``swept`` (None: of the whole registry, labels and blobs too).
+    Orphans not swept are roots."""
+    local = set(model.repos) if swept is None else swept
+    root_manifests = {m for m in model.orphan_manifests if model.manifests[m] not in local}
+    root_images = {i for i in model.orphan_images if model.images[i][0] not in local | purged}
     tags = {
         t
         for t, (repo, *_rest) in model.tags.items()
@@ -210,10 +249,11 @@ def expected(model: Model, collected: set[int], purged: set[int]) -> dict[str, s
             subject_live = m in model.subject and any(
                 model.digests[s] == model.subject[m] and survivors_repo[s] == repo for s in live
             )
-            if m in tagged or listed or subject_live:
+            if m in tagged or listed or subject_live or m in root_manifests:
                 live.add(m)
                 changed = True
     images: set[int] = {image for (m, image) in model.legacy.values() if m in live}
+    images |= root_images
     frontier = list(images)
     while frontier:
         parent = model.images[frontier.pop()][2]
@@ -221,6 +261,8 @@ def expected(model: Model, collected: set[int], purged: set[int]) -> dict[str, s
             images.add(parent)
             frontier.append(parent)
     blobs = set(model.blob_exempt)
+    if swept is not None:
+        blobs |= model.orphan_blobs
     blobs |= {b for m in live for b in model.manifest_blobs[m]}
     blobs |= {model.images[i][1] for i in images}
     blobs |= {b for (i, b) in model.derived.values() if i in images}
@@ -231,7 +273,8 @@ def expected(model: Model, collected: set[int], purged: set[int]) -> dict[str, s
         "tag": tags,
         "manifest": live,
         "image": images,
-        "label": {label for m in live for label in model.manifest_labels[m]},
+        "label": {label for m in live for label in model.manifest_labels[m]}
+        | (model.orphan_labels if swept is not None else set()),
         "blob": blobs,
         "uploaded_blob": uploads,
         "derived_image_storage": {d for d, (i, _b) in model.derived.items() if i in images},
@@ -261,18 +304,24 @@ async def test_engine_removes_exactly_what_became_unreachable(
         config = EngineConfig(batch_size=batch_size, protected_digests=(PROTECTED,))
         engine = Engine(PoolDatabase(db), config, clock=FixedClock())
 
-        if data.draw(st.booleans(), label="collect_all"):
+        orphans = data.draw(st.booleans(), label="orphans")
+        everything = data.draw(st.booleans(), label="collect_all")
+        if everything:
             purge_marked = data.draw(st.booleans(), label="purge_marked")
             purged = {r for r, (_ns, marked) in model.repos.items() if marked and purge_marked}
             collected = set(model.repos) - purged
+            swept: set[int] | None = None if orphans else set()
 
             async def run() -> None:
-                await engine.collect_all(causation_id="c", purge_marked=purge_marked, concurrency=2)
+                await engine.collect_all(
+                    causation_id="c", purge_marked=purge_marked, orphans=orphans, concurrency=2
+                )
 
         else:
             chosen = data.draw(st.sets(st.sampled_from(sorted(model.repos))), label="repositories")
             purged = {r for r in chosen if model.repos[r][1] and data.draw(st.booleans())}
             collected = chosen - purged
+            swept = collected if orphans else set()
 
             async def run() -> None:
                 for repo in sorted(chosen):
@@ -281,11 +330,11 @@ async def test_engine_removes_exactly_what_became_unreachable(
                         if await conn.fetchval("SELECT 1 FROM repository WHERE id = $1", repo):
                             await engine.purge(repo, causation_id="c")
                     else:
-                        await engine.collect(repo, causation_id="c")
+                        await engine.collect(repo, causation_id="c", orphans=orphans)
 
         await run()
         after = await snapshot(conn)
-        want = expected(model, collected, purged)
+        want = expected(model, collected, purged, swept)
         for table, ids in want.items():
             assert after[table] == ids, table
 
@@ -306,6 +355,12 @@ async def test_engine_removes_exactly_what_became_unreachable(
         for table in ("tag", "manifest", "blob", "label", "image", "repository"):
             assert reported[table] == before[table] - after[table], table
         assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+        if everything and orphans and purge_marked:
+            # Everything verify calls garbage was collected: nothing due, queued or waiting.
+            found = await verify(
+                conn, now_ms=NOW_MS, protected_digests=[PROTECTED], orphan_grace_s=3600
+            )
+            assert (found.dangling, found.garbage, found.queued, found.grace) == ([], [], [], [])
 
         await run()
         assert await snapshot(conn) == after

@@ -4,19 +4,9 @@ SELECT id FROM blob WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 
 -- name: unreferenced
 -- Of the locked blobs $1, those referenced by nothing in any repository and
--- safe to remove: at least one placement (a blob without one is a
--- proxy-cache placeholder) and not a protected digest.
+-- safe to remove (gc.unreferenced_blobs: with a placement, not protected).
 -- $1 bigint[] blob ids, $2 text[] protected digests, $3 timestamptz now
-SELECT b.id
-FROM blob b
-WHERE b.id = ANY($1::bigint[])
-  AND b.digest <> ALL($2::text[])
-  AND EXISTS (SELECT 1 FROM blob_placement p WHERE p.blob_id = b.id)
-  AND NOT EXISTS (SELECT 1 FROM manifest_blob mb WHERE mb.blob_id = b.id)
-  AND NOT EXISTS (SELECT 1 FROM image i WHERE i.storage_id = b.id)
-  AND NOT EXISTS (SELECT 1 FROM derived_image_storage d WHERE d.derivative_id = b.id)
-  AND NOT EXISTS (SELECT 1 FROM uploaded_blob u WHERE u.blob_id = b.id AND u.expires_at > $3)
-ORDER BY b.id
+SELECT id FROM gc.unreferenced_blobs($3, $2::text[]) WHERE id = ANY($1::bigint[]) ORDER BY id
 
 -- name: delete
 -- Delete garbage blobs, their placements and the expired uploads, in any

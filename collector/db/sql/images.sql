@@ -3,15 +3,10 @@
 SELECT id FROM image WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 
 -- name: unreferenced
--- Of the locked legacy images $1, those no manifest and no child image
--- references: chains unwind from leaf to root.
+-- Of the locked legacy images $1, those nothing keeps alive
+-- (gc.unreferenced_images): chains unwind from leaf to root.
 -- $1 bigint[] image ids
-SELECT i.id
-FROM image i
-WHERE i.id = ANY($1::bigint[])
-  AND NOT EXISTS (SELECT 1 FROM manifest_legacy_image li WHERE li.image_id = i.id)
-  AND NOT EXISTS (SELECT 1 FROM image c WHERE c.parent_id = i.id)
-ORDER BY i.id
+SELECT id FROM gc.unreferenced_images() WHERE id = ANY($1::bigint[]) ORDER BY id
 
 -- name: delete
 -- Delete garbage images and their derived storage rows, queue the blobs

@@ -3,13 +3,9 @@
 SELECT id FROM label WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 
 -- name: unreferenced
--- Of the locked labels $1, those no manifest of any repository carries.
+-- Of the locked labels $1, those nothing keeps alive (gc.unreferenced_labels).
 -- $1 bigint[] label ids
-SELECT l.id
-FROM label l
-WHERE l.id = ANY($1::bigint[])
-  AND NOT EXISTS (SELECT 1 FROM manifest_label ml WHERE ml.label_id = l.id)
-ORDER BY l.id
+SELECT id FROM gc.unreferenced_labels() WHERE id = ANY($1::bigint[]) ORDER BY id
 
 -- name: delete
 -- $1 bigint[] label ids, $2 text[] causation ids (parallel)

@@ -3,23 +3,10 @@
 SELECT id FROM manifest WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 
 -- name: unreferenced
--- Of the locked manifests $1, those nothing keeps alive: no tag row of any
--- state, no manifest list naming it as a child, and (for an OCI referrer)
--- no live subject in the same repository. Referrers never keep a subject.
+-- Of the locked manifests $1, those nothing keeps alive (the rule:
+-- gc.unreferenced_manifests, migration 0009).
 -- $1 bigint[] manifest ids
-SELECT m.id
-FROM manifest m
-WHERE m.id = ANY($1::bigint[])
-  AND NOT EXISTS (SELECT 1 FROM tag t WHERE t.manifest_id = m.id)
-  AND NOT EXISTS (SELECT 1 FROM manifest_child c WHERE c.child_manifest_id = m.id)
-  AND NOT (
-      m.subject_digest IS NOT NULL
-      AND EXISTS (
-          SELECT 1 FROM manifest s
-          WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest
-      )
-  )
-ORDER BY m.id
+SELECT id FROM gc.unreferenced_manifests() WHERE id = ANY($1::bigint[]) ORDER BY id
 
 -- name: delete
 -- Delete garbage manifests with their links, queue what the links pointed

@@ -8,7 +8,7 @@ WHERE n.name = $1 AND r.name = $2
 -- Hold repository $1's row (FOR SHARE: no one may unmark it meanwhile) and
 -- say whether it is marked for deletion.
 -- $1 bigint repository id
-SELECT state = 'marked_for_deletion' AS marked FROM repository WHERE id = $1 FOR SHARE
+SELECT gc.repository_is_marked(state) AS marked FROM repository WHERE id = $1 FOR SHARE
 
 -- name: delete_app_tags
 -- Remove up to $2 application tags of repository $1 (purge); links to a
@@ -30,7 +30,7 @@ DELETE FROM repository r
 USING namespace n
 WHERE r.id = $1
   AND n.id = r.namespace_id
-  AND r.state = 'marked_for_deletion'
+  AND gc.repository_is_marked(r.state)
   AND NOT EXISTS (SELECT 1 FROM tag WHERE repository_id = r.id)
   AND NOT EXISTS (SELECT 1 FROM manifest WHERE repository_id = r.id)
   AND NOT EXISTS (SELECT 1 FROM image WHERE repository_id = r.id)
@@ -46,17 +46,8 @@ RETURNING r.id, r.name, n.name AS namespace
 -- Repositories with something to collect: a tag past its window, an
 -- expired upload, or candidates left by an interrupted run.
 -- $1 bigint now (ms), $2 timestamptz now
-SELECT t.repository_id AS id
-FROM tag t
-JOIN repository r ON r.id = t.repository_id
-JOIN namespace n ON n.id = r.namespace_id
-WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
-UNION
-SELECT repository_id FROM uploaded_blob WHERE expires_at <= $2
-UNION
-SELECT repository_id FROM gc.candidate
-ORDER BY id
+SELECT id FROM gc.repositories_with_due_work($1, $2) ORDER BY id
 
 -- name: marked
 -- Repositories marked for deletion.
-SELECT id FROM repository WHERE state = 'marked_for_deletion' ORDER BY id
+SELECT id FROM repository WHERE gc.repository_is_marked(state) ORDER BY id

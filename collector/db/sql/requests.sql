@@ -15,15 +15,9 @@ LIMIT 1
 -- upload or undecided candidates (repo-sweep), and repositories marked for
 -- deletion (repo-deleted), with their names.
 -- $1 bigint now (ms), $2 timestamptz now
-SELECT r.id, n.name AS namespace, r.name, r.state = 'marked_for_deletion' AS marked
+SELECT r.id, n.name AS namespace, r.name, gc.repository_is_marked(r.state) AS marked
 FROM repository r
 JOIN namespace n ON n.id = r.namespace_id
-WHERE r.state = 'marked_for_deletion'
-   OR EXISTS (
-       SELECT 1 FROM tag t
-       WHERE t.repository_id = r.id
-         AND gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
-   )
-   OR EXISTS (SELECT 1 FROM uploaded_blob u WHERE u.repository_id = r.id AND u.expires_at <= $2)
-   OR EXISTS (SELECT 1 FROM gc.candidate c WHERE c.repository_id = r.id)
+WHERE gc.repository_is_marked(r.state)
+   OR r.id IN (SELECT id FROM gc.repositories_with_due_work($1, $2))
 ORDER BY r.id

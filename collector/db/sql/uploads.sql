@@ -11,7 +11,7 @@ WITH scope AS (
     WHERE id IN (
         SELECT id FROM uploaded_blob
         WHERE ($1::bigint[] IS NULL OR repository_id = ANY($1::bigint[]))
-          AND ($4 OR expires_at <= $2)
+          AND ($4 OR gc.upload_is_expired(expires_at, $2))
         ORDER BY id
         LIMIT $3
         FOR UPDATE SKIP LOCKED

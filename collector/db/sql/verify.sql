@@ -59,54 +59,29 @@ GROUP BY reference
 ORDER BY reference
 
 -- name: garbage
--- Garbage that is due but not collected yet, by kind, with up to five ids.
--- The same rules the collectors apply (CONTRACT §3), over the whole registry.
--- $1 bigint now (ms), $2 timestamptz now, $3 text[] protected digests
-SELECT kind, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS sample
+-- Garbage not collected yet, by kind and status, with up to five ids, by the
+-- very rules the collectors apply (migration 0009). Status: "queued" when a
+-- candidate or a request already waits for it; "due" when the next run or
+-- orphan sweep collects it; "grace" for an unreferenced object younger than
+-- the grace period (the sweep leaves it alone until then).
+-- $1 bigint now (ms), $2 timestamptz now, $3 text[] protected digests,
+-- $4 timestamptz grace cutoff (objects created after it are in their grace period)
+SELECT kind, status, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS sample
 FROM (
-    SELECT 'tag past its window' AS kind, t.id
-    FROM tag t
-    JOIN repository r ON r.id = t.repository_id
-    JOIN namespace n ON n.id = r.namespace_id
-    WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $1)
+    SELECT 'tag past its window' AS kind, 'due' AS status, t.id FROM gc.due_tags($1) t
     UNION ALL
-    SELECT 'expired upload', u.id FROM uploaded_blob u WHERE u.expires_at <= $2
+    SELECT 'expired upload', 'due', u.id FROM gc.expired_uploads($2) u
     UNION ALL
-    SELECT 'repository marked for deletion', r.id
-    FROM repository r WHERE r.state = 'marked_for_deletion'
+    SELECT 'repository marked for deletion', 'due', r.id
+    FROM repository r WHERE gc.repository_is_marked(r.state)
     UNION ALL
-    SELECT 'unreferenced manifest', m.id
-    FROM manifest m
-    WHERE NOT EXISTS (SELECT 1 FROM tag t WHERE t.manifest_id = m.id)
-      AND NOT EXISTS (SELECT 1 FROM manifest_child c WHERE c.child_manifest_id = m.id)
-      AND NOT (
-          m.subject_digest IS NOT NULL
-          AND EXISTS (
-              SELECT 1 FROM manifest s
-              WHERE s.repository_id = m.repository_id AND s.digest = m.subject_digest
-          )
-      )
+    SELECT 'unreferenced ' || o.kind, CASE WHEN o.created_at > $4 THEN 'grace' ELSE 'due' END, o.id
+    FROM gc.unreferenced_objects($2, $3) o
+    WHERE NOT EXISTS (SELECT 1 FROM gc.candidate c WHERE c.kind = o.kind AND c.object_id = o.id)
     UNION ALL
-    SELECT 'unreferenced label', l.id
-    FROM label l WHERE NOT EXISTS (SELECT 1 FROM manifest_label ml WHERE ml.label_id = l.id)
+    SELECT 'candidate ' || c.kind, 'queued', c.id FROM gc.candidate c
     UNION ALL
-    SELECT 'unreferenced legacy image', i.id
-    FROM image i
-    WHERE NOT EXISTS (SELECT 1 FROM manifest_legacy_image li WHERE li.image_id = i.id)
-      AND NOT EXISTS (SELECT 1 FROM image c WHERE c.parent_id = i.id)
-    UNION ALL
-    SELECT 'unreferenced blob', b.id
-    FROM blob b
-    WHERE b.digest <> ALL($3::text[])
-      AND EXISTS (SELECT 1 FROM blob_placement p WHERE p.blob_id = b.id)
-      AND NOT EXISTS (SELECT 1 FROM manifest_blob mb WHERE mb.blob_id = b.id)
-      AND NOT EXISTS (SELECT 1 FROM image i WHERE i.storage_id = b.id)
-      AND NOT EXISTS (SELECT 1 FROM derived_image_storage d WHERE d.derivative_id = b.id)
-      AND NOT EXISTS (
-          SELECT 1 FROM uploaded_blob u WHERE u.blob_id = b.id AND u.expires_at > $2
-      )
-    UNION ALL
-    SELECT 'pending candidate', c.id FROM gc.candidate c
-) AS due
-GROUP BY kind
-ORDER BY kind
+    SELECT 'request ' || q.event_type, 'queued', q.id FROM gc.request q WHERE q.finished_at IS NULL
+) AS garbage
+GROUP BY kind, status
+ORDER BY kind, status

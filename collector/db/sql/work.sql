@@ -66,14 +66,15 @@ ORDER BY r.id
 LIMIT $2
 FOR UPDATE OF r SKIP LOCKED
 
--- name: tag_state
--- The tag a tag-expired request names, if it is still in that repository.
--- $1 bigint tag id, $2 bigint repository id
-SELECT t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s AS window_s
-FROM tag t
-JOIN repository r ON r.id = t.repository_id
-JOIN namespace n ON n.id = r.namespace_id
-WHERE t.id = $1 AND t.repository_id = $2
+-- name: expiring_tag
+-- The tag a tag-expired request names, while it still ended when the request
+-- says (nothing: the request is stale), with whether it is due at $4 and when
+-- it falls due (gc.expiring_tag, gc.tag_is_due, gc.tag_due_at_ms).
+-- $1 bigint tag id, $2 bigint repository id, $3 bigint lifetime end (ms), $4 bigint now (ms)
+SELECT t.immutable,
+       gc.tag_is_due(t.lifetime_end_ms, t.immutable, t.window_s, $4) AS due,
+       gc.tag_due_at_ms(t.lifetime_end_ms, t.window_s) AS due_at_ms
+FROM gc.expiring_tag($1, $2, $3) t
 
 -- name: finish
 -- $1 bigint request id, $2 text outcome, $3 text finished by
@@ -94,11 +95,7 @@ FROM (
     FROM gc.request q
     WHERE q.repository_id = ANY($1::bigint[]) AND q.finished_at IS NULL
       AND q.event_type = 'tag-expired'
-      AND NOT EXISTS (
-          SELECT FROM tag t
-          WHERE t.id = q.tag_id AND t.repository_id = q.repository_id
-            AND t.lifetime_end_ms = q.lifetime_end_ms
-      )
+      AND NOT EXISTS (SELECT FROM gc.expiring_tag(q.tag_id, q.repository_id, q.lifetime_end_ms))
     ORDER BY q.id
     FOR UPDATE OF q SKIP LOCKED
 ) stale
