@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import random
+import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -13,6 +18,7 @@ import pytest
 
 from collector.db.migrations import migrate
 from tests.conftest import ADMIN_URL
+from tests.registry import snapshot
 
 
 def collector_command(*args: str) -> list[str]:
@@ -67,3 +73,48 @@ async def create_database() -> AsyncIterator[CreateDatabase]:
 
     yield create
     await _admin(*(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in reversed(made)))
+
+
+async def removals(url: str) -> Counter[str]:
+    """The outbox as a multiset of (type, data): event ids differ between runs by design."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT event FROM gc.outbox ORDER BY id")
+        return Counter(
+            json.dumps([e["type"], e["data"]], sort_keys=True)
+            for e in (json.loads(row["event"]) for row in rows)
+        )
+    finally:
+        await conn.close()
+
+
+async def state(url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            "rows": await snapshot(conn),
+            "candidates": await conn.fetchval("SELECT count(*) FROM gc.candidate"),
+            "outbox": await conn.fetchval("SELECT count(*) FROM gc.outbox"),
+        }
+    finally:
+        await conn.close()
+
+
+async def kill_when(
+    url: str, process: asyncio.subprocess.Process, ready: str, *args: object, jitter_s: float = 0.05
+) -> bool:
+    """SIGKILL ``process`` once the query ``ready`` (with ``args``) returns true, within
+    ``jitter_s`` after; True if it was still running then."""
+    conn = await asyncpg.connect(url)
+    try:
+        while process.returncode is None:
+            if await conn.fetchval(ready, *args):
+                await asyncio.sleep(random.uniform(0, jitter_s))  # land anywhere in a transaction
+                running = process.returncode is None
+                process.send_signal(signal.SIGKILL)
+                await asyncio.wait_for(process.wait(), 30)
+                return running
+            await asyncio.sleep(0.005)
+        return False
+    finally:
+        await conn.close()

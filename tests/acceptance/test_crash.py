@@ -4,63 +4,23 @@ final registry and the removal events equal those of an uninterrupted run."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
-import signal
-from collections import Counter
-from typing import Any
 
 import asyncpg
 
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
 from collector.engine import SystemClock
-from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
-from tests.registry import snapshot
+from tests.acceptance.conftest import (
+    CreateDatabase,
+    collector_command,
+    kill_when,
+    removals,
+    run_collector,
+    state,
+)
 
 ARGS = ("collect", "--all", "--purge", "--batch-size", "25")
-
-
-async def removals(url: str) -> Counter[str]:
-    """The outbox as a multiset of (type, data): event ids differ between runs by design."""
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetch("SELECT event FROM gc.outbox ORDER BY id")
-        return Counter(
-            json.dumps([e["type"], e["data"]], sort_keys=True)
-            for e in (json.loads(row["event"]) for row in rows)
-        )
-    finally:
-        await conn.close()
-
-
-async def state(url: str) -> dict[str, Any]:
-    conn = await asyncpg.connect(url)
-    try:
-        return {
-            "rows": await snapshot(conn),
-            "candidates": await conn.fetchval("SELECT count(*) FROM gc.candidate"),
-            "outbox": await conn.fetchval("SELECT count(*) FROM gc.outbox"),
-        }
-    finally:
-        await conn.close()
-
-
-async def kill_when(url: str, process: asyncio.subprocess.Process, outbox_rows: int) -> bool:
-    """SIGKILL ``process`` once the outbox holds ``outbox_rows``; True if it was still running."""
-    conn = await asyncpg.connect(url)
-    try:
-        while process.returncode is None:
-            if await conn.fetchval("SELECT count(*) FROM gc.outbox") >= outbox_rows:
-                await asyncio.sleep(random.uniform(0, 0.05))  # land anywhere in a transaction
-                running = process.returncode is None
-                process.send_signal(signal.SIGKILL)
-                await asyncio.wait_for(process.wait(), 30)
-                return running
-            await asyncio.sleep(0.005)
-        return False
-    finally:
-        await conn.close()
 
 
 async def test_sigkill_at_random_moments_then_restart_equals_uninterrupted_run(
@@ -98,7 +58,9 @@ async def test_sigkill_at_random_moments_then_restart_equals_uninterrupted_run(
             stderr=asyncio.subprocess.DEVNULL,
             env={**os.environ, "COLLECTOR_LOG_LEVEL": "warning"},
         )
-        kills += await kill_when(crashed, process, int(total * share))
+        kills += await kill_when(
+            crashed, process, "SELECT count(*) >= $1 FROM gc.outbox", int(total * share)
+        )
     assert kills >= 3, "the collector must have been killed mid-run"
     finish = run_collector(*ARGS, "--database-url", crashed)
     assert finish.returncode == 0, finish.stderr

@@ -18,8 +18,7 @@ import pytest
 from collector.config import Settings
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
 from collector.engine import SystemClock
-from tests.acceptance.conftest import CreateDatabase, collector_command
-from tests.acceptance.test_crash import kill_when, removals, state
+from tests.acceptance.conftest import CreateDatabase, collector_command, kill_when, removals, state
 from tests.pipeline import pipeline_settings, read_topic, topics
 
 
@@ -117,7 +116,9 @@ async def test_sigkill_during_run_then_restart_publishes_every_deletion_and_equa
             stderr=asyncio.subprocess.DEVNULL,
             env=env,
         )
-        kills += await kill_when(crashed, process, int(total * share))
+        kills += await kill_when(
+            crashed, process, "SELECT count(*) >= $1 FROM gc.outbox", int(total * share)
+        )
     assert kills >= 2, "the service must have been killed mid-run"
     finish = run(env, "run", "--exit-when-idle", "1", "--batch-size", "25")
     assert finish.returncode == 0, finish.stderr

@@ -11,6 +11,7 @@ import asyncpg
 from collector.db.connector import Connection, PoolDatabase
 from collector.engine import Engine, EngineConfig
 from collector.verify import verify
+from tests import pushes
 from tests.registry import NOW_MS, FixedClock, Registry, outbox
 
 
@@ -22,7 +23,7 @@ async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
     target alive, or fails its foreign-key check; nothing dangles."""
     ns = await registry.namespace()
     doomed = await registry.repository(ns, "doomed")
-    pushes = await registry.repository(ns, "pushes")
+    elsewhere = await registry.repository(ns, "pushes")
     pool_blobs = [await registry.blob() for _ in range(150)]
     manifests = []
     for _ in range(300):
@@ -44,36 +45,11 @@ async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
                 async with conn.transaction():
                     if rng.random() < 0.5:
                         blob = rng.choice(pool_blobs)
-                        manifest = await conn.fetchval(
-                            "INSERT INTO manifest (repository_id, digest, media_type)"
-                            " VALUES ($1, md5(random()::text), 'm') RETURNING id",
-                            pushes,
-                        )
-                        await conn.execute(
-                            "INSERT INTO manifest_blob (repository_id, manifest_id, blob_id)"
-                            " VALUES ($1, $2, $3)",
-                            pushes,
-                            manifest,
-                            blob,
-                        )
-                        await conn.execute(
-                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
-                            " VALUES ($1, $2, $3, $4)",
-                            pushes,
-                            manifest,
-                            f"p{manifest}",
-                            NOW_MS,
-                        )
+                        await pushes.push(conn, elsewhere, blob)
                         linked.add(blob)
                     else:
                         target = rng.choice(manifests)
-                        await conn.execute(
-                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
-                            " VALUES ($1, $2, md5(random()::text), $3)",
-                            doomed,
-                            target,
-                            NOW_MS,
-                        )
+                        await pushes.retag(conn, doomed, target)
                         rescued.add(target)
                 during += 1
             except asyncpg.ForeignKeyViolationError as exc:

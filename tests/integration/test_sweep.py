@@ -14,6 +14,7 @@ from collector.db.connector import Connection, PoolDatabase
 from collector.engine import Engine, EngineConfig, SystemClock, sweep
 from collector.engine.context import ms_to_datetime
 from collector.verify import verify
+from tests import pushes
 from tests.registry import NOW_MS, FixedClock, Registry, exists, outbox
 
 GRACE_S = 3600
@@ -192,7 +193,7 @@ async def test_the_sweep_under_a_concurrent_writer_loses_nothing_referenced_or_y
     foreign keys refuse links to orphans the sweep had removed: the two really raced."""
     conn = registry.conn
     ns = await registry.namespace()
-    old_repo, pushes = await registry.repository(ns, "old"), await registry.repository(ns, "new")
+    old_repo, new_repo = await registry.repository(ns, "old"), await registry.repository(ns, "new")
     orphan_blobs = [await registry.blob() for _ in range(300)]
     orphan_manifests = [
         await registry.manifest(old_repo, blobs=(await registry.blob(),)) for _ in range(300)
@@ -219,39 +220,12 @@ async def test_the_sweep_under_a_concurrent_writer_loses_nothing_referenced_or_y
                 async with conn.transaction():
                     if roll < 0.4:
                         target = rng.choice(orphan_manifests)
-                        await conn.execute(
-                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
-                            " VALUES ($1, $2, md5(random()::text), 0)",
-                            old_repo,
-                            target,
-                        )
+                        await pushes.retag(conn, old_repo, target)
                     elif roll < 0.8:
                         target = rng.choice(orphan_blobs)
-                        manifest = await conn.fetchval(
-                            "INSERT INTO manifest (repository_id, digest, media_type)"
-                            " VALUES ($1, md5(random()::text), 'm') RETURNING id",
-                            pushes,
-                        )
-                        await conn.execute(
-                            "INSERT INTO manifest_blob (repository_id, manifest_id, blob_id)"
-                            " VALUES ($1, $2, $3)",
-                            pushes,
-                            manifest,
-                            target,
-                        )
-                        await conn.execute(
-                            "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
-                            " VALUES ($1, $2, md5(random()::text), 0)",
-                            pushes,
-                            manifest,
-                        )
+                        await pushes.push(conn, new_repo, target)
                     else:
-                        target = await conn.fetchval(
-                            "WITH b AS (INSERT INTO blob (digest, size)"
-                            " VALUES (md5(random()::text), 1) RETURNING id)"
-                            " INSERT INTO blob_placement (blob_id, location)"
-                            " SELECT id, 's3' FROM b RETURNING blob_id"
-                        )
+                        target = await pushes.fresh_blob(conn)
             except asyncpg.ForeignKeyViolationError as exc:
                 refused.append(exc.constraint_name or "")
             else:

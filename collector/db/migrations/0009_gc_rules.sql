@@ -47,15 +47,26 @@ CREATE FUNCTION gc.repository_is_marked(state text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN state = 'marked_for_deletion';
 
+-- Every tag with what its due time is made of: its lifetime end, and the
+-- time-machine window of its repository's namespace.
+CREATE FUNCTION gc.tag_windows()
+RETURNS TABLE (
+    id bigint, repository_id bigint, lifetime_end_ms bigint, immutable boolean, window_s bigint
+)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT t.id, t.repository_id, t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s
+    FROM tag t
+    JOIN repository r ON r.id = t.repository_id
+    JOIN namespace n ON n.id = r.namespace_id
+$$;
+
 -- Tags past their namespace's window (the roots of a collection).
 CREATE FUNCTION gc.due_tags(now_ms bigint)
 RETURNS TABLE (id bigint, repository_id bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT t.id, t.repository_id
-    FROM tag t
-    JOIN repository r ON r.id = t.repository_id
-    JOIN namespace n ON n.id = r.namespace_id
-    WHERE gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, now_ms)
+    SELECT w.id, w.repository_id
+    FROM gc.tag_windows() w
+    WHERE gc.tag_is_due(w.lifetime_end_ms, w.immutable, w.window_s, now_ms)
 $$;
 
 -- Uploads past their expiry: garbage themselves.
@@ -74,12 +85,10 @@ CREATE FUNCTION gc.expiring_tag(
     request_tag_id bigint, request_repository_id bigint, request_lifetime_end_ms bigint
 ) RETURNS TABLE (lifetime_end_ms bigint, immutable boolean, window_s bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s
-    FROM tag t
-    JOIN repository r ON r.id = t.repository_id
-    JOIN namespace n ON n.id = r.namespace_id
-    WHERE t.id = request_tag_id AND t.repository_id = request_repository_id
-      AND t.lifetime_end_ms = request_lifetime_end_ms
+    SELECT w.lifetime_end_ms, w.immutable, w.window_s
+    FROM gc.tag_windows() w
+    WHERE w.id = request_tag_id AND w.repository_id = request_repository_id
+      AND w.lifetime_end_ms = request_lifetime_end_ms
 $$;
 
 -- Manifests nothing keeps alive: no tag row of any state, no manifest list

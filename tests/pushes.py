@@ -1,0 +1,43 @@
+"""What a registry's push writes, for tests that race the collector with one. Each call
+runs in the caller's transaction; a link to a row the collector removed first fails its
+foreign-key check, as the registry's would."""
+
+from __future__ import annotations
+
+from collector.db.connector import Connection
+
+
+async def retag(conn: Connection, repository_id: int, manifest_id: int) -> None:
+    """A new alive tag on an existing manifest."""
+    await conn.execute(
+        "INSERT INTO tag (repository_id, manifest_id, name, lifetime_start_ms)"
+        " VALUES ($1, $2, md5(random()::text), 0)",
+        repository_id,
+        manifest_id,
+    )
+
+
+async def push(conn: Connection, repository_id: int, blob_id: int) -> int:
+    """A new tagged manifest whose layer is an existing blob; returns the manifest."""
+    manifest_id: int = await conn.fetchval(
+        "INSERT INTO manifest (repository_id, digest, media_type)"
+        " VALUES ($1, md5(random()::text), 'm') RETURNING id",
+        repository_id,
+    )
+    await conn.execute(
+        "INSERT INTO manifest_blob (repository_id, manifest_id, blob_id) VALUES ($1, $2, $3)",
+        repository_id,
+        manifest_id,
+        blob_id,
+    )
+    await retag(conn, repository_id, manifest_id)
+    return manifest_id
+
+
+async def fresh_blob(conn: Connection) -> int:
+    """A new blob with a placement, linked from nothing yet (an upload in progress)."""
+    blob_id: int = await conn.fetchval(
+        "WITH b AS (INSERT INTO blob (digest, size) VALUES (md5(random()::text), 1) RETURNING id)"
+        " INSERT INTO blob_placement (blob_id, location) SELECT id, 's3' FROM b RETURNING blob_id"
+    )
+    return blob_id
