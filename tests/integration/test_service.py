@@ -261,6 +261,48 @@ async def test_a_tag_inside_its_window_is_deferred_durably_and_collected_when_du
     assert sorted(kinds) == ["registry.gc.manifest-removed", "registry.gc.tag-removed"]
 
 
+async def test_a_tag_whose_due_time_overflows_is_deferred_to_the_end_of_time(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A tag that ends near the bigint maximum, and one in a namespace whose window is
+    longer than time: their due times saturate, both requests are deferred durably, and
+    the service goes on serving the request behind them."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    end_of_time = 9_223_372_036_854_775_000
+    never = await registry.tag(web, await registry.manifest(web), "never", end_ms=end_of_time)
+    old = await registry.expired_tag(web, await registry.manifest(web), "old")
+    slow = await registry.namespace("slow", window_s=9_300_000_000_000_000)
+    api = await registry.repository(slow, "api")
+    late = await registry.tag(api, await registry.manifest(api), "late", end_ms=clock.ms)
+    old_end = clock.ms - WINDOW_S * 1000 - DAY_MS
+    late_request = request(
+        TagExpired(
+            namespace="slow",
+            repository="api",
+            repository_id=api,
+            tag="late",
+            tag_id=late,
+            lifetime_end_ms=clock.ms,
+        )
+    )
+    await produce(
+        settings.topic_requests,
+        [expiry(web, "never", never, end_of_time), late_request, expiry(web, "old", old, old_end)],
+    )
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"collected": 1}
+    deferred = [row for row in await requests_table(db) if row["outcome"] is None]
+    assert [row["due_at_ms"] for row in deferred] == [2**63 - 1, 2**63 - 1]
+    assert await db.fetchval("SELECT count(*) FROM tag WHERE id = ANY($1)", [never, late]) == 2
+    assert await db.fetchval("SELECT count(*) FROM tag WHERE id = $1", old) == 0
+
+
 async def test_one_claim_ends_the_expiries_its_collection_made_stale(
     db: asyncpg.Pool[asyncpg.Record],
     registry: Registry,
