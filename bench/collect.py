@@ -1,8 +1,12 @@
 """Benchmark: how fast the engine collects, and whether cost follows garbage or size.
 
     .venv/bin/python -m bench.collect [--repositories 600] [--scale 10] [--sweep-repositories N]
+                                      [--oci-only]
 
-1. throughput: seed a registry, expire 40% of its tags and mark 10% of its
+The seeded registries hold both tag models (pre-OCI history behind some
+legacy chains) unless ``--oci-only``.
+
+1. throughput: seed a registry, expire 40% of its tags (of both models) and mark 10% of its
    repositories for deletion, then time one `collect --all --purge`; report
    rows deleted per second (every table, link rows included) and objects
    (removal events) per second.
@@ -30,7 +34,14 @@ from collector.config import EMPTY_LAYER_DIGEST
 from collector.db.connector import Connection, PoolDatabase
 from collector.db.migrations import migrate
 from collector.demo.seed import TABLES as SEEDED_TABLES
-from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
+from collector.demo.seed import (
+    Shape,
+    delete_repositories,
+    expire_legacy_tags,
+    expire_tags,
+    plan_registry,
+    write,
+)
 from collector.engine import Engine, EngineConfig, SystemClock
 from collector.logging import configure_logging
 
@@ -73,16 +84,18 @@ async def collect(
     return time.perf_counter() - started, report.total
 
 
-async def throughput(repositories: int, batch_size: int, concurrency: int) -> None:
+async def throughput(repositories: int, batch_size: int, concurrency: int, pre_oci: bool) -> None:
     await fresh_database()
     async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
         async with pool.acquire() as conn:
             now = SystemClock().now_ms()
-            plan = plan_registry(Shape(repositories=repositories), now_ms=now, seed=1)
+            shape = Shape(repositories=repositories, pre_oci=pre_oci)
+            plan = plan_registry(shape, now_ms=now, seed=1)
             started = time.perf_counter()
             seeded = sum((await write(conn, plan)).values())
             seed_s = time.perf_counter() - started
             await expire_tags(conn, plan.run, fraction=0.4, now_ms=now, seed=1)
+            await expire_legacy_tags(conn, plan.run, fraction=0.4, now_ms=now, seed=1)
             await delete_repositories(conn, plan.run, fraction=0.1, seed=1)
             await conn.execute("VACUUM ANALYZE")
             before = await total_rows(conn)
@@ -97,7 +110,9 @@ async def throughput(repositories: int, batch_size: int, concurrency: int) -> No
     )
 
 
-async def garbage_vs_size(repositories: int, scale: int, batch_size: int, concurrency: int) -> None:
+async def garbage_vs_size(
+    repositories: int, scale: int, batch_size: int, concurrency: int, pre_oci: bool
+) -> None:
     """The same garbage, collected from a registry and from one `scale` times larger."""
     timings = []
     for live_repositories in (repositories, repositories * scale):
@@ -105,14 +120,17 @@ async def garbage_vs_size(repositories: int, scale: int, batch_size: int, concur
         async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
             async with pool.acquire() as conn:
                 now = SystemClock().now_ms()
-                live = plan_registry(Shape(repositories=live_repositories), now_ms=now, seed=2)
+                live_shape = Shape(repositories=live_repositories, pre_oci=pre_oci)
+                live = plan_registry(live_shape, now_ms=now, seed=2)
                 await write(conn, live)
                 # Old tag versions past their window are due in the live part too:
                 # collect them first, so only the garbage under test remains.
             await collect(pool, batch_size, concurrency)
             async with pool.acquire() as conn:
                 garbage = plan_registry(
-                    Shape(repositories=repositories, namespaces=1), now_ms=now, seed=3
+                    Shape(repositories=repositories, namespaces=1, pre_oci=pre_oci),
+                    now_ms=now,
+                    seed=3,
                 )
                 await write(conn, garbage)
                 await expire_tags(conn, garbage.run, fraction=0.5, now_ms=now, seed=3)
@@ -125,13 +143,14 @@ async def garbage_vs_size(repositories: int, scale: int, batch_size: int, concur
     print(f"time ratio, {scale}x larger registry / base: {timings[1] / timings[0]:.2f}")
 
 
-async def sweep_cost(repositories: int, batch_size: int, concurrency: int) -> None:
+async def sweep_cost(repositories: int, batch_size: int, concurrency: int, pre_oci: bool) -> None:
     """One registry-wide orphan sweep: rows judged per second, and what it collected."""
     await fresh_database()
     async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
         async with pool.acquire() as conn:
             now = SystemClock().now_ms()
-            await write(conn, plan_registry(Shape(repositories=repositories), now_ms=now, seed=4))
+            shape = Shape(repositories=repositories, pre_oci=pre_oci)
+            await write(conn, plan_registry(shape, now_ms=now, seed=4))
             # Orphans: the tags of 1% of the manifests, the links of 1% of the labels, and
             # 1% more blobs, unlinked; then every row past the grace period.
             await conn.execute(
@@ -170,14 +189,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--sweep-repositories", type=int, default=None)
+    parser.add_argument(
+        "--oci-only", action="store_true", help="Seed no pre-OCI tag history (CONTRACT §3.1)."
+    )
     args = parser.parse_args()
     configure_logging("warning")
-    asyncio.run(throughput(args.repositories, args.batch_size, args.concurrency))
+    pre_oci = not args.oci_only
+    asyncio.run(throughput(args.repositories, args.batch_size, args.concurrency, pre_oci))
     asyncio.run(
-        garbage_vs_size(args.repositories // 10, args.scale, args.batch_size, args.concurrency)
+        garbage_vs_size(
+            args.repositories // 10, args.scale, args.batch_size, args.concurrency, pre_oci
+        )
     )
     asyncio.run(
-        sweep_cost(args.sweep_repositories or args.repositories, args.batch_size, args.concurrency)
+        sweep_cost(
+            args.sweep_repositories or args.repositories,
+            args.batch_size,
+            args.concurrency,
+            pre_oci,
+        )
     )
 
 

@@ -22,6 +22,7 @@ from collector.engine.context import ms_to_datetime
 from collector.errors import BrokerUnavailable, ConfigError
 from events import (
     CloudEvent,
+    LegacyTagExpired,
     RepoDeleted,
     RepoSweep,
     RequestData,
@@ -51,6 +52,23 @@ async def tag_expired(conn: Connection, path: str, tag: str) -> TagExpired:
         tag=tag,
         tag_id=row["id"],
         lifetime_end_ms=row["lifetime_end_ms"],
+    )
+
+
+async def legacy_tag_expired(conn: Connection, path: str, tag: str) -> LegacyTagExpired:
+    """The request for the latest ended pre-OCI tag of that name; a usage error if none
+    ended."""
+    repo = await repositories.find(conn, path)
+    row = await conn.fetchrow(_QUERIES["latest_expired_legacy_tag"], repo.namespace, repo.name, tag)
+    if row is None:
+        raise ConfigError(f"no ended pre-OCI tag {path}:{tag} (only expired tags can be requested)")
+    return LegacyTagExpired(
+        namespace=repo.namespace,
+        repository=repo.name,
+        repository_id=repo.id,
+        tag=tag,
+        repository_tag_id=row["id"],
+        lifetime_end_ts=row["lifetime_end_ts"],
     )
 
 

@@ -21,13 +21,22 @@ from events._removals import (
     BlobRemoved,
     LabelRemoved,
     LegacyImageRemoved,
+    LegacyManifestRemoved,
+    LegacyTagRemoved,
     ManifestRemoved,
     Removal,
     RepoPurged,
     RepositoryRemoval,
     TagRemoved,
 )
-from events._requests import REQUEST_TYPES, RepoDeleted, RepoSweep, RequestData, TagExpired
+from events._requests import (
+    REQUEST_TYPES,
+    LegacyTagExpired,
+    RepoDeleted,
+    RepoSweep,
+    RequestData,
+    TagExpired,
+)
 from events._schemas import json_schemas
 
 __all__ = [
@@ -43,6 +52,9 @@ __all__ = [
     "DecodeReason",
     "LabelRemoved",
     "LegacyImageRemoved",
+    "LegacyManifestRemoved",
+    "LegacyTagExpired",
+    "LegacyTagRemoved",
     "ManifestRemoved",
     "Removal",
     "RepoDeleted",

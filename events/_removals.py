@@ -69,6 +69,33 @@ class LegacyImageRemoved(RepositoryRemoval):
         return f"{self.repository_path}/{self.docker_image_id}"
 
 
+class LegacyTagRemoved(RepositoryRemoval):
+    """A pre-OCI tag was removed (past its window, or purged), with its tag manifest."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "legacy-tag-removed"
+
+    tag: str
+    repository_tag_id: int
+    docker_image_id: str  # of the tag's image
+
+    @property
+    def subject(self) -> str:
+        return f"{self.repository_path}:{self.tag}"
+
+
+class LegacyManifestRemoved(RepositoryRemoval):
+    """A pre-OCI tag manifest was removed with its tag."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "legacy-manifest-removed"
+
+    tag_manifest_id: int
+    digest: str
+
+    @property
+    def subject(self) -> str:
+        return f"{self.repository_path}@{self.digest}"
+
+
 class RepoPurged(RepositoryRemoval):
     """A repository marked for deletion was purged, all of it."""
 
@@ -116,5 +143,7 @@ REMOVAL_TYPES: dict[str, type[Removal]] = {
         LabelRemoved,
         LegacyImageRemoved,
         RepoPurged,
+        LegacyTagRemoved,
+        LegacyManifestRemoved,
     )
 }

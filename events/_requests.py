@@ -22,6 +22,17 @@ class TagExpired(RequestData):
     lifetime_end_ms: BigInt
 
 
+class LegacyTagExpired(RequestData):
+    """A pre-OCI tag (`repository_tag`, lifetimes in seconds) ended; collect it once
+    `lifetime_end_ts + removed_tag_expiration_s <= now`."""
+
+    event_type: ClassVar[str] = TYPE_PREFIX + "legacy-tag-expired"
+
+    tag: Name
+    repository_tag_id: BigInt
+    lifetime_end_ts: BigInt
+
+
 class RepoDeleted(RequestData):
     """The registry marked the repository for deletion; purge all of it."""
 
@@ -29,11 +40,11 @@ class RepoDeleted(RequestData):
 
 
 class RepoSweep(RequestData):
-    """Collect every tag of the repository that is past its window."""
+    """Collect every tag of the repository that is past its window, pre-OCI tags included."""
 
     event_type: ClassVar[str] = TYPE_PREFIX + "repo-sweep"
 
 
 REQUEST_TYPES: dict[str, type[RequestData]] = {
-    cls.event_type: cls for cls in (TagExpired, RepoDeleted, RepoSweep)
+    cls.event_type: cls for cls in (TagExpired, LegacyTagExpired, RepoDeleted, RepoSweep)
 }

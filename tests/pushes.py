@@ -41,3 +41,26 @@ async def fresh_blob(conn: Connection) -> int:
         " INSERT INTO blob_placement (blob_id, location) SELECT id, 's3' FROM b RETURNING blob_id"
     )
     return blob_id
+
+
+async def legacy_retag(
+    conn: Connection, repository_id: int, image_id: int, manifest_id: int | None = None
+) -> int:
+    """A new alive pre-OCI tag on an existing image, with a tag manifest mapped to an
+    existing manifest if given (a registry of the ancestor's generation pushing)."""
+    tag_id: int = await conn.fetchval(
+        "INSERT INTO repository_tag (repository_id, image_id, name, lifetime_start_ts)"
+        " VALUES ($1, $2, md5(random()::text), 0) RETURNING id",
+        repository_id,
+        image_id,
+    )
+    if manifest_id is not None:
+        await conn.execute(
+            "WITH tm AS (INSERT INTO tag_manifest (tag_id, digest)"
+            " VALUES ($1, md5(random()::text)) RETURNING id)"
+            " INSERT INTO tag_manifest_to_manifest (tag_manifest_id, manifest_id)"
+            " SELECT id, $2 FROM tm",
+            tag_id,
+            manifest_id,
+        )
+    return tag_id

@@ -179,6 +179,77 @@ class Registry:
             "uploaded_blob", repository_id=repository_id, blob_id=blob_id, expires_at=at(expires_ms)
         )
 
+    # The pre-OCI model (CONTRACT §3.1): lifetimes in seconds.
+
+    async def repository_tag(
+        self,
+        repository_id: int,
+        image_id: int,
+        name: str = "latest",
+        *,
+        end_ts: int | None = None,
+        hidden: bool = False,
+    ) -> int:
+        return await self._insert(
+            "repository_tag",
+            repository_id=repository_id,
+            image_id=image_id,
+            name=name,
+            lifetime_start_ts=(end_ts or self.now_ms // 1000) - 30 * DAY_MS // 1000,
+            lifetime_end_ts=end_ts,
+            hidden=hidden,
+        )
+
+    async def expired_repository_tag(
+        self, repository_id: int, image_id: int, name: str = "old", **kwargs: Any
+    ) -> int:
+        """A pre-OCI tag that ended a day before the default window elapsed: due now."""
+        end_ts = (self.now_ms - WINDOW_S * 1000 - DAY_MS) // 1000
+        return await self.repository_tag(repository_id, image_id, name, end_ts=end_ts, **kwargs)
+
+    async def tag_manifest(
+        self,
+        repository_tag_id: int,
+        *,
+        manifest_id: int | None = None,
+        labels: tuple[int, ...] = (),
+        repository_id: int | None = None,
+    ) -> int:
+        """The tag manifest of a pre-OCI tag, mapped to an OCI manifest if given, with
+        label rows (in ``repository_id``) and their label-map rows."""
+        tag_manifest_id = await self._insert(
+            "tag_manifest", tag_id=repository_tag_id, digest=self.digest()
+        )
+        if manifest_id is not None:
+            await self._insert(
+                "tag_manifest_to_manifest", tag_manifest_id=tag_manifest_id, manifest_id=manifest_id
+            )
+        for label_id in labels:
+            assert repository_id is not None
+            row = await self._insert(
+                "tag_manifest_label",
+                repository_id=repository_id,
+                annotated_id=tag_manifest_id,
+                label_id=label_id,
+            )
+            await self._insert(
+                "tag_manifest_label_map",
+                tag_manifest_id=tag_manifest_id,
+                manifest_id=manifest_id,
+                label_id=label_id,
+                tag_manifest_label_id=row,
+            )
+        return tag_manifest_id
+
+    async def tag_link(self, repository_id: int, tag_id: int, repository_tag_id: int) -> int:
+        """A tag_to_repository_tag mapping row."""
+        return await self._insert(
+            "tag_to_repository_tag",
+            repository_id=repository_id,
+            tag_id=tag_id,
+            repository_tag_id=repository_tag_id,
+        )
+
     async def app_tag(self, repository_id: int, name: str, linked_tag_id: int | None = None) -> int:
         return await self._insert(
             "app_tag", repository_id=repository_id, name=name, linked_tag_id=linked_tag_id

@@ -53,6 +53,23 @@ def publish_tag_expired(
     )
 
 
+@publish_app.command("legacy-tag-expired")
+def publish_legacy_tag_expired(
+    repository: RepositoryPath,
+    tag: Annotated[str, typer.Argument(metavar="TAG")],
+    database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
+    log_level: LogLevel = "info",
+) -> None:
+    """Ask for the latest ended pre-OCI tag of that name to be collected once it is due."""
+    _publish(
+        database_url,
+        kafka_bootstrap,
+        log_level,
+        lambda c: publish.legacy_tag_expired(c, repository, tag),
+    )
+
+
 @publish_app.command("repo-deleted")
 def publish_repo_deleted(
     repository: RepositoryPath,

@@ -23,13 +23,20 @@ from collector import kafka, publish
 from collector.config import Settings
 from collector.db.connector import Connection, create_pool
 from collector.db.migrations import migrate
-from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
+from collector.demo.seed import (
+    Shape,
+    delete_repositories,
+    expire_legacy_tags,
+    expire_tags,
+    plan_registry,
+    write,
+)
 from collector.engine import SystemClock
 from collector.service import Service, ServiceSummary
 from collector.sinks.blob_deleter import BlobDeleter, Counts
 from collector.sinks.storage import blob_key
 from collector.verify import Verification, verify
-from events import RepoDeleted, RepoSweep, RequestData, TagExpired
+from events import LegacyTagExpired, RepoDeleted, RepoSweep, RequestData, TagExpired
 
 #: The service and the blob deleter stop once idle this long.
 _IDLE_S = 1.0
@@ -84,22 +91,28 @@ async def run_demo(
             console.print(
                 f"seeded [bold]{seeded:,}[/] rows: {counts['repository']} repositories, "
                 f"{counts['manifest']:,} manifests, {counts['blob']:,} blobs, "
-                f"{counts['tag']:,} tags; {files_before:,} blob files in {storage_root}"
+                f"{counts['tag']:,} tags, {counts.get('repository_tag', 0):,} pre-OCI tags;"
+                f" {files_before:,} blob files in {storage_root}"
             )
             expired = await expire_tags(
+                conn, plan.run, fraction=0.3, now_ms=clock.now_ms(), seed=seed
+            )
+            expired_legacy = await expire_legacy_tags(
                 conn, plan.run, fraction=0.3, now_ms=clock.now_ms(), seed=seed
             )
             deleted = await delete_repositories(conn, plan.run, fraction=0.1, seed=seed)
             outbox_before: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM gc.outbox")
             # What the registry announces, then the sweeps a scan adds (expired uploads).
             requests: list[RequestData] = [TagExpired(**vars(tag)) for tag in expired]
+            requests += [LegacyTagExpired(**vars(tag)) for tag in expired_legacy]
             requests += [RepoDeleted(**vars(repository)) for repository in deleted]
             sweeps = [
                 r for r in await publish.scan(conn, clock.now_ms()) if isinstance(r, RepoSweep)
             ]
         events = await publish.publish(settings, [*requests, *sweeps])
         console.print(
-            f"expired [bold]{len(expired):,}[/] tags, marked [bold]{len(deleted)}[/] repositories"
+            f"expired [bold]{len(expired):,}[/] tags and [bold]{len(expired_legacy):,}[/] pre-OCI"
+            f" tags, marked [bold]{len(deleted)}[/] repositories"
             f" for deletion; published {len(requests):,} requests and {len(sweeps)} sweeps"
             f" to {settings.topic_requests}"
         )

@@ -41,6 +41,14 @@ TABLES: list[tuple[str, tuple[str, ...]]] = [
     ("image", ("id", "repository_id", "docker_image_id", "storage_id", "parent_id")),
     ("derived_image_storage", ("id", "source_image_id", "derivative_id", "transformation")),
     ("manifest_legacy_image", ("id", "repository_id", "manifest_id", "image_id")),
+    ("repository_tag", ("id", "repository_id", "image_id", "name", "lifetime_start_ts",
+                        "lifetime_end_ts", "hidden")),
+    ("tag_manifest", ("id", "tag_id", "digest")),
+    ("tag_manifest_to_manifest", ("id", "tag_manifest_id", "manifest_id")),
+    ("tag_to_repository_tag", ("id", "repository_id", "tag_id", "repository_tag_id")),
+    ("tag_manifest_label", ("id", "repository_id", "annotated_id", "label_id")),
+    ("tag_manifest_label_map", ("id", "tag_manifest_id", "manifest_id", "label_id",
+                                "tag_manifest_label_id", "manifest_label_id")),
     ("uploaded_blob", ("id", "repository_id", "blob_id", "expires_at")),
     ("app_tag", ("id", "repository_id", "name", "linked_tag_id", "lifetime_end_ms")),
 ]  # fmt: skip
@@ -60,6 +68,8 @@ class Shape:
     manifests_per_repository: int = 12
     base_layers: int = 40
     application_repositories: int = 4
+    #: Pre-OCI tag history behind some legacy chains (CONTRACT §3.1).
+    pre_oci: bool = True
 
 
 @dataclass
@@ -82,8 +92,9 @@ def digest(*parts: object) -> str:
 def plan_registry(shape: Shape, *, now_ms: int, seed: int = 0, run: str | None = None) -> Plan:
     """A registry as a busy one looks: shared base layers, multi-arch lists,
     signatures, labels, tag history inside and past the time machine, legacy
-    V1 chains, uploads in flight. Every manifest is tagged; only old tag
-    versions past their window and abandoned uploads are due."""
+    V1 chains with pre-OCI tag history, uploads in flight. Every manifest is
+    tagged; only old tag versions past their window and abandoned uploads are
+    due."""
     rng = random.Random(seed)
     plan = Plan(run=run or uuid.uuid4().hex[:8])
     blob_count = 0
@@ -156,35 +167,87 @@ def _plan_repository(
         lists.append((index, index_digest))
     # Tag history: every manifest and list tagged once alive, plus older
     # versions of the same names that ended inside or past the time machine.
+    alive_tags = []
     for t, (manifest, _) in enumerate(manifests + lists):
         start = now_ms - rng.randint(30, 400) * DAY_MS
         immutable = rng.random() < 0.05
-        plan.add("tag", repo, manifest, f"v{t}", start, None, False, immutable)
+        alive_tags.append(plan.add("tag", repo, manifest, f"v{t}", start, None, False, immutable))
         for _ in range(rng.randint(0, 2)):
             old_start = start - rng.randint(1, 300) * DAY_MS
             plan.add("tag", repo, manifest, f"v{t}", old_start, start, rng.random() < 0.1, False)
     # Legacy V1 chains behind a few manifests, some with derived (squashed) storage.
     if rng.random() < 0.3:
-        parent: Ref | None = None
+        chain: list[Ref] = []
         for depth in range(rng.randint(2, 12)):
-            parent = plan.add(
-                "image",
-                repo,
-                digest(plan.run, repo.row, "v1", depth)[7:],
-                blob(rng.randint(10_000, 5_000_000)),
-                parent,
+            chain.append(
+                plan.add(
+                    "image",
+                    repo,
+                    digest(plan.run, repo.row, "v1", depth)[7:],
+                    blob(rng.randint(10_000, 5_000_000)),
+                    chain[-1] if chain else None,
+                )
             )
             if rng.random() < 0.2:
                 plan.add(
-                    "derived_image_storage", parent, blob(rng.randint(10_000, 9_000_000)), "squash"
+                    "derived_image_storage",
+                    chain[-1],
+                    blob(rng.randint(10_000, 9_000_000)),
+                    "squash",
                 )
-        plan.add("manifest_legacy_image", repo, manifests[0][0], parent)
+        plan.add("manifest_legacy_image", repo, manifests[0][0], chain[-1])
+        if shape.pre_oci and rng.random() < 0.6:
+            _plan_pre_oci(plan, rng, repo, chain, manifests[0][0], alive_tags[0], blob, now_ms)
     # Uploads in flight: some fresh, some abandoned long ago.
     for _ in range(rng.randint(0, 2)):
         expires = now_ms + DAY_MS if rng.random() < 0.5 else now_ms - 3 * DAY_MS
         plan.add(
             "uploaded_blob", repo, blob(rng.randint(1_000, 9_000_000)), ms_to_datetime(expires)
         )
+
+
+def _plan_pre_oci(
+    plan: Plan,
+    rng: random.Random,
+    repo: Ref,
+    chain: list[Ref],
+    manifest: Ref,
+    oci_tag: Ref,
+    blob: Callable[[int], Ref],
+    now_ms: int,
+) -> None:
+    """Pre-OCI tag history behind a legacy chain, as a registry migrated from the
+    ancestor's generation holds it (CONTRACT §3.1): the current version tagged in both
+    models (mapping rows, a tag manifest mapped to the OCI manifest, labelled), and
+    older versions (lifetimes in seconds) on the chain or on a branch of their own."""
+    now_s, day_s = now_ms // 1000, DAY_MS // 1000
+    current = plan.add("repository_tag", repo, chain[-1], "v0", now_s - 400 * day_s, None, False)
+    plan.add("tag_to_repository_tag", repo, oci_tag, current)
+    tag_manifest = plan.add("tag_manifest", current, digest(plan.run, repo.row, "tm", 0))
+    plan.add("tag_manifest_to_manifest", tag_manifest, manifest)
+    label = plan.add("label", "origin", "pre-oci", "text/plain", "manifest")
+    label_row = plan.add("tag_manifest_label", repo, tag_manifest, label)
+    plan.add("tag_manifest_label_map", tag_manifest, manifest, label, label_row, None)
+    for version in range(1, rng.randint(2, 5)):
+        if rng.random() < 0.5:  # a branch of its own off the chain's root
+            image = plan.add(
+                "image",
+                repo,
+                digest(plan.run, repo.row, "v1-branch", version)[7:],
+                blob(rng.randint(10_000, 5_000_000)),
+                chain[0],
+            )
+        else:
+            image = rng.choice(chain)
+        end_s = now_s - rng.randint(1, 60) * day_s
+        old = plan.add(
+            "repository_tag", repo, image, "v0", end_s - 30 * day_s, end_s, rng.random() < 0.1
+        )
+        old_manifest = plan.add("tag_manifest", old, digest(plan.run, repo.row, "tm", version))
+        if rng.random() < 0.5:
+            build = plan.add("label", "build", str(rng.randint(1, 9999)), "text/plain", "api")
+            build_row = plan.add("tag_manifest_label", repo, old_manifest, build)
+            plan.add("tag_manifest_label_map", old_manifest, None, build, build_row, None)
 
 
 async def write(conn: Connection, plan: Plan) -> dict[str, int]:
@@ -244,6 +307,16 @@ class ExpiredTag:
 
 
 @dataclass(frozen=True)
+class ExpiredLegacyTag:
+    namespace: str
+    repository: str
+    repository_id: int
+    tag: str
+    repository_tag_id: int
+    lifetime_end_ts: int
+
+
+@dataclass(frozen=True)
 class DeletedRepository:
     namespace: str
     repository: str
@@ -281,6 +354,39 @@ async def expire_tags(
         now_ms,
     )
     return sorted((ExpiredTag(**dict(row)) for row in rows), key=lambda t: t.tag_id)
+
+
+async def expire_legacy_tags(
+    conn: Connection, run: str, *, fraction: float, now_ms: int, seed: int = 0
+) -> list[ExpiredLegacyTag]:
+    """End a share of the run's alive pre-OCI tags so long ago (in seconds) that their
+    window has passed; returns them for the requests."""
+    rows = await conn.fetch(
+        """
+        WITH alive AS (
+            SELECT t.id, n.removed_tag_expiration_s AS window_s
+            FROM repository_tag t
+            JOIN repository r ON r.id = t.repository_id
+            JOIN namespace n ON n.id = r.namespace_id
+            WHERE n.name LIKE $1 AND t.lifetime_end_ts IS NULL
+        ), chosen AS (
+            SELECT * FROM alive ORDER BY md5(id::text || $2)
+            LIMIT (SELECT ceil(count(*) * $3::float8)::bigint FROM alive)
+        )
+        UPDATE repository_tag t SET lifetime_end_ts = $4::bigint / 1000 - chosen.window_s - 1
+        FROM chosen, repository r, namespace n
+        WHERE t.id = chosen.id AND r.id = t.repository_id AND n.id = r.namespace_id
+        RETURNING n.name AS namespace, r.name AS repository, r.id AS repository_id,
+                  t.name AS tag, t.id AS repository_tag_id, t.lifetime_end_ts
+        """,
+        f"demo-{run}-%",
+        str(seed),
+        fraction,
+        now_ms,
+    )
+    return sorted(
+        (ExpiredLegacyTag(**dict(row)) for row in rows), key=lambda t: t.repository_tag_id
+    )
 
 
 async def delete_repositories(

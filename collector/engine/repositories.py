@@ -20,14 +20,11 @@ class Repository:
     name: str
     kind: str
     state: str
+    marked_for_deletion: bool  # due for purge (gc.repository_is_marked)
 
     @property
     def path(self) -> str:
         return f"{self.namespace}/{self.name}"
-
-    @property
-    def marked_for_deletion(self) -> bool:
-        return self.state == "marked_for_deletion"
 
 
 def split_path(path: str) -> tuple[str, str]:

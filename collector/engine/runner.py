@@ -3,8 +3,9 @@
 A collection runs in three phases, for one repository (a request) or for
 the whole registry at once (``collect_all``, whose batches span repositories):
 
-1. roots: tags past their window and expired uploads (a purge: every tag,
-   upload and application tag, and every manifest and legacy image is queued);
+1. roots: tags (OCI and pre-OCI, with their tag manifests) past their window
+   and expired uploads (a purge: every tag, upload and application tag, and
+   every manifest and legacy image is queued);
    with ``orphans``, the orphan sweep then queues what nothing references
    and no event announced (``sweep.py``);
 2. fixpoint: rounds in which the manifest, label, image and blob collectors
@@ -32,7 +33,16 @@ import structlog
 
 from collector.backoff import Backoff
 from collector.db.connector import DISCONNECTS, Connection, Database
-from collector.engine import candidates, images, manifests, repositories, sweep, tags, uploads
+from collector.engine import (
+    candidates,
+    images,
+    legacy_tags,
+    manifests,
+    repositories,
+    sweep,
+    tags,
+    uploads,
+)
 from collector.engine.blobs import BlobCollector
 from collector.engine.callbacks import Callbacks
 from collector.engine.candidates import Batch
@@ -69,6 +79,14 @@ _CONFLICTS = (
     asyncpg.ForeignKeyViolationError,
 )
 _MAX_ATTEMPTS = 10
+
+RootsBatch = Callable[..., Awaitable[StepResult]]
+#: What a collection starts from (a purge: all of them, whatever their state).
+_ROOTS: tuple[RootsBatch, ...] = (
+    tags.collect_batch,
+    legacy_tags.collect_batch,
+    uploads.collect_batch,
+)
 
 
 class CandidateCollector(Protocol):
@@ -119,8 +137,7 @@ class Engine:
         report = Report(repositories=len(causes))
         log.info("collection_started", repositories=ctx.repository_ids)
         await asyncio.gather(
-            self._drain(report, self._roots(ctx, tags.collect_batch)),
-            self._drain(report, self._roots(ctx, uploads.collect_batch)),
+            *(self._drain(report, self._roots(ctx, roots)) for roots in _ROOTS),
         )
         if orphans:
             await self._sweep(ctx, report)
@@ -184,8 +201,8 @@ class Engine:
 
         log.info("collection_started", repositories=report.repositories, purges=len(marked))
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._drain(report, self._roots(everywhere, tags.collect_batch)))
-            group.create_task(self._drain(report, self._roots(everywhere, uploads.collect_batch)))
+            for roots in _ROOTS:
+                group.create_task(self._drain(report, self._roots(everywhere, roots)))
             for repository_id in marked:
                 group.create_task(purge_roots(repository_id))
         if orphans:
@@ -256,8 +273,7 @@ class Engine:
         log.info("purge_started", repository_id=ctx.repository_id, causation_id=ctx.causation_id)
         await self._run(self._guarded(ctx, self._seed_purge(ctx)))
         await asyncio.gather(
-            self._drain(report, self._guarded(ctx, self._roots(ctx, tags.collect_batch))),
-            self._drain(report, self._guarded(ctx, self._roots(ctx, uploads.collect_batch))),
+            *(self._drain(report, self._guarded(ctx, self._roots(ctx, roots))) for roots in _ROOTS),
             self._drain(report, self._guarded(ctx, self._app_tags(ctx))),
         )
 
@@ -307,11 +323,7 @@ class Engine:
 
     # -- steps: each runs inside one transaction ---------------------------
 
-    def _roots(
-        self,
-        ctx: RepositoryContext,
-        collect_batch: Callable[..., Awaitable[StepResult]],
-    ) -> Step:
+    def _roots(self, ctx: RepositoryContext, collect_batch: RootsBatch) -> Step:
         async def step(conn: Connection) -> StepResult:
             return await collect_batch(
                 conn, ctx, now_ms=self._clock.now_ms(), limit=self._config.batch_size

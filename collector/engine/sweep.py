@@ -3,7 +3,7 @@
 A registry that crashed between writes, rows left by an older collector, a
 restore from backup: such objects are referenced by nothing, yet no tag
 expiry or purge ever leads to them. The sweep finds them by the very rules
-the collectors apply (``gc.unreferenced_objects``, migration 0009), once they
+the collectors apply (``gc.unreferenced_objects``, migration 0010), once they
 are older than the grace period (a registry writes an upload in several
 transactions; the sweep must never race one), and queues them as candidates.
 From there they go through the same locks, re-checks, outbox events and

@@ -72,7 +72,7 @@ def _refusal(item: WorkItem, repository: RepositoryState | None) -> Refusal | No
             "unknown-repository",
             f"repository {item.repository_id} is {repository.path}, not {item.repository_path}",
         )
-    if item.event_type == "repo-deleted" and repository.state != "marked_for_deletion":
+    if item.event_type == "repo-deleted" and not repository.marked:
         return Refusal(
             "repository-not-marked",
             f"repository {repository.path} is {repository.state}, not marked_for_deletion;"

@@ -26,6 +26,7 @@ from events import (
     BlobRemoved,
     CloudEvent,
     DecodeError,
+    LegacyManifestRemoved,
     ManifestRemoved,
     Removal,
     RepositoryRemoval,
@@ -83,8 +84,9 @@ class Query:
 
 
 def _digests(removal: Removal) -> set[str]:
-    """The digests a removal names: a blob's, a manifest's, or a tag's manifest."""
-    if isinstance(removal, BlobRemoved | ManifestRemoved):
+    """The digests a removal names: a blob's, a manifest's (OCI or pre-OCI), or a tag's
+    manifest."""
+    if isinstance(removal, BlobRemoved | ManifestRemoved | LegacyManifestRemoved):
         return {removal.digest}
     if isinstance(removal, TagRemoved):
         return {removal.manifest_digest}

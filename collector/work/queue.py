@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from events import TYPE_PREFIX, Request, TagExpired
+from events import TYPE_PREFIX, LegacyTagExpired, Request, TagExpired
 
 _QUERIES = load_queries("work.sql")
 
@@ -23,6 +23,9 @@ class WorkItem:
     repository_path: str
     tag_id: int | None = None
     lifetime_end_ms: int | None = None
+    #: A legacy-tag-expired request's pre-OCI tag and its lifetime end (seconds).
+    repository_tag_id: int | None = None
+    lifetime_end_ts: int | None = None
     source: str = ""
     id: int | None = None
     #: Where the request was read, for a dead letter should it be refused later.
@@ -35,6 +38,7 @@ class WorkItem:
         """The work a request read at ``topic``/``partition``/``offset`` asks for."""
         data = request.data
         tag = data if isinstance(data, TagExpired) else None
+        legacy = data if isinstance(data, LegacyTagExpired) else None
         return cls(
             source=request.event.source,
             event_id=request.event.id,
@@ -43,6 +47,8 @@ class WorkItem:
             repository_path=data.repository_path,
             tag_id=tag.tag_id if tag else None,
             lifetime_end_ms=tag.lifetime_end_ms if tag else None,
+            repository_tag_id=legacy.repository_tag_id if legacy else None,
+            lifetime_end_ts=legacy.lifetime_end_ts if legacy else None,
             record_topic=topic,
             record_partition=partition,
             record_offset=offset,
@@ -53,11 +59,13 @@ class WorkItem:
 class RepositoryState:
     path: str
     state: str
+    marked: bool  # due for purge (gc.repository_is_marked)
 
 
 @dataclass(frozen=True, slots=True)
 class ExpiringTag:
-    """The tag a ``tag-expired`` request names, as the database has it now."""
+    """The tag a ``tag-expired`` (or pre-OCI ``legacy-tag-expired``) request names,
+    as the database has it now."""
 
     immutable: bool
     due: bool
@@ -75,7 +83,7 @@ async def known(conn: Connection, items: Sequence[WorkItem]) -> set[tuple[str, s
 
 async def repositories(conn: Connection, ids: Iterable[int]) -> dict[int, RepositoryState]:
     rows = await conn.fetch(_QUERIES["repositories"], list(ids))
-    return {row["id"]: RepositoryState(row["path"], row["state"]) for row in rows}
+    return {row["id"]: RepositoryState(row["path"], row["state"], row["marked"]) for row in rows}
 
 
 async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> None:
@@ -95,6 +103,8 @@ async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> Non
         [item.record_partition for item in items],
         [item.record_offset for item in items],
         now_ms,
+        [item.repository_tag_id for item in items],
+        [item.lifetime_end_ts for item in items],
     )
 
 
@@ -107,11 +117,14 @@ async def claim(conn: Connection, now_ms: int, limit: int) -> list[WorkItem]:
 
 
 async def expiring_tag(conn: Connection, item: WorkItem, now_ms: int) -> ExpiringTag | None:
-    """The tag of a ``tag-expired`` request while it still ended when the request
-    says; None when the request is stale (see ``gc.expiring_tag``)."""
-    row = await conn.fetchrow(
-        _QUERIES["expiring_tag"], item.tag_id, item.repository_id, item.lifetime_end_ms, now_ms
-    )
+    """The tag of a ``tag-expired`` or ``legacy-tag-expired`` request while it still
+    ended when the request says; None when the request is stale (see
+    ``gc.expiring_tag``, ``gc.expiring_legacy_tag``)."""
+    if item.event_type == "legacy-tag-expired":
+        query, tag_id, end = "expiring_legacy_tag", item.repository_tag_id, item.lifetime_end_ts
+    else:
+        query, tag_id, end = "expiring_tag", item.tag_id, item.lifetime_end_ms
+    row = await conn.fetchrow(_QUERIES[query], tag_id, item.repository_id, end, now_ms)
     return None if row is None else ExpiringTag(**dict(row))
 
 

@@ -185,7 +185,7 @@ class Workers:
             if item.event_type == "repo-sweep":
                 collect[item.repository_id] = item.event_id
                 outcomes[index] = "collected"
-            elif item.event_type == "tag-expired":
+            elif item.event_type in ("tag-expired", "legacy-tag-expired"):
                 verdict = await self._check_expiry(conn, item)
                 if isinstance(verdict, ExpiringTag):
                     collect[item.repository_id] = item.event_id

@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from collector.config import Settings
 from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
-from events import RepoDeleted, RepoSweep, Request, TagExpired, decode_request
+from events import LegacyTagExpired, RepoDeleted, RepoSweep, Request, TagExpired, decode_request
 from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
 from tests.brokers import SpareBroker
 from tests.registry import DAY_MS, Registry
@@ -32,6 +32,8 @@ class Setup:
     env: dict[str, str]
     tag_id: int
     lifetime_end_ms: int
+    repository_tag_id: int
+    lifetime_end_ts: int
 
 
 @pytest.fixture
@@ -50,6 +52,13 @@ async def setup(create_database: CreateDatabase) -> AsyncIterator[Setup]:
         live = await reg.repository(ns, "live")
         await reg.tag(live, await reg.manifest(live), "latest", end_ms=reg.now_ms - DAY_MS)
         end_ms = await conn.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag_id)
+        image = await reg.image(app, await reg.blob())
+        await reg.repository_tag(app, image, "v0", end_ts=reg.now_ms // 1000 - 7 * 86_400)
+        legacy_id = await reg.repository_tag(app, image, "v0", end_ts=reg.now_ms // 1000 - 3600)
+        await reg.repository_tag(app, image, "v0")  # the alive v0 is not the one named
+        end_ts = await conn.fetchval(
+            "SELECT lifetime_end_ts FROM repository_tag WHERE id = $1", legacy_id
+        )
     finally:
         await conn.close()
     suffix = uuid.uuid4().hex[:12]
@@ -64,7 +73,7 @@ async def setup(create_database: CreateDatabase) -> AsyncIterator[Setup]:
         "COLLECTOR_DATABASE_URL": url,
         "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
     }
-    yield Setup(url, settings.topic_requests, env, tag_id, end_ms)
+    yield Setup(url, settings.topic_requests, env, tag_id, end_ms, legacy_id, end_ts)
     admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
@@ -123,6 +132,24 @@ async def test_publish_tag_expired_puts_a_valid_request_on_the_topic(setup: Setu
     assert f"id={request.event.id}" in result.stdout
 
 
+async def test_publish_legacy_tag_expired_names_the_latest_ended_pre_oci_tag(
+    setup: Setup,
+) -> None:
+    """The request names the pre-OCI tag of that name that ended last, with its lifetime end
+    in seconds, keyed by repository."""
+    result = collector(setup, "publish", "legacy-tag-expired", "acme/app", "v0")
+
+    assert result.returncode == 0, result.stderr
+    [(key, request)] = await received(setup.topic, 1)
+    assert key == b"acme/app"
+    assert isinstance(request.data, LegacyTagExpired)
+    assert (request.data.repository_tag_id, request.data.lifetime_end_ts) == (
+        setup.repository_tag_id,
+        setup.lifetime_end_ts,
+    )
+    assert "published legacy-tag-expired" in result.stdout
+
+
 async def test_publish_repo_deleted_and_repo_sweep(setup: Setup) -> None:
     """Both repository requests decode to their types, in the order published."""
     assert collector(setup, "publish", "repo-deleted", "acme/gone").returncode == 0
@@ -138,6 +165,10 @@ async def test_publish_repo_deleted_and_repo_sweep(setup: Setup) -> None:
     ("args", "message"),
     [
         (["publish", "tag-expired", "acme/app", "latest"], "no ended tag acme/app:latest"),
+        (
+            ["publish", "legacy-tag-expired", "acme/app", "v1"],
+            "no ended pre-OCI tag acme/app:v1",
+        ),
         (["publish", "repo-sweep", "acme/nope"], "no repository acme/nope"),
         (["publish", "repo-deleted"], "Missing argument"),
         (["publish"], "missing command"),

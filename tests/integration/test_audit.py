@@ -21,6 +21,9 @@ from events import (
     BlobRemoved,
     CloudEvent,
     LabelRemoved,
+    LegacyManifestRemoved,
+    LegacyTagExpired,
+    LegacyTagRemoved,
     ManifestRemoved,
     RepoDeleted,
     RepoPurged,
@@ -351,3 +354,44 @@ def test_a_repository_filter_must_name_namespace_and_repository() -> None:
     """--repository web (no namespace) is a usage error."""
     with pytest.raises(ConfigError, match="NAMESPACE/REPOSITORY"):
         Query.parse(None, ["web"], [])
+
+
+async def test_pre_oci_removals_are_reported_with_their_request() -> None:
+    """legacy-tag-removed and legacy-manifest-removed are audited like any removal: linked
+    to the legacy-tag-expired request that caused them, and the tag manifest's digest
+    matches --digest."""
+    async with own_topics(pipeline_settings()) as settings:
+        web: dict[str, Any] = {"namespace": "acme", "repository": "web", "repository_id": 1}
+        expiry = request_event(
+            LegacyTagExpired(**web, tag="v1", repository_tag_id=5, lifetime_end_ts=1),
+            source="/test",
+            time=at(0),
+        )
+        tag = removal_event(
+            LegacyTagRemoved(**web, tag="v1", repository_tag_id=5, docker_image_id="cafe"),
+            causation_id=expiry.id,
+            time=at(1),
+        )
+        manifest = removal_event(
+            LegacyManifestRemoved(**web, tag_manifest_id=6, digest=MANIFEST),
+            causation_id=expiry.id,
+            time=at(1),
+        )
+        await produce(settings.topic_requests, [(b"acme/web", expiry, None)])
+        await produce(
+            settings.topic_removals, [(b"acme/web", tag, None), (b"acme/web", manifest, None)]
+        )
+
+        report = await asyncio.wait_for(audit(settings, Query()), WAIT_S)
+        by_digest = await asyncio.wait_for(
+            audit(settings, Query(digests=frozenset({MANIFEST}))), WAIT_S
+        )
+
+    cause = f"cause: legacy-tag-expired {expiry.id}"
+    assert sorted(text_lines(report))[:2] == sorted(
+        [
+            f"2026-03-01T12:00:01Z legacy-tag-removed acme/web:v1 {cause}",
+            f"2026-03-01T12:00:01Z legacy-manifest-removed acme/web@{MANIFEST} {cause}",
+        ]
+    )
+    assert [entry.event.id for entry in by_digest.entries] == [manifest.id]

@@ -88,3 +88,72 @@ async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
     assert removed_manifests.isdisjoint(existing_manifests)
     result = await verify(conn, now_ms=NOW_MS, protected_digests=[], orphan_grace_s=3600)
     assert result.dangling == []
+
+
+async def test_writer_re_tagging_pre_oci_images_and_mapping_manifests_while_collected(
+    registry: Registry, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """The pre-OCI model under the same race: expired pre-OCI tags are collected with their
+    tag manifests while a writer puts new pre-OCI tags on their images and maps new tag
+    manifests to their manifests. Every write that committed keeps its target; the others
+    failed their foreign-key check, and some did: the two really raced."""
+    ns = await registry.namespace()
+    doomed = await registry.repository(ns, "doomed")
+    anchor = await registry.image(doomed, await registry.blob())
+    await registry.repository_tag(doomed, anchor, "anchor")
+    images, manifests = [], []
+    for _ in range(300):
+        image = await registry.image(doomed, await registry.blob())
+        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
+        tag = await registry.expired_repository_tag(doomed, image, f"t{image}")
+        await registry.tag_manifest(tag, manifest_id=manifest)
+        images.append(image)
+        manifests.append(manifest)
+
+    engine = Engine(PoolDatabase(db), EngineConfig(batch_size=10), clock=FixedClock())
+    kept_images: set[int] = set()
+    kept_manifests: set[int] = set()
+    refused: list[str] = []
+    collecting = True
+
+    async def writer(conn: Connection) -> int:
+        rng = random.Random(2)
+        during = 0
+        while collecting:
+            try:
+                async with conn.transaction():
+                    if rng.random() < 0.5:
+                        image = rng.choice(images)
+                        await pushes.legacy_retag(conn, doomed, image)
+                        kept_images.add(image)
+                    else:
+                        manifest = rng.choice(manifests)
+                        await pushes.legacy_retag(conn, doomed, anchor, manifest)
+                        kept_manifests.add(manifest)
+                during += 1
+            except asyncpg.ForeignKeyViolationError as exc:
+                refused.append(exc.constraint_name or "")
+            await asyncio.sleep(0)
+        return during
+
+    async with db.acquire() as writer_conn:
+        writing = asyncio.create_task(writer(writer_conn))
+        await asyncio.sleep(0.05)
+        report = await engine.collect(doomed, causation_id="race")
+        collecting = False
+        commits = await writing
+
+    conn = registry.conn
+    assert commits > 20, "the writer must have raced the engine"
+    assert refused, "some links must have lost the race to the engine"
+    assert set(refused) <= {
+        "repository_tag_image_id_fkey",
+        "tag_manifest_to_manifest_manifest_id_fkey",
+    }
+    assert report.removed["registry.gc.legacy-tag-removed"] == 300
+    existing_images = {row["id"] for row in await conn.fetch("SELECT id FROM image")}
+    existing_manifests = {row["id"] for row in await conn.fetch("SELECT id FROM manifest")}
+    assert kept_images <= existing_images
+    assert kept_manifests <= existing_manifests
+    result = await verify(conn, now_ms=NOW_MS, protected_digests=[], orphan_grace_s=3600)
+    assert result.dangling == []

@@ -24,6 +24,8 @@ from collector.verify import verify
 from tests.registry import DAY_MS, NOW_MS, WINDOW_S, FixedClock, Registry, outbox, snapshot
 
 PROTECTED = "sha256:" + "e" * 64
+#: Rows that live exactly as long as the tag manifest they hang on.
+TAG_MANIFEST_TABLES = ("tag_manifest_to_manifest", "tag_manifest_label", "tag_manifest_label_map")
 
 
 @dataclass
@@ -53,11 +55,25 @@ class Model:
     orphan_images: set[int] = field(default_factory=set)
     orphan_labels: set[int] = field(default_factory=set)
     orphan_blobs: set[int] = field(default_factory=set)
+    #: The pre-OCI model (CONTRACT §3.1).
+    legacy_tags: dict[int, tuple[int, int, int | None]] = field(
+        default_factory=dict
+    )  # repo, image, lifetime end (s)
+    #: tag manifest -> (its tag, mapped manifest or None, labels of its label rows)
+    tag_manifests: dict[int, tuple[int, int | None, set[int]]] = field(default_factory=dict)
+    #: rows that live exactly as long as their tag manifest, by table
+    tag_manifest_rows: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    links: dict[int, tuple[int, int]] = field(default_factory=dict)  # -> (tag, repository_tag)
 
     def tag_due(self, tag_id: int) -> bool:
         repo, _, end_ms, immutable = self.tags[tag_id]
         window_ms = self.windows[self.repos[repo][0]] * 1000
         return end_ms is not None and not immutable and end_ms + window_ms <= NOW_MS
+
+    def legacy_tag_due(self, tag_id: int) -> bool:
+        repo, _, end_ts = self.legacy_tags[tag_id]
+        window_s = self.windows[self.repos[repo][0]]
+        return end_ts is not None and end_ts + window_s <= NOW_MS // 1000
 
 
 async def build(reg: Registry, rng: random.Random) -> Model:
@@ -113,6 +129,51 @@ async def build(reg: Registry, rng: random.Random) -> Model:
         if subject is not None:
             model.subject[manifest_id] = subject
         return manifest_id
+
+    async def pre_oci(repo: int, manifests: list[int]) -> None:
+        """Pre-OCI tags on the repository's images, with tag manifests (some mapped to its
+        manifests, some with labels) and links to its OCI tags."""
+        images = [i for i, (r, _storage, _parent) in model.images.items() if r == repo]
+        count = rng.randint(0, 3)
+        if not images and count:  # an image only pre-OCI tags hold
+            storage = await blob()
+            images = [await reg.image(repo, storage)]
+            model.images[images[0]] = (repo, storage, None)
+        now_s = NOW_MS // 1000
+        for _ in range(count):
+            kind = rng.choice(["alive", "due", "in-window", "hidden"])
+            end_ts = {
+                "alive": None,
+                "hidden": None,
+                "due": now_s - WINDOW_S - DAY_MS // 1000,
+                "in-window": now_s - DAY_MS // 1000,
+            }[kind]
+            image = rng.choice(images)
+            tag = await reg.repository_tag(
+                repo, image, f"l{next(names)}", end_ts=end_ts, hidden=kind == "hidden"
+            )
+            model.legacy_tags[tag] = (repo, image, end_ts)
+            if rng.random() < 0.7:
+                mapped = rng.choice(manifests) if rng.random() < 0.6 else None
+                labels = {await label() for _ in range(rng.randint(0, 2))}
+                tag_manifest = await reg.tag_manifest(
+                    tag, manifest_id=mapped, labels=tuple(labels), repository_id=repo
+                )
+                model.tag_manifests[tag_manifest] = (tag, mapped, labels)
+                for table, column in [
+                    ("tag_manifest_to_manifest", "tag_manifest_id"),
+                    ("tag_manifest_label", "annotated_id"),
+                    ("tag_manifest_label_map", "tag_manifest_id"),
+                ]:
+                    for row in await reg.conn.fetch(
+                        f"SELECT id FROM {table} WHERE {column} = $1", tag_manifest
+                    ):
+                        model.tag_manifest_rows[table][row["id"]] = tag_manifest
+            linked = {oci for oci, _ in model.links.values()}
+            free = [t for t, (r, *_rest) in model.tags.items() if r == repo and t not in linked]
+            if free and rng.random() < 0.4:
+                oci = rng.choice(free)
+                model.links[await reg.tag_link(repo, oci, tag)] = (oci, tag)
 
     for i in range(rng.randint(1, 2)):
         window = rng.choice([0, WINDOW_S])
@@ -190,6 +251,7 @@ async def build(reg: Registry, rng: random.Random) -> Model:
                 blob_id,
                 expired,
             )
+        await pre_oci(repo, plain + lists + referrers)
         for _ in range(rng.randint(0, 2)):  # orphans: untagged manifests and manifest lists
             children = tuple(rng.sample(plain, rng.randint(1, len(plain))))
             orphan = await manifest(repo, children=children if rng.random() < 0.3 else ())
@@ -236,8 +298,15 @@ def expected(
         for u, (repo, _blob, expired) in model.uploads.items()
         if repo not in purged and not (repo in collected and expired)
     }
+    legacy_tags = {
+        t
+        for t, (repo, _image, _end) in model.legacy_tags.items()
+        if repo not in purged and not (repo in collected and model.legacy_tag_due(t))
+    }
+    tag_manifests = {tm for tm, (t, *_rest) in model.tag_manifests.items() if t in legacy_tags}
     survivors_repo = {m: r for m, r in model.manifests.items() if r not in purged}
     tagged = {model.tags[t][1] for t in tags}
+    tagged |= {m for tm in tag_manifests if (m := model.tag_manifests[tm][1]) is not None}
     live: set[int] = set()
     changed = True
     while changed:  # least fixpoint of "kept alive by"
@@ -254,6 +323,7 @@ def expected(
                 changed = True
     images: set[int] = {image for (m, image) in model.legacy.values() if m in live}
     images |= root_images
+    images |= {model.legacy_tags[t][1] for t in legacy_tags}
     frontier = list(images)
     while frontier:
         parent = model.images[frontier.pop()][2]
@@ -274,11 +344,27 @@ def expected(
         "manifest": live,
         "image": images,
         "label": {label for m in live for label in model.manifest_labels[m]}
+        | {label for tm in tag_manifests for label in model.tag_manifests[tm][2]}
         | (model.orphan_labels if swept is not None else set()),
         "blob": blobs,
         "uploaded_blob": uploads,
         "derived_image_storage": {d for d, (i, _b) in model.derived.items() if i in images},
         "manifest_legacy_image": {row for row, (m, _i) in model.legacy.items() if m in live},
+        "repository_tag": legacy_tags,
+        "tag_manifest": tag_manifests,
+        **{
+            table: {
+                row for row, tm in model.tag_manifest_rows[table].items() if tm in tag_manifests
+            }
+            for table in (
+                "tag_manifest_to_manifest",
+                "tag_manifest_label",
+                "tag_manifest_label_map",
+            )
+        },
+        "tag_to_repository_tag": {
+            row for row, (t, legacy) in model.links.items() if t in tags and legacy in legacy_tags
+        },
     }
 
 
@@ -347,12 +433,14 @@ async def test_engine_removes_exactly_what_became_unreachable(
             "label-removed": ("label", "label_id"),
             "legacy-image-removed": ("image", "image_id"),
             "repo-purged": ("repository", "repository_id"),
+            "legacy-tag-removed": ("repository_tag", "repository_tag_id"),
+            "legacy-manifest-removed": ("tag_manifest", "tag_manifest_id"),
         }
         for event in events:
             table, key = id_field[event["type"].removeprefix("registry.gc.")]
             assert event["data"][key] not in reported[table], "one event per removal"
             reported[table].add(event["data"][key])
-        for table in ("tag", "manifest", "blob", "label", "image", "repository"):
+        for table in {table for table, _key in id_field.values()}:
             assert reported[table] == before[table] - after[table], table
         assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
         if everything and orphans and purge_marked:

@@ -14,6 +14,7 @@ from events import (
     CONTENT_TYPE,
     REQUEST_TYPES,
     CloudEvent,
+    LegacyTagExpired,
     RepoDeleted,
     RepoSweep,
     RequestData,
@@ -26,15 +27,20 @@ REPO: dict[str, Any] = {"namespace": "acme", "repository": "web/app", "repositor
 TAG_EXPIRED = TagExpired(**REPO, tag="latest", tag_id=11, lifetime_end_ms=1_700_000_000_000)
 REPO_DELETED = RepoDeleted(**REPO)
 REPO_SWEEP = RepoSweep(**REPO)
-ALL_REQUESTS: list[RequestData] = [TAG_EXPIRED, REPO_DELETED, REPO_SWEEP]
+LEGACY_TAG_EXPIRED = LegacyTagExpired(
+    **REPO, tag="v1", repository_tag_id=12, lifetime_end_ts=1_700_000_000
+)
+ALL_REQUESTS: list[RequestData] = [TAG_EXPIRED, LEGACY_TAG_EXPIRED, REPO_DELETED, REPO_SWEEP]
 INT_FIELDS = [("repository_id", m) for m in ALL_REQUESTS] + [
     ("tag_id", TAG_EXPIRED),
     ("lifetime_end_ms", TAG_EXPIRED),
+    ("repository_tag_id", LEGACY_TAG_EXPIRED),
+    ("lifetime_end_ts", LEGACY_TAG_EXPIRED),
 ]
 STR_FIELDS = (
     [("namespace", m) for m in ALL_REQUESTS]
     + [("repository", m) for m in ALL_REQUESTS]
-    + [("tag", TAG_EXPIRED)]
+    + [("tag", TAG_EXPIRED), ("tag", LEGACY_TAG_EXPIRED)]
 )
 
 
@@ -43,9 +49,10 @@ def request_id(value: object) -> str:
 
 
 def test_request_types_maps_every_type_to_its_class() -> None:
-    """REQUEST_TYPES maps exactly the three request types of CONTRACT §2.1 to their classes."""
+    """REQUEST_TYPES maps exactly the four request types of CONTRACT §2.1 to their classes."""
     assert {
         "registry.gc.tag-expired": TagExpired,
+        "registry.gc.legacy-tag-expired": LegacyTagExpired,
         "registry.gc.repo-deleted": RepoDeleted,
         "registry.gc.repo-sweep": RepoSweep,
     } == REQUEST_TYPES
@@ -57,6 +64,17 @@ def test_request_types_maps_every_type_to_its_class() -> None:
         (
             TagExpired,
             {"namespace", "repository", "repository_id", "tag", "tag_id", "lifetime_end_ms"},
+        ),
+        (
+            LegacyTagExpired,
+            {
+                "namespace",
+                "repository",
+                "repository_id",
+                "tag",
+                "repository_tag_id",
+                "lifetime_end_ts",
+            },
         ),
         (RepoDeleted, {"namespace", "repository", "repository_id"}),
         (RepoSweep, {"namespace", "repository", "repository_id"}),

@@ -18,6 +18,9 @@ from events import (
     CloudEvent,
     LabelRemoved,
     LegacyImageRemoved,
+    LegacyManifestRemoved,
+    LegacyTagExpired,
+    LegacyTagRemoved,
     ManifestRemoved,
     RepoDeleted,
     RepoPurged,
@@ -43,6 +46,10 @@ EXAMPLES: dict[str, CloudEvent] = {
         request_event(
             TagExpired(**REPO, tag="latest", tag_id=11, lifetime_end_ms=1), source="/registry"
         ),
+        request_event(
+            LegacyTagExpired(**REPO, tag="v1", repository_tag_id=11, lifetime_end_ts=1),
+            source="/registry",
+        ),
         request_event(RepoDeleted(**REPO), source="/registry"),
         request_event(RepoSweep(**REPO), source="/registry"),
         *(
@@ -54,6 +61,8 @@ EXAMPLES: dict[str, CloudEvent] = {
                 RepoPurged(**REPO),
                 BlobRemoved(blob_id=14, digest=DIGEST, size=1024, locations=["local_us"]),
                 LabelRemoved(label_id=15, key="maintainer"),
+                LegacyTagRemoved(**REPO, tag="v1", repository_tag_id=16, docker_image_id="beef"),
+                LegacyManifestRemoved(**REPO, tag_manifest_id=17, digest=DIGEST),
             ]
         ),
         rejection_event(
@@ -84,7 +93,7 @@ def test_every_event_type_has_a_schema() -> None:
     """json_schemas covers every request, removal and the dead-letter type, nothing else."""
     expected = {*REQUEST_TYPES, *REMOVAL_TYPES, RequestRejected.event_type}
     assert set(json_schemas()) == expected == set(EXAMPLES)
-    assert len(expected) == 10
+    assert len(expected) == 13
 
 
 @pytest.mark.parametrize("event_type", sorted(EXAMPLES))

@@ -18,6 +18,8 @@ from events import (
     CloudEvent,
     LabelRemoved,
     LegacyImageRemoved,
+    LegacyManifestRemoved,
+    LegacyTagRemoved,
     ManifestRemoved,
     Removal,
     RepoPurged,
@@ -40,9 +42,27 @@ LEGACY_IMAGE = LegacyImageRemoved(**REPO, image_id=13, docker_image_id="deadbeef
 PURGED = RepoPurged(**REPO)
 BLOB = BlobRemoved(blob_id=14, digest=DIGEST, size=1024, locations=["local_us", "s3_eu"])
 LABEL = LabelRemoved(label_id=15, key="maintainer")
+LEGACY_TAG = LegacyTagRemoved(**REPO, tag="v1", repository_tag_id=16, docker_image_id="cafe")
+LEGACY_MANIFEST = LegacyManifestRemoved(**REPO, tag_manifest_id=17, digest=DIGEST)
 
-ALL_REMOVALS: list[Removal] = [TAG, MANIFEST, LEGACY_IMAGE, PURGED, BLOB, LABEL]
-REPOSITORY_REMOVALS: list[RepositoryRemoval] = [TAG, MANIFEST, LEGACY_IMAGE, PURGED]
+ALL_REMOVALS: list[Removal] = [
+    TAG,
+    MANIFEST,
+    LEGACY_IMAGE,
+    PURGED,
+    BLOB,
+    LABEL,
+    LEGACY_TAG,
+    LEGACY_MANIFEST,
+]
+REPOSITORY_REMOVALS: list[RepositoryRemoval] = [
+    TAG,
+    MANIFEST,
+    LEGACY_IMAGE,
+    PURGED,
+    LEGACY_TAG,
+    LEGACY_MANIFEST,
+]
 
 #: A valid envelope, as keyword arguments, for the validation tests to spoil one at a time.
 ENVELOPE: dict[str, Any] = {
@@ -71,6 +91,8 @@ def removal_id(removal: object) -> str:
         (PURGED, "acme/web/app"),
         (BLOB, DIGEST),
         (LABEL, "label/15"),
+        (LEGACY_TAG, "acme/web/app:v1"),
+        (LEGACY_MANIFEST, f"acme/web/app@{DIGEST}"),
     ],
     ids=removal_id,
 )
@@ -105,6 +127,8 @@ def test_label_removed_keyed_by_label_id() -> None:
         (LabelRemoved, "registry.gc.label-removed"),
         (LegacyImageRemoved, "registry.gc.legacy-image-removed"),
         (RepoPurged, "registry.gc.repo-purged"),
+        (LegacyTagRemoved, "registry.gc.legacy-tag-removed"),
+        (LegacyManifestRemoved, "registry.gc.legacy-manifest-removed"),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else str(value),
 )
@@ -114,7 +138,7 @@ def test_event_type(removal_type: type[Removal], event_type: str) -> None:
 
 
 def test_removal_types_maps_every_type_to_its_class() -> None:
-    """REMOVAL_TYPES maps exactly the six removal types to their classes."""
+    """REMOVAL_TYPES maps exactly the eight removal types to their classes."""
     assert {
         "registry.gc.tag-removed": TagRemoved,
         "registry.gc.manifest-removed": ManifestRemoved,
@@ -122,6 +146,8 @@ def test_removal_types_maps_every_type_to_its_class() -> None:
         "registry.gc.label-removed": LabelRemoved,
         "registry.gc.legacy-image-removed": LegacyImageRemoved,
         "registry.gc.repo-purged": RepoPurged,
+        "registry.gc.legacy-tag-removed": LegacyTagRemoved,
+        "registry.gc.legacy-manifest-removed": LegacyManifestRemoved,
     } == REMOVAL_TYPES
 
 

@@ -4,14 +4,16 @@ SELECT id FROM manifest WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE
 
 -- name: unreferenced
 -- Of the locked manifests $1, those nothing keeps alive (the rule:
--- gc.unreferenced_manifests, migration 0009).
+-- gc.unreferenced_manifests, migration 0010).
 -- $1 bigint[] manifest ids
 SELECT id FROM gc.unreferenced_manifests() WHERE id = ANY($1::bigint[]) ORDER BY id
 
 -- name: delete
 -- Delete garbage manifests with their links, queue what the links pointed
 -- at (children, referrers, blobs, labels, legacy images), and return what
--- the removal events need. One statement: foreign keys are checked at its end.
+-- the removal events need. The pre-OCI label-map rows naming a manifest or
+-- one of its label rows go with them (mapping rows, never references). One
+-- statement: foreign keys are checked at its end.
 -- Candidates belong to the repository of the link that freed them.
 -- $1 bigint[] manifest ids, $2 text[] causation ids (parallel)
 WITH batch AS (
@@ -23,6 +25,12 @@ WITH batch AS (
 ), blobs AS (
     DELETE FROM manifest_blob mb USING batch b WHERE mb.manifest_id = b.id
     RETURNING 'blob' AS kind, mb.blob_id AS object_id, mb.repository_id, b.causation_id
+), label_maps AS (
+    DELETE FROM tag_manifest_label_map x
+    WHERE x.manifest_id = ANY($1::bigint[])
+       OR x.manifest_label_id IN (
+           SELECT ml.id FROM manifest_label ml WHERE ml.manifest_id = ANY($1::bigint[])
+       )
 ), labels AS (
     DELETE FROM manifest_label ml USING batch b WHERE ml.manifest_id = b.id
     RETURNING 'label' AS kind, ml.label_id AS object_id, ml.repository_id, b.causation_id

@@ -1,6 +1,7 @@
 -- name: find
 -- $1 text namespace name, $2 text repository name
-SELECT r.id, n.name AS namespace, r.name, r.kind, r.state
+SELECT r.id, n.name AS namespace, r.name, r.kind, r.state,
+       gc.repository_is_marked(r.state) AS marked_for_deletion
 FROM repository r JOIN namespace n ON n.id = r.namespace_id
 WHERE n.name = $1 AND r.name = $2
 
@@ -40,6 +41,9 @@ WHERE r.id = $1
   AND NOT EXISTS (SELECT 1 FROM manifest_child WHERE repository_id = r.id)
   AND NOT EXISTS (SELECT 1 FROM manifest_label WHERE repository_id = r.id)
   AND NOT EXISTS (SELECT 1 FROM manifest_legacy_image WHERE repository_id = r.id)
+  AND NOT EXISTS (SELECT 1 FROM repository_tag WHERE repository_id = r.id)
+  AND NOT EXISTS (SELECT 1 FROM tag_to_repository_tag WHERE repository_id = r.id)
+  AND NOT EXISTS (SELECT 1 FROM tag_manifest_label WHERE repository_id = r.id)
 RETURNING r.id, r.name, n.name AS namespace
 
 -- name: with_due_work

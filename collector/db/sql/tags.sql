@@ -32,9 +32,10 @@ SELECT id, repository_id FROM tag WHERE repository_id = $1 ORDER BY id LIMIT $2
 FOR UPDATE SKIP LOCKED
 
 -- name: delete
--- Delete locked tags, re-checking expiry unless $3 (purge), queue their
--- manifests under the request that caused each, and return what the removal
--- events need.
+-- Delete locked tags, re-checking expiry unless $3 (purge), with the
+-- tag_to_repository_tag rows naming them (mapping rows, never references),
+-- queue their manifests under the request that caused each, and return what
+-- the removal events need.
 -- $1 bigint[] tag ids, $2 bigint now (ms), $3 bool purge,
 -- $4 text[] causation ids (parallel to $1)
 WITH locked AS (
@@ -49,6 +50,8 @@ WITH locked AS (
       AND ($3 OR gc.tag_is_due(t.lifetime_end_ms, t.immutable, n.removed_tag_expiration_s, $2))
     RETURNING t.id, t.name, t.manifest_id, t.repository_id, m.digest AS manifest_digest,
               r.name AS repository, n.name AS namespace, l.causation_id
+), links AS (
+    DELETE FROM tag_to_repository_tag x USING gone g WHERE x.tag_id = g.id
 ), queued AS (
     INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)
     SELECT DISTINCT 'manifest', manifest_id, repository_id, causation_id FROM gone

@@ -54,13 +54,51 @@ FROM (
     UNION ALL SELECT 'app_tag.linked_tag_id', x.id FROM app_tag x
         WHERE x.linked_tag_id IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM app_tag t WHERE t.id = x.linked_tag_id)
+    UNION ALL SELECT 'repository_tag.repository_id', x.id FROM repository_tag x
+        WHERE NOT EXISTS (SELECT 1 FROM repository t WHERE t.id = x.repository_id)
+    UNION ALL SELECT 'repository_tag.image_id', x.id FROM repository_tag x
+        WHERE NOT EXISTS (SELECT 1 FROM image t WHERE t.id = x.image_id)
+    UNION ALL SELECT 'repository_tag.linked_tag_id', x.id FROM repository_tag x
+        WHERE x.linked_tag_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM repository_tag t WHERE t.id = x.linked_tag_id)
+    UNION ALL SELECT 'tag_manifest.tag_id', x.id FROM tag_manifest x
+        WHERE NOT EXISTS (SELECT 1 FROM repository_tag t WHERE t.id = x.tag_id)
+    UNION ALL SELECT 'tag_manifest_to_manifest.tag_manifest_id', x.id FROM tag_manifest_to_manifest x
+        WHERE NOT EXISTS (SELECT 1 FROM tag_manifest t WHERE t.id = x.tag_manifest_id)
+    UNION ALL SELECT 'tag_manifest_to_manifest.manifest_id', x.id FROM tag_manifest_to_manifest x
+        WHERE NOT EXISTS (SELECT 1 FROM manifest t WHERE t.id = x.manifest_id)
+    UNION ALL SELECT 'tag_to_repository_tag.repository_id', x.id FROM tag_to_repository_tag x
+        WHERE NOT EXISTS (SELECT 1 FROM repository t WHERE t.id = x.repository_id)
+    UNION ALL SELECT 'tag_to_repository_tag.tag_id', x.id FROM tag_to_repository_tag x
+        WHERE NOT EXISTS (SELECT 1 FROM tag t WHERE t.id = x.tag_id)
+    UNION ALL SELECT 'tag_to_repository_tag.repository_tag_id', x.id FROM tag_to_repository_tag x
+        WHERE NOT EXISTS (SELECT 1 FROM repository_tag t WHERE t.id = x.repository_tag_id)
+    UNION ALL SELECT 'tag_manifest_label.repository_id', x.id FROM tag_manifest_label x
+        WHERE NOT EXISTS (SELECT 1 FROM repository t WHERE t.id = x.repository_id)
+    UNION ALL SELECT 'tag_manifest_label.annotated_id', x.id FROM tag_manifest_label x
+        WHERE NOT EXISTS (SELECT 1 FROM tag_manifest t WHERE t.id = x.annotated_id)
+    UNION ALL SELECT 'tag_manifest_label.label_id', x.id FROM tag_manifest_label x
+        WHERE NOT EXISTS (SELECT 1 FROM label t WHERE t.id = x.label_id)
+    UNION ALL SELECT 'tag_manifest_label_map.tag_manifest_id', x.id FROM tag_manifest_label_map x
+        WHERE NOT EXISTS (SELECT 1 FROM tag_manifest t WHERE t.id = x.tag_manifest_id)
+    UNION ALL SELECT 'tag_manifest_label_map.manifest_id', x.id FROM tag_manifest_label_map x
+        WHERE x.manifest_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM manifest t WHERE t.id = x.manifest_id)
+    UNION ALL SELECT 'tag_manifest_label_map.label_id', x.id FROM tag_manifest_label_map x
+        WHERE NOT EXISTS (SELECT 1 FROM label t WHERE t.id = x.label_id)
+    UNION ALL SELECT 'tag_manifest_label_map.tag_manifest_label_id', x.id FROM tag_manifest_label_map x
+        WHERE x.tag_manifest_label_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM tag_manifest_label t WHERE t.id = x.tag_manifest_label_id)
+    UNION ALL SELECT 'tag_manifest_label_map.manifest_label_id', x.id FROM tag_manifest_label_map x
+        WHERE x.manifest_label_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM manifest_label t WHERE t.id = x.manifest_label_id)
 ) AS broken
 GROUP BY reference
 ORDER BY reference
 
 -- name: garbage
 -- Garbage not collected yet, by kind and status, with up to five ids, by the
--- very rules the collectors apply (migration 0009). Status: "queued" when a
+-- very rules the collectors apply (migration 0010). Status: "queued" when a
 -- candidate or a request already waits for it; "due" when the next run or
 -- orphan sweep collects it; "grace" for an unreferenced object younger than
 -- the grace period (the sweep leaves it alone until then).
@@ -69,6 +107,8 @@ ORDER BY reference
 SELECT kind, status, count(*) AS rows, (array_agg(id ORDER BY id))[1:5] AS sample
 FROM (
     SELECT 'tag past its window' AS kind, 'due' AS status, t.id FROM gc.due_tags($1) t
+    UNION ALL
+    SELECT 'legacy tag past its window', 'due', t.id FROM gc.due_legacy_tags($1) t
     UNION ALL
     SELECT 'expired upload', 'due', u.id FROM gc.expired_uploads($2) u
     UNION ALL

@@ -9,7 +9,8 @@ JOIN unnest($1::text[], $2::text[]) AS e (source, event_id)
 -- name: repositories
 -- The repositories these requests name, as the database knows them.
 -- $1 bigint[] repository ids
-SELECT r.id, n.name || '/' || r.name AS path, r.state
+SELECT r.id, n.name || '/' || r.name AS path, r.state,
+       gc.repository_is_marked(r.state) AS marked
 FROM repository r JOIN namespace n ON n.id = r.namespace_id
 WHERE r.id = ANY($1::bigint[])
 
@@ -19,19 +20,20 @@ WHERE r.id = ANY($1::bigint[])
 -- $1 text[] sources, $2 text[] event ids, $3 text[] types, $4 bigint[] repository ids,
 -- $5 text[] repository paths, $6 bigint[] tag ids, $7 bigint[] lifetime ends (ms),
 -- $8 text[] record topics, $9 int[] record partitions, $10 bigint[] record offsets,
--- $11 bigint now (ms) (arrays parallel, in arrival order)
+-- $11 bigint now (ms), $12 bigint[] repository_tag ids, $13 bigint[] lifetime ends (s)
+-- (arrays parallel, in arrival order)
 INSERT INTO gc.request (
     source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-    record_topic, record_partition, record_offset, due_at_ms
+    repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, due_at_ms
 )
 SELECT source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-       record_topic, record_partition, record_offset, $11
+       repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, $11
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[],
-    $8::text[], $9::int[], $10::bigint[]
+    $8::text[], $9::int[], $10::bigint[], $12::bigint[], $13::bigint[]
 ) WITH ORDINALITY AS e (
     source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-    record_topic, record_partition, record_offset, n
+    record_topic, record_partition, record_offset, repository_tag_id, lifetime_end_ts, n
 )
 ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
@@ -56,7 +58,8 @@ WITH heads AS (
     ORDER BY repository_id, id
 )
 SELECT r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
-       r.lifetime_end_ms, r.record_topic, r.record_partition, r.record_offset
+       r.lifetime_end_ms, r.repository_tag_id, r.lifetime_end_ts, r.record_topic,
+       r.record_partition, r.record_offset
 FROM gc.request r
 JOIN heads USING (id)
 -- Checked again on the locked row's latest version: a head finished by another
@@ -76,14 +79,24 @@ SELECT t.immutable,
        gc.tag_due_at_ms(t.lifetime_end_ms, t.window_s) AS due_at_ms
 FROM gc.expiring_tag($1, $2, $3) t
 
+-- name: expiring_legacy_tag
+-- The same for a legacy-tag-expired request (gc.expiring_legacy_tag,
+-- gc.legacy_tag_is_due, gc.legacy_tag_due_at_ms); pre-OCI tags are never immutable.
+-- $1 bigint repository_tag id, $2 bigint repository id, $3 bigint lifetime end (s),
+-- $4 bigint now (ms)
+SELECT false AS immutable,
+       gc.legacy_tag_is_due(t.lifetime_end_ts, t.window_s, $4) AS due,
+       gc.legacy_tag_due_at_ms(t.lifetime_end_ts, t.window_s) AS due_at_ms
+FROM gc.expiring_legacy_tag($1, $2, $3) t
+
 -- name: finish
 -- $1 bigint request id, $2 text outcome, $3 text finished by
 UPDATE gc.request SET finished_at = now(), outcome = $2, finished_by = $3 WHERE id = $1
 
 -- name: finish_stale
 -- Finish the requests of these repositories, due or not, whose verdict is
--- "stale" already: tag-expired requests whose tag is gone or has another
--- lifetime end now. That verdict never changes (a tag does not get an old
+-- "stale" already: tag-expired and legacy-tag-expired requests whose tag is
+-- gone or has another lifetime end now. That verdict never changes (a tag does not get an old
 -- lifetime end back), so they need not wait for their turn: the collection
 -- of a repository's first expiry makes the expiries of its other collected
 -- tags stale, and they end in that claim instead of one claim each.
@@ -94,14 +107,23 @@ FROM (
     SELECT q.id
     FROM gc.request q
     WHERE q.repository_id = ANY($1::bigint[]) AND q.finished_at IS NULL
-      AND q.event_type = 'tag-expired'
-      AND NOT EXISTS (SELECT FROM gc.expiring_tag(q.tag_id, q.repository_id, q.lifetime_end_ms))
+      AND CASE q.event_type
+          WHEN 'tag-expired' THEN NOT EXISTS (
+              SELECT FROM gc.expiring_tag(q.tag_id, q.repository_id, q.lifetime_end_ms)
+          )
+          WHEN 'legacy-tag-expired' THEN NOT EXISTS (
+              SELECT FROM gc.expiring_legacy_tag(
+                  q.repository_tag_id, q.repository_id, q.lifetime_end_ts
+              )
+          )
+          ELSE false
+      END
     ORDER BY q.id
     FOR UPDATE OF q SKIP LOCKED
 ) stale
 WHERE r.id = stale.id
 RETURNING r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
-          r.lifetime_end_ms
+          r.lifetime_end_ms, r.repository_tag_id, r.lifetime_end_ts
 
 -- name: defer
 -- $1 bigint request id, $2 bigint due at (ms)

@@ -1,6 +1,6 @@
--- Each rule of CONTRACT §3 written once (DESIGN §3.9): what keeps a manifest,
--- label, legacy image or blob alive, when a tag is due, when an upload has
--- expired, when a repository is due for purge. The collectors, `verify`,
+-- Each rule of CONTRACT §3 and §3.1 written once (DESIGN §3.9): what keeps a
+-- manifest, label, legacy image or blob alive, when a tag (OCI or pre-OCI) is
+-- due, when an upload has expired, when a repository is due for purge. The collectors, `verify`,
 -- `scan` and the orphan sweep all call these; none repeats them.
 --
 -- Rules over sets are SQL functions returning tables: STABLE, not STRICT, one
@@ -37,6 +37,25 @@ RETURN lifetime_end_ms IS NOT NULL
     AND NOT immutable
     AND gc.tag_due_at_ms(lifetime_end_ms, window_s) <= now_ms;
 
+-- When a pre-OCI tag falls due: `lifetime_end_ts + removed_tag_expiration_s`
+-- seconds (CONTRACT §3.1), in milliseconds like everything the collector
+-- compares with its clock (a whole second s is due at `now_ms` exactly when
+-- s * 1000 <= now_ms), saturating.
+CREATE FUNCTION gc.legacy_tag_due_at_ms(lifetime_end_ts bigint, window_s bigint) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN least(
+    greatest((lifetime_end_ts::numeric + window_s::numeric) * 1000, -9223372036854775808),
+    9223372036854775807
+)::bigint;
+
+-- A pre-OCI tag is due once it ended and its window passed (there is no
+-- immutable flag in that model).
+CREATE FUNCTION gc.legacy_tag_is_due(lifetime_end_ts bigint, window_s bigint, now_ms bigint)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN lifetime_end_ts IS NOT NULL
+    AND gc.legacy_tag_due_at_ms(lifetime_end_ts, window_s) <= now_ms;
+
 -- An upload keeps its blob alive until it expires.
 CREATE FUNCTION gc.upload_is_expired(expires_at timestamptz, at_time timestamptz) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -69,6 +88,25 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     WHERE gc.tag_is_due(w.lifetime_end_ms, w.immutable, w.window_s, now_ms)
 $$;
 
+-- Every pre-OCI tag with its lifetime end and its namespace's window.
+CREATE FUNCTION gc.legacy_tag_windows()
+RETURNS TABLE (id bigint, repository_id bigint, lifetime_end_ts bigint, window_s bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT t.id, t.repository_id, t.lifetime_end_ts, n.removed_tag_expiration_s
+    FROM repository_tag t
+    JOIN repository r ON r.id = t.repository_id
+    JOIN namespace n ON n.id = r.namespace_id
+$$;
+
+-- Pre-OCI tags past their namespace's window.
+CREATE FUNCTION gc.due_legacy_tags(now_ms bigint)
+RETURNS TABLE (id bigint, repository_id bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT w.id, w.repository_id
+    FROM gc.legacy_tag_windows() w
+    WHERE gc.legacy_tag_is_due(w.lifetime_end_ts, w.window_s, now_ms)
+$$;
+
 -- Uploads past their expiry: garbage themselves.
 CREATE FUNCTION gc.expired_uploads(at_time timestamptz)
 RETURNS TABLE (id bigint, repository_id bigint, blob_id bigint)
@@ -91,15 +129,29 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       AND w.lifetime_end_ms = request_lifetime_end_ms
 $$;
 
--- Manifests nothing keeps alive: no tag row of any state, no manifest list
--- naming it as a child, and (an OCI referrer) no subject in its repository.
--- Referrers never keep their subject alive.
+-- The pre-OCI tag a legacy-tag-expired request names, while it still has the
+-- request's lifetime end: no row means the request is stale.
+CREATE FUNCTION gc.expiring_legacy_tag(
+    request_repository_tag_id bigint, request_repository_id bigint, request_lifetime_end_ts bigint
+) RETURNS TABLE (lifetime_end_ts bigint, window_s bigint)
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT w.lifetime_end_ts, w.window_s
+    FROM gc.legacy_tag_windows() w
+    WHERE w.id = request_repository_tag_id AND w.repository_id = request_repository_id
+      AND w.lifetime_end_ts = request_lifetime_end_ts
+$$;
+
+-- Manifests nothing keeps alive: no tag row of any state, no pre-OCI tag
+-- manifest mapped to it (broken or not), no manifest list naming it as a
+-- child, and (an OCI referrer) no subject in its repository. Referrers never
+-- keep their subject alive.
 CREATE FUNCTION gc.unreferenced_manifests()
 RETURNS TABLE (id bigint, repository_id bigint, created_at timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT m.id, m.repository_id, m.created_at
     FROM manifest m
     WHERE NOT EXISTS (SELECT 1 FROM tag t WHERE t.manifest_id = m.id)
+      AND NOT EXISTS (SELECT 1 FROM tag_manifest_to_manifest tm WHERE tm.manifest_id = m.id)
       AND NOT EXISTS (SELECT 1 FROM manifest_child c WHERE c.child_manifest_id = m.id)
       AND NOT (
           m.subject_digest IS NOT NULL
@@ -110,23 +162,25 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       )
 $$;
 
--- Labels no manifest of any repository carries.
+-- Labels no manifest and no pre-OCI tag manifest of any repository carries.
 CREATE FUNCTION gc.unreferenced_labels()
 RETURNS TABLE (id bigint, created_at timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT l.id, l.created_at
     FROM label l
     WHERE NOT EXISTS (SELECT 1 FROM manifest_label ml WHERE ml.label_id = l.id)
+      AND NOT EXISTS (SELECT 1 FROM tag_manifest_label tl WHERE tl.label_id = l.id)
 $$;
 
--- Legacy images no manifest links and no child image names as its parent:
--- chains unwind from leaf to root.
+-- Legacy images no manifest links, no pre-OCI tag (of any state) points at,
+-- and no child image names as its parent: chains unwind from leaf to root.
 CREATE FUNCTION gc.unreferenced_images()
 RETURNS TABLE (id bigint, repository_id bigint, created_at timestamptz)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT i.id, i.repository_id, i.created_at
     FROM image i
     WHERE NOT EXISTS (SELECT 1 FROM manifest_legacy_image li WHERE li.image_id = i.id)
+      AND NOT EXISTS (SELECT 1 FROM repository_tag rt WHERE rt.image_id = i.id)
       AND NOT EXISTS (SELECT 1 FROM image c WHERE c.parent_id = i.id)
 $$;
 
@@ -165,12 +219,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     FROM gc.unreferenced_blobs(at_time, protected_digests) b
 $$;
 
--- Repositories with something to collect: a tag past its window, an expired
--- upload, or candidates left to decide.
+-- Repositories with something to collect: a tag (OCI or pre-OCI) past its
+-- window, an expired upload, or candidates left to decide.
 CREATE FUNCTION gc.repositories_with_due_work(now_ms bigint, at_time timestamptz)
 RETURNS TABLE (id bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT t.repository_id FROM gc.due_tags(now_ms) t
+    UNION
+    SELECT t.repository_id FROM gc.due_legacy_tags(now_ms) t
     UNION
     SELECT u.repository_id FROM gc.expired_uploads(at_time) u
     UNION

@@ -1,0 +1,58 @@
+"""Pre-OCI tags (CONTRACT §3.1): roots of collection like OCI tags, in seconds, each
+removed together with its tag manifest (purge: all of them)."""
+
+from __future__ import annotations
+
+from collector.db.connector import Connection
+from collector.db.queries import load_queries
+from collector.engine.context import Mode, Removed, RepositoryContext, StepResult
+from events import LegacyManifestRemoved, LegacyTagRemoved
+
+_QUERIES = load_queries("legacy_tags.sql")
+
+
+async def collect_batch(
+    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
+) -> StepResult:
+    """Remove one batch of due pre-OCI tags with their tag manifests, and queue the
+    manifests, labels and images they held."""
+    purge = ctx.mode is Mode.PURGE
+    scope = ctx.repository_ids
+    if purge:
+        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository, limit)
+    elif scope is None:
+        locked = await conn.fetch(_QUERIES["lock_due_any"], now_ms, limit)
+    else:
+        locked = await conn.fetch(_QUERIES["lock_due_in"], scope, now_ms, limit)
+    if not locked:
+        return StepResult(claimed=0)
+    rows = await conn.fetch(
+        _QUERIES["delete"],
+        [row["id"] for row in locked],
+        now_ms,
+        purge,
+        [ctx.causation_of(row["repository_id"]) for row in locked],
+    )
+    removed: list[Removed] = []
+    for row in rows:
+        scope_fields = {
+            "namespace": row["namespace"],
+            "repository": row["repository"],
+            "repository_id": row["repository_id"],
+        }
+        if row["tag_manifest_id"] is not None:
+            manifest = LegacyManifestRemoved(
+                **scope_fields,
+                tag_manifest_id=row["tag_manifest_id"],
+                digest=row["tag_manifest_digest"],
+            )
+            removed.append(Removed(manifest, row["causation_id"]))
+        tag = LegacyTagRemoved(
+            **scope_fields,
+            tag=row["name"],
+            repository_tag_id=row["id"],
+            docker_image_id=row["docker_image_id"],
+        )
+        removed.append(Removed(tag, row["causation_id"]))
+    # Progress is what was deleted, as for OCI tags: a failed re-check must not spin.
+    return StepResult(claimed=len(rows), removed=removed)
