@@ -1,8 +1,16 @@
-"""What a registry's push writes, for tests that race the collector with one. Each call
-runs in the caller's transaction; a link to a row the collector removed first fails its
-foreign-key check, as the registry's would."""
+"""What a registry's push writes, and a writer that races the collector with such pushes.
+Each push runs in the caller's transaction; a link to a row the collector removed first
+fails its foreign-key check, as the registry's would."""
 
 from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import asyncpg
 
 from collector.db.connector import Connection
 
@@ -64,3 +72,51 @@ async def legacy_retag(
             manifest_id,
         )
     return tag_id
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Race:
+    """What a writer racing the collector did."""
+
+    commits: int = 0  # writes that committed while the collector ran
+    refused: list[str] = field(default_factory=list)  # constraints that refused the others
+
+
+#: One write, in the writer's transaction; returns what to record once it committed.
+Write = Callable[[Connection, random.Random], Awaitable[Callable[[], None]]]
+
+
+async def race(
+    pool: asyncpg.Pool[asyncpg.Record], collecting: Awaitable[T], write: Write, *, seed: int
+) -> tuple[T, Race]:
+    """Await ``collecting`` while a writer repeats ``write``, each in a transaction of its
+    own on a connection of its own, seeded; a write the collector won against fails its
+    foreign-key check and is counted as refused."""
+    outcome = Race()
+    running = True
+
+    async def writer(conn: Connection) -> None:
+        rng = random.Random(seed)
+        while running:
+            try:
+                async with conn.transaction():
+                    record = await write(conn, rng)
+            except asyncpg.ForeignKeyViolationError as exc:
+                outcome.refused.append(exc.constraint_name or "")
+            else:
+                record()
+                outcome.commits += running
+            await asyncio.sleep(0)
+
+    async with pool.acquire() as conn:
+        writing = asyncio.create_task(writer(conn))
+        await asyncio.sleep(0.05)  # the writer is under way when the collector starts
+        try:
+            result = await collecting
+        finally:
+            running = False
+            await writing
+    return result, outcome

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Mode, Removed, RepositoryContext, StepResult
+from collector.engine.context import Removed, RepositoryContext, StepResult
+from collector.engine.tags import lock_and_delete
 from events import LegacyManifestRemoved, LegacyTagRemoved
 
 _QUERIES = load_queries("legacy_tags.sql")
@@ -16,23 +17,7 @@ async def collect_batch(
 ) -> StepResult:
     """Remove one batch of due pre-OCI tags with their tag manifests, and queue the
     manifests, labels and images they held."""
-    purge = ctx.mode is Mode.PURGE
-    scope = ctx.repository_ids
-    if purge:
-        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository, limit)
-    elif scope is None:
-        locked = await conn.fetch(_QUERIES["lock_due_any"], now_ms, limit)
-    else:
-        locked = await conn.fetch(_QUERIES["lock_due_in"], scope, now_ms, limit)
-    if not locked:
-        return StepResult(claimed=0)
-    rows = await conn.fetch(
-        _QUERIES["delete"],
-        [row["id"] for row in locked],
-        now_ms,
-        purge,
-        [ctx.causation_of(row["repository_id"]) for row in locked],
-    )
+    rows = await lock_and_delete(conn, _QUERIES, ctx, now_ms=now_ms, limit=limit)
     removed: list[Removed] = []
     for row in rows:
         scope_fields = {

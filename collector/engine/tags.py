@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import asyncpg
+
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.context import Mode, Removed, RepositoryContext, StepResult
@@ -10,27 +14,41 @@ from events import TagRemoved
 _QUERIES = load_queries("tags.sql")
 
 
-async def collect_batch(
-    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
-) -> StepResult:
-    """Remove one batch of due tags and queue their manifests."""
+async def lock_and_delete(
+    conn: Connection,
+    queries: Mapping[str, str],
+    ctx: RepositoryContext,
+    *,
+    now_ms: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Lock a batch of due tags of the context (a purge: any of its repository's) with
+    ``lock_all``, ``lock_due_any`` or ``lock_due_in``, and remove them with ``delete``,
+    which re-checks them: the deleted rows. Shared by both tag models."""
     purge = ctx.mode is Mode.PURGE
     scope = ctx.repository_ids
     if purge:
-        locked = await conn.fetch(_QUERIES["lock_all"], ctx.repository, limit)
+        locked = await conn.fetch(queries["lock_all"], ctx.repository, limit)
     elif scope is None:
-        locked = await conn.fetch(_QUERIES["lock_due_any"], now_ms, limit)
+        locked = await conn.fetch(queries["lock_due_any"], now_ms, limit)
     else:
-        locked = await conn.fetch(_QUERIES["lock_due_in"], scope, now_ms, limit)
+        locked = await conn.fetch(queries["lock_due_in"], scope, now_ms, limit)
     if not locked:
-        return StepResult(claimed=0)
-    rows = await conn.fetch(
-        _QUERIES["delete"],
+        return []
+    return await conn.fetch(
+        queries["delete"],
         [row["id"] for row in locked],
         now_ms,
         purge,
         [ctx.causation_of(row["repository_id"]) for row in locked],
     )
+
+
+async def collect_batch(
+    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
+) -> StepResult:
+    """Remove one batch of due tags and queue their manifests."""
+    rows = await lock_and_delete(conn, _QUERIES, ctx, now_ms=now_ms, limit=limit)
     removed = [
         Removed(
             TagRemoved(

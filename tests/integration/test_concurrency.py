@@ -3,8 +3,8 @@ committed row ever references something the collector removed."""
 
 from __future__ import annotations
 
-import asyncio
 import random
+from collections.abc import Callable
 
 import asyncpg
 
@@ -34,38 +34,21 @@ async def test_writer_linking_blobs_and_retagging_while_the_engine_collects(
     engine = Engine(PoolDatabase(db), EngineConfig(batch_size=10), clock=FixedClock())
     linked: set[int] = set()  # blobs a committed push references
     rescued: set[int] = set()  # manifests a committed tag references
-    refused: list[str] = []
-    collecting = True
 
-    async def writer(conn: Connection) -> int:
-        rng = random.Random(1)
-        during = 0
-        while collecting:
-            try:
-                async with conn.transaction():
-                    if rng.random() < 0.5:
-                        blob = rng.choice(pool_blobs)
-                        await pushes.push(conn, elsewhere, blob)
-                        linked.add(blob)
-                    else:
-                        target = rng.choice(manifests)
-                        await pushes.retag(conn, doomed, target)
-                        rescued.add(target)
-                during += 1
-            except asyncpg.ForeignKeyViolationError as exc:
-                refused.append(exc.constraint_name or "")
-            await asyncio.sleep(0)
-        return during
+    async def write(conn: Connection, rng: random.Random) -> Callable[[], None]:
+        if rng.random() < 0.5:
+            blob = rng.choice(pool_blobs)
+            await pushes.push(conn, elsewhere, blob)
+            return lambda: linked.add(blob)
+        target = rng.choice(manifests)
+        await pushes.retag(conn, doomed, target)
+        return lambda: rescued.add(target)
 
-    async with db.acquire() as writer_conn:
-        writing = asyncio.create_task(writer(writer_conn))
-        await asyncio.sleep(0.05)
-        await engine.collect(doomed, causation_id="race")
-        collecting = False
-        commits = await writing
+    _, writer = await pushes.race(db, engine.collect(doomed, causation_id="race"), write, seed=1)
 
     conn = registry.conn
-    assert commits > 20, "the writer must have raced the engine"
+    refused = writer.refused
+    assert writer.commits > 20, "the writer must have raced the engine"
     existing_blobs = {row["id"] for row in await conn.fetch("SELECT id FROM blob")}
     existing_manifests = {row["id"] for row in await conn.fetch("SELECT id FROM manifest")}
     assert linked <= existing_blobs
@@ -113,40 +96,24 @@ async def test_writer_re_tagging_pre_oci_images_and_mapping_manifests_while_coll
     engine = Engine(PoolDatabase(db), EngineConfig(batch_size=10), clock=FixedClock())
     kept_images: set[int] = set()
     kept_manifests: set[int] = set()
-    refused: list[str] = []
-    collecting = True
 
-    async def writer(conn: Connection) -> int:
-        rng = random.Random(2)
-        during = 0
-        while collecting:
-            try:
-                async with conn.transaction():
-                    if rng.random() < 0.5:
-                        image = rng.choice(images)
-                        await pushes.legacy_retag(conn, doomed, image)
-                        kept_images.add(image)
-                    else:
-                        manifest = rng.choice(manifests)
-                        await pushes.legacy_retag(conn, doomed, anchor, manifest)
-                        kept_manifests.add(manifest)
-                during += 1
-            except asyncpg.ForeignKeyViolationError as exc:
-                refused.append(exc.constraint_name or "")
-            await asyncio.sleep(0)
-        return during
+    async def write(conn: Connection, rng: random.Random) -> Callable[[], None]:
+        if rng.random() < 0.5:
+            image = rng.choice(images)
+            await pushes.legacy_retag(conn, doomed, image)
+            return lambda: kept_images.add(image)
+        manifest = rng.choice(manifests)
+        await pushes.legacy_retag(conn, doomed, anchor, manifest)
+        return lambda: kept_manifests.add(manifest)
 
-    async with db.acquire() as writer_conn:
-        writing = asyncio.create_task(writer(writer_conn))
-        await asyncio.sleep(0.05)
-        report = await engine.collect(doomed, causation_id="race")
-        collecting = False
-        commits = await writing
+    report, writer = await pushes.race(
+        db, engine.collect(doomed, causation_id="race"), write, seed=2
+    )
 
     conn = registry.conn
-    assert commits > 20, "the writer must have raced the engine"
-    assert refused, "some links must have lost the race to the engine"
-    assert set(refused) <= {
+    assert writer.commits > 20, "the writer must have raced the engine"
+    assert writer.refused, "some links must have lost the race to the engine"
+    assert set(writer.refused) <= {
         "repository_tag_image_id_fkey",
         "tag_manifest_to_manifest_manifest_id_fkey",
     }

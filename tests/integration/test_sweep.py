@@ -4,8 +4,8 @@ cut short resumes where it stopped; a concurrent writer never loses what it refe
 
 from __future__ import annotations
 
-import asyncio
 import random
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
@@ -208,43 +208,27 @@ async def test_the_sweep_under_a_concurrent_writer_loses_nothing_referenced_or_y
     rescued: set[int] = set()  # orphan manifests a committed tag references
     linked: set[int] = set()  # orphan blobs a committed manifest references
     fresh: set[int] = set()  # blobs pushed during the sweep, young and unreferenced
-    refused: list[str] = []
-    sweeping = True
 
-    async def writer(conn: Connection) -> int:
-        rng = random.Random(7)
-        during = 0
-        while sweeping:
-            roll = rng.random()
-            try:
-                async with conn.transaction():
-                    if roll < 0.4:
-                        target = rng.choice(orphan_manifests)
-                        await pushes.retag(conn, old_repo, target)
-                    elif roll < 0.8:
-                        target = rng.choice(orphan_blobs)
-                        await pushes.push(conn, new_repo, target)
-                    else:
-                        target = await pushes.fresh_blob(conn)
-            except asyncpg.ForeignKeyViolationError as exc:
-                refused.append(exc.constraint_name or "")
-            else:
-                if sweeping:  # count only writes that committed while the sweep ran
-                    during += 1
-                    (rescued if roll < 0.4 else linked if roll < 0.8 else fresh).add(target)
-            await asyncio.sleep(0)
-        return during
+    async def write(conn: Connection, rng: random.Random) -> Callable[[], None]:
+        roll = rng.random()
+        if roll < 0.4:
+            manifest = rng.choice(orphan_manifests)
+            await pushes.retag(conn, old_repo, manifest)
+            return lambda: rescued.add(manifest)
+        if roll < 0.8:
+            blob = rng.choice(orphan_blobs)
+            await pushes.push(conn, new_repo, blob)
+            return lambda: linked.add(blob)
+        pushed = await pushes.fresh_blob(conn)
+        return lambda: fresh.add(pushed)
 
-    async with db.acquire() as writer_conn:
-        writing = asyncio.create_task(writer(writer_conn))
-        await asyncio.sleep(0.05)
-        report = await engine.sweep_orphans(causation_id="race", concurrency=2)
-        sweeping = False
-        commits = await writing
+    sweeping = engine.sweep_orphans(causation_id="race", concurrency=2)
+    report, writer = await pushes.race(db, sweeping, write, seed=7)
 
-    assert commits > 50, "the writer must have written while the sweep ran"
-    assert refused, "the writer must have raced the sweep: links to removed orphans refused"
-    assert set(refused) <= {"manifest_blob_blob_id_fkey", "tag_manifest_id_fkey"}
+    # Only writes that committed while the sweep ran count.
+    assert writer.commits > 50, "the writer must have written while the sweep ran"
+    assert writer.refused, "the writer must have raced the sweep: links to orphans refused"
+    assert set(writer.refused) <= {"manifest_blob_blob_id_fkey", "tag_manifest_id_fkey"}
     assert report.total > 300, "the sweep must have removed orphans meanwhile"
     blobs = {row["id"] for row in await conn.fetch("SELECT id FROM blob")}
     manifests = {row["id"] for row in await conn.fetch("SELECT id FROM manifest")}
