@@ -151,11 +151,16 @@ async def sweep_cost(repositories: int, batch_size: int, concurrency: int, pre_o
             now = SystemClock().now_ms()
             shape = Shape(repositories=repositories, pre_oci=pre_oci)
             await write(conn, plan_registry(shape, now_ms=now, seed=4))
-            # Orphans: the tags of 1% of the manifests, the links of 1% of the labels, and
-            # 1% more blobs, unlinked; then every row past the grace period.
+            # Orphans: the tags of 1% of the manifests, the links of 1% of the labels (with
+            # the mapping rows naming them), and 1% more blobs, unlinked; then every row
+            # past the grace period.
             await conn.execute(
                 """
+                DELETE FROM tag_to_repository_tag x USING tag t
+                    WHERE x.tag_id = t.id AND t.manifest_id % 100 = 0;
                 DELETE FROM tag WHERE manifest_id % 100 = 0;
+                DELETE FROM tag_manifest_label_map x USING manifest_label ml
+                    WHERE x.manifest_label_id = ml.id AND ml.label_id % 100 = 0;
                 DELETE FROM manifest_label WHERE label_id % 100 = 0;
                 INSERT INTO blob (digest, size)
                     SELECT 'sha256:orphan' || id, 1 FROM blob WHERE id % 100 = 0;

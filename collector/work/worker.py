@@ -8,8 +8,9 @@ back, and the requests are claimed again, by this process or another: the
 engine's work is idempotent and its own transactions are durable.
 
 Requests are re-validated here, when due (CONTRACT §2.1): a ``tag-expired``
-acts only while the tag still has the event's ``lifetime_end_ms``; one whose
-tag is not yet past its window is deferred, durably, to the moment it is.
+acts only while the tag still has the event's ``lifetime_end_ms`` (a
+``legacy-tag-expired``: its pre-OCI tag, the event's ``lifetime_end_ts``); one
+whose tag is not yet past its window is deferred, durably, to the moment it is.
 """
 
 from __future__ import annotations

@@ -48,6 +48,31 @@ CONTRACT_COLUMNS: dict[str, set[str]] = {
     "derived_image_storage": {"id", "source_image_id", "derivative_id", "transformation"},
     "manifest_legacy_image": {"id", "repository_id", "manifest_id", "image_id"},
     "app_tag": {"id", "repository_id", "name", "linked_tag_id", "lifetime_end_ms"},
+    # §3.1, the pre-OCI model
+    "repository_tag": {
+        "id",
+        "repository_id",
+        "image_id",
+        "name",
+        "lifetime_start_ts",
+        "lifetime_end_ts",
+        "hidden",
+        "reversion",
+        "linked_tag_id",
+    },
+    "tag_manifest": {"id", "tag_id", "digest", "json_data"},
+    "tag_manifest_to_manifest": {"id", "tag_manifest_id", "manifest_id", "broken"},
+    "tag_to_repository_tag": {"id", "repository_id", "tag_id", "repository_tag_id"},
+    "tag_manifest_label": {"id", "repository_id", "annotated_id", "label_id"},
+    "tag_manifest_label_map": {
+        "id",
+        "tag_manifest_id",
+        "manifest_id",
+        "label_id",
+        "tag_manifest_label_id",
+        "manifest_label_id",
+        "broken_manifest",
+    },
 }
 
 #: CONTRACT §3's arrows, literally: (table, column) → referenced table (its ``id``).
@@ -75,6 +100,23 @@ CONTRACT_FOREIGN_KEYS: dict[tuple[str, str], str] = {
     ("manifest_legacy_image", "image_id"): "image",
     ("app_tag", "repository_id"): "repository",
     ("app_tag", "linked_tag_id"): "app_tag",
+    ("repository_tag", "repository_id"): "repository",
+    ("repository_tag", "image_id"): "image",
+    ("repository_tag", "linked_tag_id"): "repository_tag",
+    ("tag_manifest", "tag_id"): "repository_tag",
+    ("tag_manifest_to_manifest", "tag_manifest_id"): "tag_manifest",
+    ("tag_manifest_to_manifest", "manifest_id"): "manifest",
+    ("tag_to_repository_tag", "repository_id"): "repository",
+    ("tag_to_repository_tag", "tag_id"): "tag",
+    ("tag_to_repository_tag", "repository_tag_id"): "repository_tag",
+    ("tag_manifest_label", "repository_id"): "repository",
+    ("tag_manifest_label", "annotated_id"): "tag_manifest",
+    ("tag_manifest_label", "label_id"): "label",
+    ("tag_manifest_label_map", "tag_manifest_id"): "tag_manifest",
+    ("tag_manifest_label_map", "manifest_id"): "manifest",
+    ("tag_manifest_label_map", "label_id"): "label",
+    ("tag_manifest_label_map", "tag_manifest_label_id"): "tag_manifest_label",
+    ("tag_manifest_label_map", "manifest_label_id"): "manifest_label",
 }
 
 CONNECT_TIMEOUT_S = 10.0
@@ -321,6 +363,61 @@ async def test_migrate_indexes_foreign_keys_of_adopted_tables(new_database: NewD
             """
         )
         assert leading == 1
+    finally:
+        await conn.close()
+
+
+async def test_migrate_adopts_a_registry_of_both_tag_models(new_database: NewDatabase) -> None:
+    """A registry migrated from the ancestor's generation already has the pre-OCI tables,
+    with rows and without the indexes collection needs: migrate() keeps the rows, adds the
+    indexes, and builds the rest of the model around them."""
+    conn = await connect(await new_database())
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE namespace (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE,
+                removed_tag_expiration_s bigint NOT NULL DEFAULT 1209600);
+            CREATE TABLE repository (id bigserial PRIMARY KEY,
+                namespace_id bigint NOT NULL REFERENCES namespace (id), name text NOT NULL,
+                kind text NOT NULL DEFAULT 'image', state text NOT NULL DEFAULT 'normal');
+            CREATE TABLE blob (id bigserial PRIMARY KEY, digest text NOT NULL UNIQUE,
+                size bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+            CREATE TABLE image (id bigserial PRIMARY KEY,
+                repository_id bigint NOT NULL REFERENCES repository (id),
+                docker_image_id text NOT NULL, storage_id bigint NOT NULL REFERENCES blob (id),
+                parent_id bigint REFERENCES image (id));
+            CREATE TABLE repository_tag (id bigserial PRIMARY KEY,
+                repository_id bigint NOT NULL REFERENCES repository (id),
+                image_id bigint NOT NULL REFERENCES image (id), name text NOT NULL,
+                lifetime_start_ts bigint NOT NULL, lifetime_end_ts bigint,
+                hidden boolean NOT NULL DEFAULT false, reversion boolean NOT NULL DEFAULT false,
+                linked_tag_id bigint REFERENCES repository_tag (id) ON DELETE SET NULL);
+            INSERT INTO namespace (name) VALUES ('old');
+            INSERT INTO repository (namespace_id, name) VALUES (1, 'app');
+            INSERT INTO blob (digest, size) VALUES ('sha256:x', 1);
+            INSERT INTO image (repository_id, docker_image_id, storage_id) VALUES (1, 'i', 1);
+            INSERT INTO repository_tag (repository_id, image_id, name, lifetime_start_ts)
+                VALUES (1, 1, 'latest', 0), (1, 1, 'alias', 0);
+            UPDATE repository_tag SET linked_tag_id = 1 WHERE id = 2;
+            """
+        )
+        await asyncio.wait_for(migrate(conn), MIGRATE_TIMEOUT_S)
+
+        indexed = await conn.fetch(
+            """
+            SELECT a.attname::text AS column_name FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+            WHERE i.indrelid = 'repository_tag'::regclass
+            """
+        )
+        assert {"image_id", "linked_tag_id", "repository_id"} <= {
+            row["column_name"] for row in indexed
+        }
+        assert await conn.fetchval("SELECT count(*) FROM repository_tag") == 2
+        tag_manifest = await conn.fetchval(
+            "INSERT INTO tag_manifest (tag_id, digest) VALUES (1, 'sha256:m') RETURNING id"
+        )
+        assert tag_manifest is not None
     finally:
         await conn.close()
 
