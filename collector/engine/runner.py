@@ -234,7 +234,7 @@ class Engine:
             grace_s=self._config.orphan_grace_s,
             protected_digests=list(self._config.protected_digests),
         )
-        steps: list[sweep.Step] = []
+        totals = SweepTotals()
         if ctx.repository_ids is None:
             for kind in sweep.KINDS:
                 work = functools.partial(
@@ -244,21 +244,21 @@ class Engine:
                     span=self._config.orphan_sweep_span,
                     causation_id=ctx.causation_id,
                 )
+                table = SweepTotals()
                 while not (step := await self._retrying(work)).done:
-                    steps.append(step)
-                    log.debug("sweep_step", kind=kind, scanned=step.scanned, queued=step.queued)
+                    table.scanned += step.scanned
+                    table.queued += step.queued
+                log.info(
+                    "sweep_table_finished", kind=kind, scanned=table.scanned, queued=table.queued
+                )
+                totals.merge(table)
         else:
             causes = dict(zip(ctx.repository_ids, ctx.causation_ids(), strict=True))
-            steps.append(
-                await self._retrying(
-                    functools.partial(sweep.queue_in, causes=causes, judgement=judgement)
-                )
+            step = await self._retrying(
+                functools.partial(sweep.queue_in, causes=causes, judgement=judgement)
             )
-        totals = SweepTotals(
-            scanned=sum(step.scanned for step in steps),
-            queued=sum(step.queued for step in steps),
-            seconds=time.monotonic() - started,
-        )
+            totals.scanned, totals.queued = step.scanned, step.queued
+        totals.seconds = time.monotonic() - started
         report.sweep.merge(totals)
         log.info(
             "sweep_finished",
