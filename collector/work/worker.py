@@ -5,7 +5,10 @@ repository, in a transaction on its own connection, and keeps that
 transaction open while the engine works (on other connections); the outcomes
 are written in the same transaction. A crash at any point rolls the claim
 back, and the requests are claimed again, by this process or another: the
-engine's work is idempotent and its own transactions are durable.
+engine's work is idempotent and its own transactions are durable. Should the
+claim's connection be lost, its row locks go with it and another worker may
+claim the same requests: the work in hand is cancelled at once, so that no
+request is ever worked by two workers at once.
 
 Requests are re-validated here, when due (CONTRACT §2.1): a ``tag-expired``
 acts only while the tag still has the event's ``lifetime_end_ms`` (a
@@ -21,7 +24,9 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -46,9 +51,32 @@ log = structlog.get_logger(__name__)
 
 #: The engine gives up on a lost database after its retries: wait longer here.
 _DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
+T = TypeVar("T")
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000
+
+
+async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
+    """``work``, cancelled as soon as ``conn`` (which holds a claim's row locks) is lost:
+    the locks went with it, and another worker may claim the same requests now."""
+    task = asyncio.ensure_future(work)
+    lost = False
+
+    def on_lost(_: object) -> None:
+        nonlocal lost
+        lost = True
+        task.cancel()
+
+    conn.add_termination_listener(on_lost)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if lost:
+            raise DatabaseUnavailable("lost the connection holding the claim") from None
+        raise
+    finally:
+        conn.remove_termination_listener(on_lost)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +163,7 @@ class Workers:
                 return False
             self.busy += len(items)
             try:
-                outcomes = await self._handle(conn, items)
+                outcomes = await while_held(conn, self._handle(conn, items))
                 for item, outcome in zip(items, outcomes, strict=True):
                     assert item.id is not None  # claimed rows have one
                     if isinstance(outcome, Deferred):

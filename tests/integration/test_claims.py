@@ -1,0 +1,98 @@
+"""A claim's locks live on its connection: when that connection is lost, the worker stops
+the work in hand at once, so that no request is ever worked by two workers at once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from collector.config import Settings
+from collector.engine import Engine, Report
+from collector.service import Service
+from events import RepoDeleted
+from tests.integration.test_service import requests_table
+from tests.pipeline import pipeline_settings, produce, request, topics
+from tests.registry import FixedClock, Registry
+
+#: The claim: a worker's connection idle in its transaction while the engine works.
+CLAIMING = """
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database() AND state = 'idle in transaction'
+      AND query LIKE '%FROM gc.request r%JOIN heads%'
+"""
+
+
+@pytest.fixture
+async def settings(database_url: str) -> AsyncIterator[Settings]:
+    # Small engine batches: the purge takes hundreds of transactions, long enough to be
+    # cut in the middle.
+    async with topics(pipeline_settings(database_url, batch_size=5)) as settings:
+        yield settings
+
+
+async def test_a_lost_claim_stops_its_purge_before_another_worker_takes_it(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server ends the session holding a purge's claim midway. The purge in hand is
+    cancelled, the request is claimed again and purged to the end: never two purges of
+    the repository at once, and the request's outcome is `purged`, not `gone`."""
+    acme = await registry.namespace("acme")
+    doomed = await registry.repository(acme, "doomed", state="marked_for_deletion")
+    for n in range(600):
+        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
+        await registry.tag(doomed, manifest, f"v{n}")
+    await produce(
+        settings.topic_requests,
+        [request(RepoDeleted(namespace="acme", repository="doomed", repository_id=doomed))],
+    )
+    running: Counter[int] = Counter()
+    overlaps: list[int] = []
+    started: list[int] = []
+    original = Engine.purge
+
+    async def tracked(self: Engine, repository_id: int, **kwargs: Any) -> Report:
+        running[repository_id] += 1
+        started.append(repository_id)
+        if running[repository_id] > 1:
+            overlaps.append(repository_id)
+        try:
+            return await original(self, repository_id, **kwargs)
+        finally:
+            running[repository_id] -= 1
+
+    monkeypatch.setattr(Engine, "purge", tracked)
+    service = asyncio.create_task(
+        Service(settings, exit_when_idle_s=0.5, clock=clock).run(), name="service"
+    )
+    killed = False
+    async with asyncio.timeout(60):
+        while not killed:
+            await asyncio.sleep(0.01)
+            removed = await db.fetchval("SELECT count(*) FROM gc.outbox")
+            if removed >= 300:  # the purge is well under way
+                pids = [row["pid"] for row in await db.fetch(CLAIMING)]
+                killed = bool(pids)
+                for pid in pids:
+                    await db.execute("SELECT pg_terminate_backend($1)", pid)
+        summary = await service
+
+    assert killed
+    assert len(started) >= 2, "the request must have been claimed again"
+    assert overlaps == []
+    assert summary.outcomes == {"purged": 1}
+    (row,) = await requests_table(db)
+    assert row["outcome"] == "purged"
+    assert await db.fetchval("SELECT count(*) FROM repository WHERE id = $1", doomed) == 0
+    purged = await db.fetchval(
+        "SELECT count(*) FROM gc.outbox WHERE event_type = 'registry.gc.repo-purged'"
+    )
+    assert purged == 1
