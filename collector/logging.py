@@ -1,34 +1,93 @@
-"""structlog setup: JSON lines off a terminal, readable lines on one, always on stderr."""
+"""structlog setup: JSON lines off a terminal, readable lines on one, always on stderr.
+
+The libraries' own log records (asyncpg's, aiokafka's) are rendered the same way
+through the standard library's root logger, from WARNING up, and a message a
+library repeats (aiokafka retrying an unreachable broker logs a line per try) is
+let through once per ``REPEAT_INTERVAL_S``, with how many copies were dropped.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
+from collections.abc import Callable
 
 import structlog
 
 from collector.errors import ConfigError
 
 LEVELS = ("debug", "info", "warning", "error")
+#: A library's repeated message is shown at most once per this many seconds.
+REPEAT_INTERVAL_S = 10.0
+
+
+class RepeatFilter(logging.Filter):
+    """Lets each message (logger and format string) through once per ``interval_s``; the
+    next one that passes carries ``suppressed``, the number dropped meanwhile."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        #: (logger, format string) -> (when last let through, dropped since)
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self._clock()
+        shown, dropped = self._seen.get(key, (-math.inf, 0))
+        if now - shown < self._interval_s:
+            self._seen[key] = (shown, dropped + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if dropped:
+            record.suppressed = dropped
+        return True
+
+
+class _LibraryHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic in typeshed only
+    """The one handler this module puts on the root logger (replaced on reconfiguration)."""
 
 
 def configure_logging(level: str = "info") -> None:
     if level.lower() not in LEVELS:
         raise ConfigError(f"invalid log level {level!r}: expected one of {', '.join(LEVELS)}")
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        timestamper,
     ]
-    renderer: structlog.typing.Processor
+    rendering: list[structlog.typing.Processor]
     if sys.stderr.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
+        rendering = [structlog.dev.ConsoleRenderer()]
     else:
-        processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        rendering = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=[*processors, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = _LibraryHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.contextvars.merge_contextvars,
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.ExtraAdder(allow=["suppressed"]),
+                timestamper,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+        )
+    )
+    handler.addFilter(RepeatFilter(REPEAT_INTERVAL_S))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _LibraryHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    # Libraries' own info and debug lines are theirs to read, not an operator's.
+    root.setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
