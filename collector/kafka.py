@@ -62,8 +62,8 @@ def client_options(settings: Settings) -> dict[str, Any]:
 
 def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """A producer that loses nothing: idempotent, acknowledged by every in-sync replica.
-    ``kafka_produce_timeout_s`` bounds its requests and metadata waits; a send it never
-    gives up on (see :func:`acknowledged`)."""
+    ``kafka_produce_timeout_s`` bounds its requests and metadata waits, and how long a
+    batch may wait for its partition's leader (see :func:`acknowledged`)."""
     return AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
@@ -78,10 +78,13 @@ async def acknowledged(
 ) -> None:
     """Wait until the broker acknowledged every delivery; raise the first one's error.
 
-    An idempotent producer retries a batch until it lands and never gives up on
-    it, so a broker outage is a delivery that takes long: past
+    An idempotent producer retries a batch while it knows the partition's
+    leader, so a broker outage is a delivery that takes long: past
     ``kafka_produce_timeout_s`` it is logged (once, through ``broker``) and the
-    wait goes on. Nothing is sent twice for it.
+    wait goes on. A batch whose partition had no leader for that long fails
+    (aiokafka's ``NotLeaderForPartitionError``/``LeaderNotAvailableError``), and
+    that error is raised here: the caller sends those events again later, with
+    the same ids, so an outage can put an event on the topic twice.
     """
     patience_s = settings.kafka_produce_timeout_s
     pending: set[asyncio.Future[Any]] = set(deliveries)
