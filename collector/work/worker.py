@@ -51,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 #: The engine gives up on a lost database after its retries: wait longer here.
 _DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
+#: What waiting out changes: never a reason to give up on a request.
+_OUTAGES = (*_DISCONNECTS, BrokerUnavailable)
 T = TypeVar("T")
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
@@ -163,7 +165,7 @@ class Workers:
                 return False
             self.busy += len(items)
             try:
-                outcomes = await while_held(conn, self._handle(conn, items))
+                outcomes = await while_held(conn, self._handle_guarded(conn, items))
                 for item, outcome in zip(items, outcomes, strict=True):
                     assert item.id is not None  # claimed rows have one
                     if isinstance(outcome, Deferred):
@@ -202,6 +204,59 @@ class Workers:
                 duration_ms=round(seconds * 1000, 1),
                 **context,
             )
+
+    async def _handle_guarded(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
+        """Each request's outcome, whatever a request does to the engine: when handling
+        fails for a reason waiting will not change (not an outage), the requests are
+        handled one by one, and each that fails alone ends ``failed`` with a dead letter
+        (``unprocessable``). The service goes on with the rest: no poison stops it."""
+        try:
+            async with conn.transaction():  # a savepoint: a failed statement spares the claim
+                return await self._handle(conn, items)
+        except _OUTAGES:
+            raise
+        except Exception as exc:
+            if len(items) == 1:
+                return [await self._unprocessable(items[0], exc)]
+            log.warning("batch_failed", error=repr(exc), requests=len(items))
+        outcomes: list[Outcome] = []
+        for item in items:
+            try:
+                async with conn.transaction():
+                    outcomes.extend(await self._handle(conn, [item]))
+            except _OUTAGES:
+                raise
+            except Exception as exc:
+                outcomes.append(await self._unprocessable(item, exc))
+        return outcomes
+
+    async def _unprocessable(self, item: WorkItem, error: Exception) -> Outcome:
+        """Finish a request that cannot be processed: logged with its traceback, counted
+        (outcome ``failed``) and dead-lettered with the error and its original record."""
+        detail = f"processing the request failed: {error!r}"
+        log.error(
+            "request_failed",
+            event_id=item.event_id,
+            repository=item.repository_path,
+            exc_info=error,
+        )
+        await self._dead_letter(item, "unprocessable", detail)
+        return "failed"
+
+    async def _dead_letter(self, item: WorkItem, reason: str, detail: str) -> None:
+        """Refuse ``item`` on the dead-letter topic with its original record position
+        (requests admitted before migration 0008 have none, and get a log line only)."""
+        if item.record_topic is None:
+            return
+        assert item.record_partition is not None
+        assert item.record_offset is not None
+        origin = Origin(
+            item.record_topic,
+            item.record_partition,
+            item.record_offset,
+            key=item.repository_path.encode(),
+        )
+        await self._dead_letters.send_later(origin, reason, detail, item.event_id)
 
     async def _handle(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
         """Each request's outcome. The repositories to collect (sweeps, and expiries
@@ -257,18 +312,7 @@ class Workers:
                 " when the request was admitted); refusing to purge it"
             )
             log.warning("purge_refused", reason=detail, event_id=item.event_id)
-            if item.record_topic is not None:  # not for requests admitted before 0008
-                assert item.record_partition is not None
-                assert item.record_offset is not None
-                origin = Origin(
-                    item.record_topic,
-                    item.record_partition,
-                    item.record_offset,
-                    key=item.repository_path.encode(),
-                )
-                await self._dead_letters.send_later(
-                    origin, "repository-not-marked", detail, item.event_id
-                )
+            await self._dead_letter(item, "repository-not-marked", detail)
             return "not-marked"
         if report.incomplete:
             return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")

@@ -19,11 +19,11 @@ from tests.integration.test_service import requests_table
 from tests.pipeline import pipeline_settings, produce, request, topics
 from tests.registry import FixedClock, Registry
 
-#: The claim: a worker's connection idle in its transaction while the engine works.
+#: The session holding a claim: the one whose transaction locked a pending request row
+#: (the row's xmax is the locking transaction's id).
 CLAIMING = """
-    SELECT pid FROM pg_stat_activity
-    WHERE datname = current_database() AND state = 'idle in transaction'
-      AND query LIKE '%FROM gc.request r%JOIN heads%'
+    SELECT a.pid FROM gc.request q JOIN pg_stat_activity a ON a.backend_xid = q.xmax
+    WHERE q.finished_at IS NULL
 """
 
 

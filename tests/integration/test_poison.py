@@ -1,0 +1,81 @@
+"""No poison stops the service: a request whose handling fails for a reason waiting will
+not change ends `failed`, reaches the dead-letter topic as `unprocessable` with its
+original position, and every other request goes on being served."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import asyncpg
+import pytest
+
+from collector.config import Settings
+from collector.engine import Engine, Report
+from events import RepoSweep
+from tests.integration.test_service import requests_table, run_service
+from tests.pipeline import pipeline_settings, produce, read_topic, request, topics
+from tests.registry import FixedClock, Registry
+
+
+@pytest.fixture
+async def settings(database_url: str) -> AsyncIterator[Settings]:
+    async with topics(pipeline_settings(database_url)) as settings:
+        yield settings
+
+
+async def test_a_request_that_cannot_be_processed_fails_alone_and_the_service_goes_on(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three sweeps claimed together, one of whose repository makes the engine fail (a
+    stand-in for any row the collector cannot handle): the batch is handled again one
+    request at a time, the two others collect their repositories, the poisoned one ends
+    `failed` with an `unprocessable` dead letter, and the service exits only when idle;
+    a second service does not meet the request again."""
+    acme = await registry.namespace("acme")
+    repositories = {
+        name: await registry.repository(acme, name) for name in ("web", "poison", "api")
+    }
+    for repository in repositories.values():
+        await registry.expired_tag(repository, await registry.manifest(repository))
+    poison = repositories["poison"]
+    original = Engine.collect_many
+
+    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
+        if poison in causes:
+            raise ValueError(f"cannot process repository {poison}")
+        return await original(self, causes, **kwargs)
+
+    monkeypatch.setattr(Engine, "collect_many", collect_many)
+    sweeps = [
+        request(RepoSweep(namespace="acme", repository=name, repository_id=repository))
+        for name, repository in repositories.items()
+    ]
+    await produce(settings.topic_requests, sweeps)
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"collected": 2, "failed": 1}
+    assert summary.refused == {"unprocessable": 1}
+    outcomes = {row["event_id"]: row["outcome"] for row in await requests_table(db)}
+    poisoned_id = [r for r in await read_topic(settings.topic_requests) if r.key == b"acme/poison"]
+    assert outcomes[poisoned_id[0].event["id"]] == "failed"
+    tags = await db.fetch("SELECT repository_id FROM tag")
+    assert [row["repository_id"] for row in tags] == [poison]
+    [letter] = await read_topic(settings.topic_dead_letter, partitions=1)
+    data = letter.event["data"]
+    assert data["reason"] == "unprocessable"
+    assert f"cannot process repository {poison}" in data["detail"]
+    assert (data["topic"], data["partition"], data["offset"]) == (
+        settings.topic_requests,
+        poisoned_id[0].partition,
+        poisoned_id[0].offset,
+    )
+    assert letter.event["causationid"] == poisoned_id[0].event["id"]
+
+    again = await run_service(settings, clock)
+    assert again.outcomes == {}
