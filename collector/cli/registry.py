@@ -27,6 +27,7 @@ from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemCloc
 from collector.engine import repositories as repository_rows
 from collector.errors import ConfigError
 from collector.logging import configure_logging
+from collector.outbox import store as outbox
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import Removal
@@ -171,7 +172,17 @@ async def _collect(
         if dry_run:
             async with RollbackDatabase.session(pool) as db:
                 return await run(db)
-        return await run(PoolDatabase(pool))
+        report = await run(PoolDatabase(pool))
+        async with pool.acquire() as conn:
+            waiting = await outbox.pending(conn)
+        if waiting:
+            # Nothing here publishes: without a relay, the blob deleter never hears of them.
+            typer.echo(
+                f"collect: {waiting:,} removal event(s) wait in gc.outbox; a running"
+                " `collector run` publishes them to the removals topic",
+                err=True,
+            )
+        return report
     finally:
         await pool.close()
 

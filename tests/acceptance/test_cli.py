@@ -63,6 +63,7 @@ async def test_collect_prints_removals_and_removes_them(seeded: Seeded) -> None:
     assert "removed manifest-removed acme/app@sha256:" in result.stdout
     assert "removed blob-removed sha256:" in result.stdout
     assert "4,096" in result.stdout  # bytes freed
+    assert "collect: 3 removal event(s) wait in gc.outbox" in result.stderr
     rows = await snapshot(seeded.conn)
     assert seeded.manifest not in rows["manifest"]
     assert seeded.blob not in rows["blob"]
