@@ -78,13 +78,12 @@ async def acknowledged(
 ) -> None:
     """Wait until the broker acknowledged every delivery; raise the first one's error.
 
-    An idempotent producer retries a batch while it knows the partition's
-    leader, so a broker outage is a delivery that takes long: past
-    ``kafka_produce_timeout_s`` it is logged (once, through ``broker``) and the
-    wait goes on. A batch whose partition had no leader for that long fails
-    (aiokafka's ``NotLeaderForPartitionError``/``LeaderNotAvailableError``), and
-    that error is raised here: the caller sends those events again later, with
-    the same ids, so an outage can put an event on the topic twice.
+    An idempotent producer retries a batch, so a broker outage is mostly a
+    delivery that takes long: past ``kafka_produce_timeout_s`` it is logged
+    (once, through ``broker``) and the wait goes on. A batch can still fail
+    (aiokafka gives up on one whose partition had no known leader for that
+    long), and that error is raised here: the caller sends those events again
+    later, with the same ids, so an outage can put an event on the topic twice.
     """
     patience_s = settings.kafka_produce_timeout_s
     pending: set[asyncio.Future[Any]] = set(deliveries)
