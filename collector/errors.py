@@ -32,6 +32,12 @@ class DatabaseUnavailable(StorageError):
     retriable = True
 
 
+class Contention(StorageError):
+    """Transactions kept losing races with other writers."""
+
+    retriable = True
+
+
 class BrokerUnavailable(CollectorError):
     """The Kafka broker cannot be reached."""
 

@@ -62,10 +62,10 @@ from collector.engine.images import ImageCollector
 from collector.engine.labels import LabelCollector
 from collector.engine.manifests import ManifestCollector
 from collector.errors import (
+    Contention,
     DatabaseUnavailable,
     RepositoryNotFound,
     RepositoryNotMarked,
-    StorageError,
 )
 from collector.outbox import store as outbox
 
@@ -412,7 +412,7 @@ class Engine:
                     return await work(conn)
             except _CONFLICTS as exc:
                 if attempt == _MAX_ATTEMPTS:
-                    raise StorageError(f"transaction kept conflicting: {exc}") from exc
+                    raise Contention(f"transaction kept conflicting: {exc}") from exc
                 log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt)
             except DISCONNECTS as exc:
                 if attempt == _MAX_ATTEMPTS:

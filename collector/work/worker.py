@@ -39,6 +39,8 @@ from collector.engine import Engine
 from collector.engine.context import Clock
 from collector.errors import (
     BrokerUnavailable,
+    CollectorError,
+    Contention,
     DatabaseUnavailable,
     RepositoryNotFound,
     RepositoryNotMarked,
@@ -51,12 +53,20 @@ log = structlog.get_logger(__name__)
 
 #: The engine gives up on a lost database after its retries: wait longer here.
 _DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
-#: What waiting out changes: never a reason to give up on a request.
-_OUTAGES = (*_DISCONNECTS, BrokerUnavailable)
+
+
 T = TypeVar("T")
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000
+
+
+def _waiting_changes(error: Exception) -> bool:
+    """A lost database or broker, or a race lost too often: never a reason to give up on
+    a request (its claim is rolled back and it is taken again later)."""
+    return isinstance(error, _DISCONNECTS) or (
+        isinstance(error, CollectorError) and error.retriable
+    )
 
 
 async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
@@ -150,6 +160,11 @@ class Workers:
                 database.failed(exc)
                 await self._sleep(backoff.next())
                 continue
+            except Contention as exc:
+                # Pushes kept winning the races: the claim is rolled back, try again later.
+                log.warning("claim_contended", error=str(exc))
+                await self._sleep(backoff.next())
+                continue
             if database.recovered():
                 backoff = Backoff()
             if not worked:
@@ -213,9 +228,9 @@ class Workers:
         try:
             async with conn.transaction():  # a savepoint: a failed statement spares the claim
                 return await self._handle(conn, items)
-        except _OUTAGES:
-            raise
         except Exception as exc:
+            if _waiting_changes(exc):
+                raise
             if len(items) == 1:
                 return [await self._unprocessable(items[0], exc)]
             log.warning("batch_failed", error=repr(exc), requests=len(items))
@@ -224,9 +239,9 @@ class Workers:
             try:
                 async with conn.transaction():
                     outcomes.extend(await self._handle(conn, [item]))
-            except _OUTAGES:
-                raise
             except Exception as exc:
+                if _waiting_changes(exc):
+                    raise
                 outcomes.append(await self._unprocessable(item, exc))
         return outcomes
 

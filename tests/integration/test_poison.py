@@ -12,6 +12,7 @@ import pytest
 
 from collector.config import Settings
 from collector.engine import Engine, Report
+from collector.errors import Contention
 from events import RepoSweep
 from tests.integration.test_service import requests_table, run_service
 from tests.pipeline import pipeline_settings, produce, read_topic, request, topics
@@ -79,3 +80,39 @@ async def test_a_request_that_cannot_be_processed_fails_alone_and_the_service_go
 
     again = await run_service(settings, clock)
     assert again.outcomes == {}
+
+
+async def test_a_race_lost_too_often_is_tried_again_not_failed(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine giving up on a transaction that kept losing races (Contention) is
+    retriable: the claim is rolled back and the request is collected on a later try, not
+    ended `failed` nor dead-lettered."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    await registry.expired_tag(web, await registry.manifest(web))
+    original = Engine.collect_many
+    attempts = []
+
+    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
+        attempts.append(dict(causes))
+        if len(attempts) == 1:
+            raise Contention("transaction kept conflicting: simulated")
+        return await original(self, causes, **kwargs)
+
+    monkeypatch.setattr(Engine, "collect_many", collect_many)
+    await produce(
+        settings.topic_requests,
+        [request(RepoSweep(namespace="acme", repository="web", repository_id=web))],
+    )
+
+    summary = await run_service(settings, clock, idle_s=1.5)
+
+    assert len(attempts) == 2
+    assert summary.outcomes == {"collected": 1}
+    assert summary.refused == {}
+    assert await db.fetchval("SELECT count(*) FROM tag") == 0
