@@ -61,7 +61,7 @@ async def prepare(repositories: int, mode: str, settings: Settings) -> tuple[int
             requests: list[RequestData] = [TagExpired(**vars(tag)) for tag in expired]
             requests += [RepoDeleted(**vars(repository)) for repository in deleted]
         else:
-            requests = await publish.scan(conn, now)
+            requests = (await publish.scan(conn, now)).requests
         rows = await total_rows(conn)
     finally:
         await conn.close()

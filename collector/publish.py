@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 from collector import kafka
 from collector.config import Settings
@@ -27,6 +30,7 @@ from events import (
     RepoSweep,
     RequestData,
     TagExpired,
+    describe_invalid,
     request_event,
     to_record,
 )
@@ -34,6 +38,8 @@ from events import (
 log = structlog.get_logger(__name__)
 
 _QUERIES = load_queries("requests.sql")
+
+_R = TypeVar("_R", bound=RequestData)
 
 #: The CloudEvents `source` of requests the collector's own commands publish.
 SOURCE = "/registry-gc/cli"
@@ -45,7 +51,8 @@ async def tag_expired(conn: Connection, path: str, tag: str) -> TagExpired:
     row = await conn.fetchrow(_QUERIES["latest_expired_tag"], repo.namespace, repo.name, tag)
     if row is None:
         raise ConfigError(f"no ended tag {path}:{tag} (only expired tags can be requested)")
-    return TagExpired(
+    return _request(
+        TagExpired,
         namespace=repo.namespace,
         repository=repo.name,
         repository_id=repo.id,
@@ -62,7 +69,8 @@ async def legacy_tag_expired(conn: Connection, path: str, tag: str) -> LegacyTag
     row = await conn.fetchrow(_QUERIES["latest_expired_legacy_tag"], repo.namespace, repo.name, tag)
     if row is None:
         raise ConfigError(f"no ended pre-OCI tag {path}:{tag} (only expired tags can be requested)")
-    return LegacyTagExpired(
+    return _request(
+        LegacyTagExpired,
         namespace=repo.namespace,
         repository=repo.name,
         repository_id=repo.id,
@@ -74,25 +82,48 @@ async def legacy_tag_expired(conn: Connection, path: str, tag: str) -> LegacyTag
 
 async def repo_deleted(conn: Connection, path: str) -> RepoDeleted:
     repo = await repositories.find(conn, path)
-    return RepoDeleted(namespace=repo.namespace, repository=repo.name, repository_id=repo.id)
+    return _request(
+        RepoDeleted, namespace=repo.namespace, repository=repo.name, repository_id=repo.id
+    )
 
 
 async def repo_sweep(conn: Connection, path: str) -> RepoSweep:
     repo = await repositories.find(conn, path)
-    return RepoSweep(namespace=repo.namespace, repository=repo.name, repository_id=repo.id)
+    return _request(
+        RepoSweep, namespace=repo.namespace, repository=repo.name, repository_id=repo.id
+    )
 
 
-async def scan(conn: Connection, now_ms: int) -> list[RequestData]:
+@dataclass(frozen=True)
+class Unrequestable:
+    """A repository with work whose row cannot be named in a request (an empty name, or
+    one longer than a request carries): only ``collector collect`` reaches it."""
+
+    repository_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    requests: list[RequestData] = field(default_factory=list)
+    unrequestable: list[Unrequestable] = field(default_factory=list)
+
+
+async def scan(conn: Connection, now_ms: int) -> Scan:
     """A request for every repository with work that no event may have announced:
     repo-deleted for those marked for deletion, repo-sweep for those with due tags,
     expired uploads or pending candidates."""
-    rows = await conn.fetch(_QUERIES["repositories_to_sweep"], now_ms, ms_to_datetime(now_ms))
-    return [
-        (RepoDeleted if row["marked"] else RepoSweep)(
-            namespace=row["namespace"], repository=row["name"], repository_id=row["id"]
-        )
-        for row in rows
-    ]
+    found = Scan()
+    for row in await conn.fetch(_QUERIES["repositories_to_sweep"], now_ms, ms_to_datetime(now_ms)):
+        try:
+            request = (RepoDeleted if row["marked"] else RepoSweep)(
+                namespace=row["namespace"], repository=row["name"], repository_id=row["id"]
+            )
+        except ValidationError as exc:
+            found.unrequestable.append(Unrequestable(row["id"], describe_invalid(exc)))
+            continue
+        found.requests.append(request)
+    return found
 
 
 async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[CloudEvent]:
@@ -131,3 +162,14 @@ async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[C
     for event in events:
         log.info("request_published", event_id=event.id, type=event.type)
     return events
+
+
+def _request(model: type[_R], **fields: Any) -> _R:
+    """The request naming those registry rows, or a usage error saying why none can."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        raise ConfigError(
+            f"repository {fields['repository_id']} cannot be named in a request:"
+            f" {describe_invalid(exc)}; `collector collect` reaches it"
+        ) from exc

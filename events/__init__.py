@@ -5,7 +5,7 @@ produces requests for the collector or consumes what it removed.
 """
 
 from events._dead_letter import RequestRejected, rejection_event
-from events._decode import DecodeError, DecodeReason, Request, decode_request
+from events._decode import DecodeError, DecodeReason, Request, decode_request, describe_invalid
 from events._envelope import (
     COLLECTOR_SOURCE,
     CONTENT_TYPE,
@@ -67,6 +67,7 @@ __all__ = [
     "TagExpired",
     "TagRemoved",
     "decode_request",
+    "describe_invalid",
     "json_schemas",
     "rejection_event",
     "removal_event",

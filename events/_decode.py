@@ -90,7 +90,7 @@ def decode_request(
     try:
         data = model.model_validate(event.data)
     except ValidationError as exc:
-        _refuse("invalid-field", _describe(exc, "data"))
+        _refuse("invalid-field", describe_invalid(exc, "data"))
     if data.repository_path != record_key:
         _refuse(
             "key-mismatch",
@@ -173,7 +173,7 @@ def _envelope(attributes: dict[str, Any]) -> CloudEvent:
     try:
         return CloudEvent.model_validate(attributes)
     except ValidationError as exc:
-        _refuse("invalid-envelope", _describe(exc))
+        _refuse("invalid-envelope", describe_invalid(exc))
 
 
 def _json_object(value: bytes | None) -> dict[str, Any]:
@@ -245,8 +245,8 @@ def _media_type(content_type: str) -> str:
     return media_type.strip().lower()
 
 
-def _describe(exc: ValidationError, prefix: str | None = None) -> str:
-    """One line naming each offending field and what is wrong with it."""
+def describe_invalid(exc: ValidationError, prefix: str | None = None) -> str:
+    """One line naming the first offending fields and what is wrong with each."""
     problems = []
     for error in exc.errors(include_url=False):
         location = ".".join(str(part) for part in ((prefix,) if prefix else ()) + error["loc"])

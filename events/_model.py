@@ -30,11 +30,16 @@ class EventData(BaseModel):
 
 
 class RepositoryScoped(EventData):
-    """Data about one repository, keyed `<namespace>/<repository>` on Kafka (CONTRACT §1)."""
+    """Data about one repository, keyed `<namespace>/<repository>` on Kafka (CONTRACT §1).
 
-    namespace: Name
-    repository: Name
-    repository_id: BigInt
+    The names are whatever the registry's rows hold, an empty one included: a
+    removal describes the row it removed. Requests, which come from outside,
+    narrow them (see ``RequestData``).
+    """
+
+    namespace: str
+    repository: str
+    repository_id: int
 
     @property
     def repository_path(self) -> str:

@@ -9,7 +9,12 @@ from events._model import TYPE_PREFIX, BigInt, Name, RepositoryScoped
 
 class RequestData(RepositoryScoped):
     """The `data` of a request event: names the repository it is about, whose
-    `repository_path` the Kafka record key must equal."""
+    `repository_path` the Kafka record key must equal. A record from outside is
+    bounded: names of 1 to 1024 characters, ids of PostgreSQL's bigint range."""
+
+    namespace: Name
+    repository: Name
+    repository_id: BigInt
 
 
 class TagExpired(RequestData):

@@ -160,7 +160,7 @@ def scan(
         try:
             while True:
                 try:
-                    await scan_once(pool)
+                    skipped = await scan_once(pool)
                 except _OUTAGES as exc:
                     if every is None:
                         raise
@@ -169,6 +169,8 @@ def scan(
                     log.warning("scan_failed", error=str(exc), retry_in_s=round(delay, 1))
                 else:
                     if every is None:
+                        if skipped:
+                            raise typer.Exit(1)
                         return
                     backoff, delay = Backoff(first=1.0, cap=60.0), every
                 with contextlib.suppress(TimeoutError):
@@ -179,19 +181,28 @@ def scan(
         finally:
             await pool.close()
 
-    async def scan_once(pool: asyncpg.Pool[asyncpg.Record]) -> None:
+    async def scan_once(pool: asyncpg.Pool[asyncpg.Record]) -> int:
+        """Publish what is found; return how many repositories could not be requested."""
         async with pool.acquire() as conn:
-            requests = await publish.scan(conn, SystemClock().now_ms())
+            found = await publish.scan(conn, SystemClock().now_ms())
+        requests = found.requests
         events = await publish.publish(settings, requests) if requests else []
         for request, event in zip(requests, events, strict=True):
             kind = event.type.removeprefix("registry.gc.")
             typer.echo(f"published {kind} {request.repository_path} id={event.id}")
         typer.echo(f"scan: {len(events)} request(s) published", err=True)
+        for skipped in found.unrequestable:
+            typer.echo(
+                f"scan: repository {skipped.repository_id} skipped, its row cannot be named"
+                f" in a request ({skipped.reason}); `collector collect --all` reaches it",
+                err=True,
+            )
         if orphans:
             async with pool.acquire() as conn:
                 due = await sweep.is_due(conn, sweep_every)
             if due:
                 await sweep_once(pool)
+        return len(found.unrequestable)
 
     async def sweep_once(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         engine = Engine(PoolDatabase(pool), EngineConfig.from_settings(settings))

@@ -106,9 +106,8 @@ async def run_demo(
             requests: list[RequestData] = [TagExpired(**vars(tag)) for tag in expired]
             requests += [LegacyTagExpired(**vars(tag)) for tag in expired_legacy]
             requests += [RepoDeleted(**vars(repository)) for repository in deleted]
-            sweeps = [
-                r for r in await publish.scan(conn, clock.now_ms()) if isinstance(r, RepoSweep)
-            ]
+            found = await publish.scan(conn, clock.now_ms())
+            sweeps = [r for r in found.requests if isinstance(r, RepoSweep)]
         events = await publish.publish(settings, [*requests, *sweeps])
         console.print(
             f"expired [bold]{len(expired):,}[/] tags and [bold]{len(expired_legacy):,}[/] pre-OCI"

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from events import REMOVAL_TYPES, CloudEvent, Removal
-
-_ERRORS_SHOWN = 3
+from events import REMOVAL_TYPES, CloudEvent, Removal, describe_invalid
 
 
 class InvalidRecord(ValueError):
@@ -20,7 +18,7 @@ def decode_event(value: bytes | None) -> CloudEvent:
     try:
         return CloudEvent.model_validate_json(value)
     except ValidationError as exc:
-        raise InvalidRecord(f"not a CloudEvent: {_describe(exc)}") from exc
+        raise InvalidRecord(f"not a CloudEvent: {describe_invalid(exc)}") from exc
 
 
 def removal_of(event: CloudEvent) -> Removal | None:
@@ -31,20 +29,10 @@ def removal_of(event: CloudEvent) -> Removal | None:
     try:
         return model.model_validate(event.data)
     except ValidationError as exc:
-        raise InvalidRecord(f"not a valid {event.type}: {_describe(exc)}") from exc
+        raise InvalidRecord(f"not a valid {event.type}: {describe_invalid(exc)}") from exc
 
 
 def causation_id(event: CloudEvent) -> str | None:
     """The `causationid` extension attribute: the id of the request behind a removal."""
     value = (event.model_extra or {}).get("causationid")
     return value if isinstance(value, str) and value else None
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line naming the first offending fields."""
-    problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-        for error in exc.errors(include_url=False)
-    ]
-    more = len(problems) - _ERRORS_SHOWN
-    return "; ".join(problems[:_ERRORS_SHOWN]) + (f"; and {more} more" if more > 0 else "")

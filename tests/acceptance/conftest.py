@@ -36,6 +36,13 @@ def run_collector(
     )
 
 
+def single_error_line(stderr: str) -> str:
+    """The one `collector: error:` line a failed command prints."""
+    lines = [line for line in stderr.splitlines() if line.startswith("collector: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def database_url(name: str) -> str:
     return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
 

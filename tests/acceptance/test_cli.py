@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from collector.engine import SystemClock
-from tests.acceptance.conftest import CreateDatabase, run_collector
+from tests.acceptance.conftest import CreateDatabase, run_collector, single_error_line
 from tests.pipeline import pipeline_settings, read_topic, topics
 from tests.registry import DAY_MS, Registry, outbox, snapshot
 
@@ -46,12 +46,6 @@ async def seeded(create_database: CreateDatabase) -> AsyncIterator[Seeded]:
         yield Seeded(url, conn, reg, repo, live, manifest, blob)
     finally:
         await conn.close()
-
-
-def single_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("collector: error:")]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 async def test_collect_prints_removals_and_removes_them(seeded: Seeded) -> None:

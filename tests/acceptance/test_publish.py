@@ -20,7 +20,12 @@ from collector.config import Settings
 from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
 from events import LegacyTagExpired, RepoDeleted, RepoSweep, Request, TagExpired, decode_request
-from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+from tests.acceptance.conftest import (
+    CreateDatabase,
+    collector_command,
+    run_collector,
+    single_error_line,
+)
 from tests.brokers import SpareBroker
 from tests.registry import DAY_MS, Registry
 
@@ -192,6 +197,37 @@ async def test_scan_publishes_a_request_for_every_repository_with_work(setup: Se
     assert set(requests) == {b"acme/app", b"acme/gone"}
     assert isinstance(requests[b"acme/app"], RepoSweep)
     assert isinstance(requests[b"acme/gone"], RepoDeleted)
+
+
+async def test_scan_names_a_repository_no_request_can_carry_and_publishes_the_rest(
+    setup: Setup,
+) -> None:
+    """A repository whose name is longer than a request carries: scan still publishes the
+    others, names that row on one line of stderr and exits 1; publishing for it by name
+    is a usage error (exit 2) naming it."""
+    long_name = "x" * 2000
+    conn = await asyncpg.connect(setup.url)
+    try:
+        reg = Registry(conn, now_ms=SystemClock().now_ms())
+        namespace = await conn.fetchval("SELECT id FROM namespace WHERE name = 'acme'")
+        long = await reg.repository(namespace, long_name)
+        await reg.expired_tag(long, await reg.manifest(long))
+    finally:
+        await conn.close()
+
+    scan = collector(setup, "scan")
+    sweep = collector(setup, "publish", "repo-sweep", f"acme/{long_name}")
+
+    assert scan.returncode == 1, scan.stderr
+    requests = {key for key, _ in await received(setup.topic, 2)}
+    assert requests == {b"acme/app", b"acme/gone"}
+    [skipped] = [line for line in scan.stderr.splitlines() if "skipped" in line]
+    assert skipped.startswith(f"scan: repository {long} skipped")
+    assert "repository: String should have at most 1024 characters" in skipped
+    assert sweep.returncode == 2
+    assert single_error_line(sweep.stderr).startswith(
+        f"collector: error: repository {long} cannot be named in a request"
+    )
 
 
 async def test_scan_every_repeats_until_sigterm(setup: Setup) -> None:

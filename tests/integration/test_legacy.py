@@ -389,13 +389,14 @@ async def test_verify_scan_and_the_orphan_sweep_know_the_pre_oci_model(
     await conn.execute("UPDATE image SET created_at = now() - interval '1 year'")
 
     found = await verify(conn, now_ms=NOW_MS, protected_digests=[], orphan_grace_s=3600)
-    requests = await publish.scan(conn, NOW_MS)
+    scanned = await publish.scan(conn, NOW_MS)
     engine = Engine(PoolDatabase(db), EngineConfig(), clock=FixedClock())
     report = await engine.collect_all(causation_id=CAUSE, orphans=True)
 
     assert found.ok
     assert [(f.what, f.sample) for f in found.garbage] == [("legacy tag past its window", [due])]
-    assert [(type(r).__name__, r.repository_id) for r in requests] == [("RepoSweep", repo)]
+    assert [(type(r).__name__, r.repository_id) for r in scanned.requests] == [("RepoSweep", repo)]
+    assert scanned.unrequestable == []
     assert dict(report.removed) == {"registry.gc.legacy-tag-removed": 1}
     for table, row_id in [("image", image), ("manifest", manifest), ("label", label)]:
         assert await exists(conn, table, row_id), table

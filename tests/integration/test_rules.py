@@ -3,6 +3,8 @@ registry row can hold."""
 
 from __future__ import annotations
 
+import json
+
 import asyncpg
 import pytest
 
@@ -54,7 +56,7 @@ async def test_extreme_lifetimes_and_windows_stop_nothing(
 
     report = await engine.collect_all(causation_id="c", purge_marked=True)
     found = await verify(conn, now_ms=NOW_MS, protected_digests=[], orphan_grace_s=3600)
-    requests = await publish.scan(conn, NOW_MS)
+    scanned = await publish.scan(conn, NOW_MS)
     item = WorkItem("e", "tag-expired", big, "forever/big", tag_id=late, lifetime_end_ms=NOW_MS)
     tag = await queue.expiring_tag(conn, item, NOW_MS)
 
@@ -64,6 +66,38 @@ async def test_extreme_lifetimes_and_windows_stop_nothing(
     assert await exists(conn, "tag", never)
     assert found.ok
     assert found.garbage == []
-    assert requests == []
+    assert scanned == publish.Scan()
     assert tag is not None
     assert (tag.due, tag.due_at_ms) == (False, BIGINT_MAX)
+
+
+async def test_names_no_request_can_carry_stop_nothing(registry: Registry, engine: Engine) -> None:
+    """A namespace named "" and a repository name of 2,000 characters are rows a registry
+    can hold but no request may carry (CONTRACT §2.1 bounds what comes from outside): a
+    scan requests the other repositories and names these two as unrequestable, and a
+    collection removes their garbage with events that describe the rows as they are."""
+    conn = registry.conn
+    empty = await registry.repository(await registry.namespace(""), "r")
+    acme = await registry.namespace("acme")
+    long_name = "x" * 2000
+    long = await registry.repository(acme, long_name)
+    web = await registry.repository(acme, "web")
+    for repository in (empty, long, web):
+        await registry.expired_tag(repository, await registry.manifest(repository))
+
+    scanned = await publish.scan(conn, registry.now_ms)
+    report = await engine.collect_all(causation_id="c")
+
+    assert [(r.repository_id, r.repository_path) for r in scanned.requests] == [(web, "acme/web")]
+    reasons = {skipped.repository_id: skipped.reason for skipped in scanned.unrequestable}
+    assert set(reasons) == {empty, long}
+    assert "namespace: String should have at least 1 character" in reasons[empty]
+    assert "repository: String should have at most 1024 characters" in reasons[long]
+    assert report.removed["registry.gc.tag-removed"] == 3
+    assert report.removed["registry.gc.manifest-removed"] == 3
+    events = [json.loads(row["event"]) for row in await conn.fetch("SELECT event FROM gc.outbox")]
+    paths = {(e["data"]["namespace"], e["data"]["repository"]) for e in events}
+    assert paths == {("", "r"), ("acme", long_name), ("acme", "web")}
+    found = await verify(conn, now_ms=registry.now_ms, protected_digests=[], orphan_grace_s=3600)
+    assert found.ok
+    assert found.garbage == []
