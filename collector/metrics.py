@@ -51,6 +51,11 @@ EVENTS_PUBLISHED = Counter(
     "registry_gc_events_published",
     "Removal events the broker acknowledged and the relay marked published.",
 )
+EVENTS_UNDELIVERABLE = Counter(
+    "registry_gc_events_undeliverable",
+    "Removal events larger than the broker takes, set aside in gc.outbox (column"
+    " undeliverable) instead of published.",
+)
 OUTBOX_PENDING = Gauge(
     "registry_gc_outbox_pending",
     "Removal events committed and not yet acknowledged by the broker, as the publishing"

@@ -58,6 +58,8 @@ class ServiceSummary:
     refused: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
     published: int = 0
+    #: Events set aside in gc.outbox: larger than the broker takes.
+    undeliverable: int = 0
     seconds: float = 0.0
 
 
@@ -125,6 +127,7 @@ class Service:
                 refused=dict(Counter(intake.refused) + Counter(workers.refused)),
                 outcomes=dict(workers.outcomes),
                 published=relay.published,
+                undeliverable=relay.undeliverable,
                 seconds=time.monotonic() - started,
             )
         finally:

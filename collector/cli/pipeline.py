@@ -274,3 +274,9 @@ def run(
         f" {summary.published} event(s) published in {summary.seconds:.1f} s",
         err=True,
     )
+    if summary.undeliverable:
+        typer.echo(
+            f"run: {summary.undeliverable} event(s) larger than the broker takes were set"
+            " aside in gc.outbox (column undeliverable)",
+            err=True,
+        )

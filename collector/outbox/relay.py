@@ -32,6 +32,7 @@ from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
 )
 from asyncpg.transaction import Transaction
@@ -100,6 +101,8 @@ class Relay:
         self.claims = 0
         #: Publication attempts that failed on the broker.
         self.publish_failures = 0
+        #: Events set aside because no broker takes one that large.
+        self.undeliverable = 0
         self._broker = Outage("broker")
 
     async def pending(self) -> int:
@@ -221,10 +224,9 @@ class Relay:
         try:
             rows = await conn.fetch(_QUERIES["claim"], self._settings.batch_size)
             self.claims += 1
-            if rows:
-                await self._produce(producer, rows)
+            refused = await self._produce(producer, rows) if rows else {}
             # The broker has every row: persist that, whatever cancels us meanwhile.
-            decision = asyncio.ensure_future(self._settle(conn, transaction, rows))
+            decision = asyncio.ensure_future(self._settle(conn, transaction, rows, refused))
             try:
                 await asyncio.shield(decision)
             except asyncio.CancelledError:
@@ -237,42 +239,68 @@ class Relay:
                 # Rows stay pending; the error that got us here is what counts.
                 with contextlib.suppress(asyncpg.PostgresError, *DISCONNECTS):
                     await transaction.rollback()
-        if rows:
-            self.published += len(rows)
-            metrics.EVENTS_PUBLISHED.inc(len(rows))
+        if published := len(rows) - len(refused):
+            self.published += published
+            metrics.EVENTS_PUBLISHED.inc(published)
             self.batches += 1
             log.info(
                 "batch_published",
-                count=len(rows),
+                count=published,
                 first_id=rows[0]["id"],
                 last_id=rows[-1]["id"],
             )
         return len(rows)
 
-    async def _produce(self, producer: Any, rows: list[asyncpg.Record]) -> None:
-        """Send every row and wait until the broker acknowledged them all."""
+    async def _produce(self, producer: Any, rows: list[asyncpg.Record]) -> dict[int, str]:
+        """Send every row and wait until the broker acknowledged them all; return the
+        rows no broker can ever take (outbox id -> why), which were not sent."""
         deliveries: list[asyncio.Future[Any]] = []
+        refused: dict[int, str] = {}
         try:
             for row in rows:
-                deliveries.append(
-                    await producer.send(
+                try:
+                    delivery = await producer.send(
                         self._topic,
                         row["event"].encode(),
                         key=row["key"].encode(),
                         headers=_HEADERS,
                     )
-                )
+                except MessageSizeTooLargeError as exc:
+                    refused[row["id"]] = str(exc)
+                    self._set_aside(row, str(exc))
+                    continue
+                deliveries.append(delivery)
         except BaseException:
             # Nothing of this batch may still be on its way when the error is handled.
             await asyncio.gather(*deliveries, return_exceptions=True)
             raise
         await kafka.acknowledged(deliveries, settings=self._settings, broker=self._broker)
+        return refused
+
+    def _set_aside(self, row: asyncpg.Record, reason: str) -> None:
+        # A value no registry row may hold stops the relay: this one is kept, and named.
+        self.undeliverable += 1
+        metrics.EVENTS_UNDELIVERABLE.inc()
+        log.error(
+            "event_undeliverable",
+            outbox_id=row["id"],
+            event_id=str(row["event_id"]),
+            key=row["key"][:200],
+            bytes=len(row["event"]),
+            reason=reason,
+        )
 
     async def _settle(
-        self, conn: Connection, transaction: Transaction, rows: list[asyncpg.Record]
+        self,
+        conn: Connection,
+        transaction: Transaction,
+        rows: list[asyncpg.Record],
+        refused: dict[int, str],
     ) -> None:
-        if rows:
-            await self._mark(conn, [row["id"] for row in rows])
+        if delivered := [row["id"] for row in rows if row["id"] not in refused]:
+            await self._mark(conn, delivered)
+        if refused:
+            await conn.execute(_QUERIES["set_aside"], list(refused), list(refused.values()))
         await transaction.commit()
 
     async def _mark(self, conn: Connection, ids: list[int]) -> None:

@@ -342,3 +342,50 @@ async def test_prune_deletes_only_published_rows_past_the_retention(
     assert await store.prune(registry.conn, timedelta(days=1)) == 1
     assert [row["id"] for row in await stored(registry.conn)] == ids[1:]
     assert await store.pending(registry.conn) == 1
+
+
+async def test_an_event_larger_than_the_broker_takes_is_set_aside_and_the_rest_go_out(
+    db: asyncpg.Pool[asyncpg.Record],
+    settings: Settings,
+    running: Callable[[Relay], Running],
+) -> None:
+    """A removal of a row holding megabytes (a manifest's media_type, say) cannot be
+    published: it used to stop the relay, and the service on every start. It is set aside
+    with the reason, the events around it go out, and the relay keeps publishing."""
+    huge = Removed(
+        TagRemoved(
+            namespace="acme",
+            repository="a",
+            repository_id=1,
+            tag="t" * 2_000_000,
+            tag_id=99,
+            manifest_digest="sha256:" + "a" * 64,
+        ),
+        causation_id="request-1",
+    )
+    async with db.acquire() as conn:
+        await write_events(conn, 3)
+        async with conn.transaction():
+            await store.write(conn, [huge], at(NOW_MS))
+        await write_events(conn, 3, start=3)
+    relay = Relay(db, settings)
+    run = running(relay)
+
+    await until(lambda: relay.published == 6)
+    async with db.acquire() as conn:
+        await write_events(conn, 1, start=6)
+        await until(lambda: relay.published == 7)
+        rows = await conn.fetch(
+            "SELECT id, event_id, key, event::text AS event, published_at, undeliverable"
+            " FROM gc.outbox ORDER BY id"
+        )
+        assert await store.pending(conn) == 0
+    records = await consume(settings, 7)
+
+    [aside] = [row for row in rows if row["undeliverable"] is not None]
+    assert aside["published_at"] is None
+    assert json.loads(aside["event"])["data"]["tag_id"] == 99
+    assert "larger than the maximum request size" in aside["undeliverable"]
+    assert_matches(records, [row for row in rows if row["undeliverable"] is None])
+    assert relay.undeliverable == 1
+    assert not run.task.done()

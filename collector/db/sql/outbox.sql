@@ -16,7 +16,7 @@ SELECT pg_try_advisory_lock($1::bigint)
 -- $1 integer how many at most
 SELECT id, event_id, key, event::text AS event
 FROM gc.outbox
-WHERE published_at IS NULL
+WHERE published_at IS NULL AND undeliverable IS NULL
 ORDER BY id
 LIMIT $1
 FOR UPDATE SKIP LOCKED
@@ -27,9 +27,16 @@ FOR UPDATE SKIP LOCKED
 UPDATE gc.outbox SET published_at = now()
 WHERE id = ANY($1::bigint[]) AND published_at IS NULL
 
+-- name: set_aside
+-- Record why the broker can never take these events; the relay goes on without them.
+-- $1 bigint[] outbox ids, $2 text[] reasons (parallel)
+UPDATE gc.outbox SET undeliverable = refused.reason
+FROM unnest($1::bigint[], $2::text[]) AS refused (id, reason)
+WHERE gc.outbox.id = refused.id
+
 -- name: count_pending
 -- How many events still wait for publication. No parameters.
-SELECT count(*) FROM gc.outbox WHERE published_at IS NULL
+SELECT count(*) FROM gc.outbox WHERE published_at IS NULL AND undeliverable IS NULL
 
 -- name: prune
 -- Delete published events older than the retention; returns how many went.
