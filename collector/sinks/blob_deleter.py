@@ -12,7 +12,9 @@ for the object store and keep everything else. What makes it safe:
   deletes the bytes *while still holding the lock*. A re-pushed digest keeps
   its bytes.
 * **Idempotent delete.** Bytes already gone count as done: redelivery, replay
-  and a second deleter are harmless.
+  and a second deleter are harmless. Not so under a root that is not the
+  storage (see :class:`~collector.sinks.storage.FilesystemStorage`): that is
+  an outage, waited out with nothing committed.
 * **Dedupe by event id.** The relay publishes at least once; a re-publication
   carries the same id (CONTRACT §2.2), so recent ids are remembered.
 * **Commit after delete.** Offsets are committed per batch, explicitly per

@@ -57,7 +57,14 @@ class Storage(Protocol):
 
 
 class FilesystemStorage:
-    """Blobs as files under a root directory: ``<root>/sha256/ab/abcdef…``."""
+    """Blobs as files under a root directory: ``<root>/sha256/ab/abcdef…``.
+
+    A file already gone is done, unless its algorithm's directory is missing
+    too: then the root is not the storage (a volume not mounted, a wrong path)
+    and the delete fails as an outage, waited out, instead of "already gone"
+    for every blob while the offsets move on. A storage that really never held
+    a blob of that algorithm gets its directory made by hand to go on.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -66,11 +73,19 @@ class FilesystemStorage:
         return self.root / blob_key(digest)
 
     async def delete(self, digest: str) -> bool:
-        path = self.path(digest)
+        # Off the event loop: a network filesystem can take its time.
+        return await asyncio.to_thread(self._delete, self.path(digest))
+
+    def _delete(self, path: Path) -> bool:
         try:
-            # Off the event loop: a network filesystem can take its time.
-            await asyncio.to_thread(path.unlink)
+            path.unlink()
         except FileNotFoundError:
+            algorithm = path.parents[1]
+            if not algorithm.is_dir():
+                raise ObjectStorageError(
+                    f"{self.root} has no {algorithm.name}/ directory: is the storage mounted"
+                    " there? (an empty storage needs it made)"
+                ) from None
             return False
         except OSError as exc:
             raise ObjectStorageError(f"cannot delete {path}: {exc}") from exc

@@ -324,6 +324,39 @@ async def test_a_storage_outage_is_waited_out_and_logged_once(
     assert len(logged(logs, "storage_recovered")) == 1
 
 
+async def test_a_storage_root_that_is_not_the_storage_loses_no_deletion(
+    settings: Settings, tmp_path: Path, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """Pointed at an empty folder (a volume not mounted yet), the deleter used to count
+    every blob "already gone" and commit: each deletion lost. Now it waits, logging the
+    storage unavailable, commits nothing, and deletes the bytes once the storage is there."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    real = FilesystemStorage(tmp_path / "volume")
+    paths = stored(real, digest(40), digest(41))
+    await produce(settings, [blob_removed(digest(40)), blob_removed(digest(41))], partition=0)
+
+    with structlog.testing.capture_logs() as logs:
+        deleter = BlobDeleter(settings, mount)
+        task = asyncio.create_task(deleter.run())
+        await until(lambda: bool(logged(logs, "storage_unavailable")))
+        await asyncio.sleep(1.0)  # a few retries' worth: none may count the blob as gone
+        deleter.stop()
+        await asyncio.wait_for(task, WAIT_S)
+
+    assert (deleter.counts.deleted, deleter.counts.already_gone) == (0, 0)
+    assert (await committed(settings))[0] is None
+    [unavailable] = logged(logs, "storage_unavailable")
+    assert f"{mount} has no sha256/ directory" in unavailable["error"]
+    mount.rmdir()
+    (tmp_path / "volume").rename(mount)  # the volume, mounted at last
+
+    after = await drain(settings, FilesystemStorage(mount))
+
+    assert (after.counts.deleted, after.counts.already_gone) == (2, 0)
+    assert not any((mount / path.relative_to(real.root)).exists() for path in paths)
+
+
 async def test_bad_records_are_skipped_without_stalling_the_partition(
     settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
 ) -> None:
