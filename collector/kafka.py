@@ -64,13 +64,32 @@ def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     """A producer that loses nothing: idempotent, acknowledged by every in-sync replica.
     ``kafka_produce_timeout_s`` bounds its requests and metadata waits, and how long a
     batch may wait for its partition's leader (see :func:`acknowledged`)."""
-    return AIOKafkaProducer(
+    made = AIOKafkaProducer(
         acks="all",
         enable_idempotence=True,
         request_timeout_ms=int(settings.kafka_produce_timeout_s * 1000),
         **client_options(settings),
         **options,
     )
+    _back_off_failed_metadata_updates(made.client)
+    return made
+
+
+def _back_off_failed_metadata_updates(client: Any) -> None:
+    """Contain an aiokafka 0.14 busy loop: a broker shut down cleanly while sends are in
+    flight leaves partitions without a leader, and the sender then asks for metadata
+    again the moment an update fails (refused at once while the broker is away): a
+    core at 100% and thousands of log lines a second until the batches expire. A failed
+    update now waits ``retry_backoff_ms``, as the sender's own comment intends."""
+    update = client._metadata_update
+
+    async def backing_off(*args: Any) -> bool:
+        updated: bool = await update(*args)
+        if not updated:
+            await asyncio.sleep(client._retry_backoff)
+        return updated
+
+    client._metadata_update = backing_off
 
 
 async def acknowledged(

@@ -4,16 +4,20 @@ stops and starts (the shared one serves every other test)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import structlog
-from aiokafka import ConsumerRecord
+from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
 from collector.intake.dead_letters import DeadLetters
+from collector.kafka import producer
 from collector.service import Service
 from collector.work import queue
 from collector.work.queue import WorkItem
@@ -172,3 +176,68 @@ async def test_a_dead_letter_waits_out_a_broker_outage(spare_broker: SpareBroker
     assert {r.event["data"]["offset"] for r in received} == {0, 1}
     assert {r.event["data"]["value"] for r in received} == {"{not json"}
     assert letters.sent == {"malformed-json": 2}
+
+
+class _Count(logging.Handler):
+    """Counts aiokafka's records by message template."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages[str(record.msg)] += 1
+
+
+async def test_a_producer_whose_broker_shuts_down_mid_send_does_not_spin(
+    spare_broker: SpareBroker,
+) -> None:
+    """A broker shut down cleanly while sends flow answers its last metadata request
+    with no leader for the partitions; aiokafka 0.14 alone then asks for metadata again
+    the moment the (refused) update fails: about 3,500 updates and 7,000 error lines a
+    second, a core at 100%, until the batches expire. Our producers wait the retry
+    backoff (100 ms) after a failed update: a few dozen tries in the same time."""
+    settings = pipeline_settings(
+        kafka_bootstrap=spare_broker.bootstrap, topic_partitions=6, kafka_produce_timeout_s=10
+    )
+    counted = _Count()
+    aiokafka_log = logging.getLogger("aiokafka")
+    async with topics(settings):
+        made = producer(settings, linger_ms=5)
+        await made.start()
+        in_flight: set[asyncio.Future[Any]] = set()
+
+        async def pump() -> None:
+            sent = 0
+            while True:
+                if len(in_flight) >= 300:
+                    await asyncio.sleep(0.01)
+                    continue
+                delivery = await made.send(settings.topic_removals, b"x" * 200, key=b"%d" % sent)
+                in_flight.add(delivery)
+                delivery.add_done_callback(in_flight.discard)
+                sent += 1
+                if sent % 50 == 0:
+                    await asyncio.sleep(0.005)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            await asyncio.sleep(2)
+            await spare_broker.down()  # SIGTERM: a controlled shutdown, sends still flowing
+            pumping.cancel()
+            leaders = [
+                made.client.cluster.leader_for_partition(TopicPartition(settings.topic_removals, p))
+                for p in range(6)
+            ]
+            aiokafka_log.addHandler(counted)
+            await asyncio.sleep(3)
+        finally:
+            aiokafka_log.removeHandler(counted)
+            pumping.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)  # expire within 10 s
+            await asyncio.wait_for(made.stop(), 30)
+            await spare_broker.up()  # for the topics' deletion
+
+    assert -1 in leaders, f"the trigger: a partition left without a leader ({leaders})"
+    failed_updates = counted.messages["Unable to update metadata from %s"]
+    assert 0 < failed_updates <= 60, counted.messages
