@@ -141,6 +141,12 @@ async def finish_stale(
     return [WorkItem(**dict(row)) for row in rows]
 
 
+async def with_candidates(conn: Connection, repository_ids: Sequence[int]) -> set[int]:
+    """The repositories among ``repository_ids`` with candidates waiting."""
+    rows = await conn.fetch(_QUERIES["with_candidates"], repository_ids)
+    return {row["repository_id"] for row in rows}
+
+
 async def defer(conn: Connection, request_id: int, due_at_ms: int) -> None:
     await conn.execute(_QUERIES["defer"], request_id, due_at_ms)
 

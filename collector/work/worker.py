@@ -174,33 +174,50 @@ class Workers:
         """Claim due requests (of different repositories) and see them through; False
         when none is due."""
         started = time.monotonic()
-        async with self._pool.acquire() as conn, conn.transaction():
-            items = await queue.claim(conn, self._clock.now_ms(), self._batch_size)
-            if not items:
-                return False
-            self.busy += len(items)
+        claimed: list[str] = []
+        async with self._pool.acquire() as conn:
             try:
-                outcomes = await while_held(conn, self._handle_guarded(conn, items))
-                for item, outcome in zip(items, outcomes, strict=True):
-                    assert item.id is not None  # claimed rows have one
-                    if isinstance(outcome, Deferred):
-                        await queue.defer(conn, item.id, outcome.due_at_ms)
-                    else:
-                        await queue.finish(conn, item.id, outcome, self._name)
-                # The expiries queued behind these that the work made stale end now.
-                repositories = [item.repository_id for item in items]
-                stale = await queue.finish_stale(conn, repositories, self._name)
-            finally:
-                self.busy -= len(items)
-        # Counted once committed: a commit lost with the connection redoes the requests.
-        seconds = time.monotonic() - started
-        for item, outcome in zip(items, outcomes, strict=True):
-            self._record(item, outcome, seconds)
-        for item in stale:
-            self._record(item, "stale", seconds)
+                async with conn.transaction():
+                    items = await queue.claim(conn, self._clock.now_ms(), self._batch_size)
+                    if not items:
+                        return False
+                    claimed = [item.event_id for item in items]
+                    log.info("requests_claimed", event_ids=claimed)
+                    outcomes, stale = await self._see_through(conn, items)
+            except BaseException as exc:
+                if claimed:  # rolled back: these requests are anyone's to claim again
+                    log.warning("claim_abandoned", event_ids=claimed, error=repr(exc))
+                raise
+            # Counted once committed, before any other worker may claim these again (no
+            # await in between): a commit lost with the connection redoes the requests.
+            seconds = time.monotonic() - started
+            for item, outcome in zip(items, outcomes, strict=True):
+                self._record(item, outcome, seconds)
+            for item in stale:
+                self._record(item, "stale", seconds)
         # The repositories' next requests may be claimable now: idle workers, look.
         self.wake()
         return True
+
+    async def _see_through(
+        self, conn: Connection, items: list[WorkItem]
+    ) -> tuple[list[Outcome], list[WorkItem]]:
+        """Handle the claimed requests and record their outcomes in the claim's
+        transaction; return them, and the requests queued behind them made stale."""
+        self.busy += len(items)
+        try:
+            outcomes = await while_held(conn, self._handle_guarded(conn, items))
+            for item, outcome in zip(items, outcomes, strict=True):
+                assert item.id is not None  # claimed rows have one
+                if isinstance(outcome, Deferred):
+                    await queue.defer(conn, item.id, outcome.due_at_ms)
+                else:
+                    await queue.finish(conn, item.id, outcome, self._name)
+            # The expiries queued behind these that the work made stale end now.
+            repositories = [item.repository_id for item in items]
+            return outcomes, await queue.finish_stale(conn, repositories, self._name)
+        finally:
+            self.busy -= len(items)
 
     def _record(self, item: WorkItem, outcome: Outcome, seconds: float) -> None:
         metrics.REQUEST_SECONDS.labels(item.event_type).observe(seconds)
@@ -291,6 +308,13 @@ class Workers:
                     expiring.append((index, item))
                 else:
                     outcomes[index] = verdict
+        # A stale expiry may be the redo of a run cut off midway (a crash, a lost claim)
+        # after its tag went: what that run queued still waits. Collect it now.
+        stale = {
+            items[i].repository_id: items[i].event_id for i, o in outcomes.items() if o == "stale"
+        }
+        for repository_id in await queue.with_candidates(conn, list(stale)):
+            collect[repository_id] = stale[repository_id]
         if collect:
             await self._engine.collect_many(collect)
         for index, item in expiring:

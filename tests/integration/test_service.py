@@ -366,6 +366,42 @@ async def test_restored_and_re_expired_tags_are_left_alone(
     assert await read_topic(settings.topic_removals) == []
 
 
+async def test_a_stale_expiry_collects_what_its_cut_off_first_run_queued(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A first run of a tag-expired removed the tag and queued its manifest, then died
+    (SIGKILL, a lost claim) before the request was marked finished. Redone, the request
+    is stale, but what that run queued still waits in the repository: it is collected
+    now, not stranded until some other request or a scan comes by."""
+    acme = await registry.namespace("acme")
+    web = await registry.repository(acme, "web")
+    blob = await registry.blob()
+    manifest = await registry.manifest(web, blobs=(blob,))
+    tag = await registry.expired_tag(web, manifest, "v1")
+    end_ms = await db.fetchval("SELECT lifetime_end_ms FROM tag WHERE id = $1", tag)
+    await produce(settings.topic_requests, [expiry(web, "v1", tag, end_ms)])
+    async with db.acquire() as conn, conn.transaction():  # what the first run committed
+        await conn.execute("DELETE FROM tag WHERE id = $1", tag)
+        await conn.execute(
+            "INSERT INTO gc.candidate (kind, object_id, repository_id, causation_id)"
+            " VALUES ('manifest', $1, $2, 'first-run')",
+            manifest,
+            web,
+        )
+
+    summary = await run_service(settings, clock)
+
+    assert summary.outcomes == {"stale": 1}
+    assert await db.fetchval("SELECT count(*) FROM gc.candidate") == 0
+    for table, row_id in (("manifest", manifest), ("blob", blob)):
+        assert not await db.fetchval(f"SELECT EXISTS (SELECT FROM {table} WHERE id = $1)", row_id)
+    removed = [r.event["type"] for r in await read_topic(settings.topic_removals)]
+    assert sorted(removed) == ["registry.gc.blob-removed", "registry.gc.manifest-removed"]
+
+
 def _text(raw: bytes) -> tuple[str, str]:
     try:
         return raw.decode(), "utf-8"

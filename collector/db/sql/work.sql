@@ -143,3 +143,8 @@ WITH pruned AS (
     RETURNING 1
 )
 SELECT count(*) FROM pruned
+
+-- name: with_candidates
+-- Which of the repositories $1 have candidates waiting to be decided.
+-- $1 bigint[] repository ids
+SELECT DISTINCT repository_id FROM gc.candidate WHERE repository_id = ANY($1::bigint[])
