@@ -37,6 +37,16 @@ DISCONNECTS = (
 )
 
 
+def raise_if_cancelled(error: BaseException) -> None:
+    """Re-raise the cancellation ``error`` hid. A task cancelled inside a transaction
+    whose connection is lost gets, from the rollback on the way out, an
+    InterfaceError in place of its CancelledError; caught as a lost connection and
+    retried, the cancelled work would go on (asyncpg 0.32 on Python 3.11+)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError() from error
+
+
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 

@@ -32,7 +32,7 @@ import asyncpg
 import structlog
 
 from collector.backoff import Backoff
-from collector.db.connector import DISCONNECTS, Connection, Database
+from collector.db.connector import DISCONNECTS, Connection, Database, raise_if_cancelled
 from collector.engine import (
     candidates,
     images,
@@ -411,10 +411,12 @@ class Engine:
                 async with self._db.transaction() as conn:
                     return await work(conn)
             except _CONFLICTS as exc:
+                raise_if_cancelled(exc)
                 if attempt == _MAX_ATTEMPTS:
                     raise Contention(f"transaction kept conflicting: {exc}") from exc
                 log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt)
             except DISCONNECTS as exc:
+                raise_if_cancelled(exc)
                 if attempt == _MAX_ATTEMPTS:
                     raise DatabaseUnavailable(f"lost the database: {exc}") from exc
                 log.warning("database_lost", error=str(exc), attempt=attempt)
