@@ -1,0 +1,101 @@
+"""Crashes and database faults during a large collection through Kafka: SIGKILLs at
+seeded moments, and PostgreSQL restarted, stopped longer than any retry budget, and
+crashed. Each run must equal the undisturbed one (see harness.assert_loses_nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.faults.harness import (
+    SCALE,
+    Final,
+    Pipeline,
+    Workload,
+    assert_loses_nothing,
+    assert_never_exited,
+    assert_never_worked_twice_at_once,
+    dispose,
+    final,
+    outbox_reaches,
+    pipeline,
+)
+
+
+async def test_sigkills_at_seeded_moments_lose_nothing(
+    workload: Workload, baseline: Final, fault_logs: Path
+) -> None:
+    """SCALE.kills SIGKILLs of `collector run`, each at a seeded share of the removals,
+    then a run to the end."""
+    total = sum(baseline.removals.values())
+    rng = random.Random(os.environ.get("FAULTS_SEED", "sigkill"))
+    run = await pipeline(workload, "killed", fault_logs)
+    try:
+        kills = 0
+        for share in sorted(rng.uniform(0.05, 0.9) for _ in range(SCALE.kills)):
+            process = await run.start()
+            try:
+                await asyncio.wait_for(outbox_reaches(run, int(total * share)), 300)
+            except AssertionError:
+                continue  # an earlier run got past this share before it was killed
+            await asyncio.sleep(rng.uniform(0, 0.05))  # anywhere in a transaction
+            kills += await run.kill(process)
+        await run.serve()
+        faulted = await final(run)
+    finally:
+        await dispose(run)
+
+    assert kills >= max(2, SCALE.kills // 2), "killed mid-run"
+    assert_never_exited(run)
+    assert_never_worked_twice_at_once(run)
+    assert_loses_nothing(faulted, baseline, workload)
+
+
+Fault = Callable[[Pipeline], Awaitable[None]]
+
+
+async def restart(run: Pipeline) -> None:
+    await run.workload.server.restart()
+
+
+async def stop_longer_than_any_retry(run: Pipeline) -> None:
+    # The engine retries a lost transaction for a few seconds; the workers, relay and
+    # intake wait out any outage. SCALE.outage_s is past the first, not the rest.
+    await run.workload.server.stop()
+    await asyncio.sleep(SCALE.outage_s)
+    await run.workload.server.start()
+
+
+async def crash(run: Pipeline) -> None:
+    await run.workload.server.crash()
+    await asyncio.sleep(1)
+    await run.workload.server.start()
+
+
+@pytest.mark.parametrize("fault", [restart, stop_longer_than_any_retry, crash])
+async def test_a_postgresql_fault_mid_run_loses_nothing(
+    fault: Fault, workload: Workload, baseline: Final, fault_logs: Path
+) -> None:
+    """PostgreSQL restarted, stopped for SCALE.outage_s, or crashed (immediate stop, WAL
+    recovery) at a third of the removals: the one service process rides it out, exits 0
+    when idle, and ends where the undisturbed run did."""
+    total = sum(baseline.removals.values())
+    run = await pipeline(workload, fault.__name__, fault_logs)
+    try:
+        process = await run.start()
+        await asyncio.wait_for(outbox_reaches(run, total // 3), 300)
+        await fault(run)
+        await run.finish(process)
+        faulted = await final(run)
+    finally:
+        await dispose(run)
+
+    assert_never_exited(run)
+    lines = assert_never_worked_twice_at_once(run)
+    assert "database_unavailable" in {line.get("event") for line in lines}, "the fault was felt"
+    assert_loses_nothing(faulted, baseline, workload)
