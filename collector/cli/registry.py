@@ -19,13 +19,19 @@ from collector import kafka
 from collector.cli._app import app
 from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
 from collector.config import Settings, load_settings
-from collector.db.connector import Database, PoolDatabase, RollbackDatabase, create_pool
+from collector.db.connector import (
+    Database,
+    PoolDatabase,
+    RollbackDatabase,
+    create_pool,
+    waiting_changes,
+)
 from collector.db.migrations import migrate as apply_migrations
 from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
 from collector.engine import repositories as repository_rows
-from collector.errors import ConfigError
+from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked
 from collector.logging import configure_logging
 from collector.outbox import store as outbox
 from collector.verify import Verification
@@ -108,6 +114,7 @@ def collect(
     )
     causation_id = f"cli-{uuid.uuid4()}"
     structlog.contextvars.bind_contextvars(causation_id=causation_id)
+    skipped: list[str] = []
     report = asyncio.run(
         _collect(
             settings,
@@ -116,9 +123,42 @@ def collect(
             orphans=orphans,
             dry_run=dry_run,
             causation_id=causation_id,
+            skipped=skipped,
         )
     )
     _print_report(report, dry_run=dry_run)
+    if skipped:
+        typer.echo(f"collect: {len(skipped)} repository(ies) could not be collected", err=True)
+        raise typer.Exit(1)
+
+
+async def _one_by_one(
+    engine: Engine,
+    work: list[tuple[int, str, bool]],
+    orphans: bool,
+    causation_id: str,
+    skipped: list[str],
+) -> Report:
+    """Collect (or, where asked, purge) each repository of ``work`` (id, name, purge) on
+    its own. One that fails for a reason waiting will not change is named on stderr and
+    added to ``skipped``; the others go on."""
+    report = Report()
+    for repository_id, name, purge in work:
+        try:
+            if purge:
+                report.merge(await engine.purge(repository_id, causation_id=causation_id))
+            else:
+                report.merge(
+                    await engine.collect(repository_id, causation_id=causation_id, orphans=orphans)
+                )
+        except (RepositoryNotMarked, RepositoryNotFound):
+            raise
+        except Exception as exc:
+            if waiting_changes(exc):
+                raise
+            skipped.append(name)
+            typer.echo(f"collect: {name} skipped, it cannot be collected: {exc!r}", err=True)
+    return report
 
 
 async def _collect(
@@ -129,6 +169,7 @@ async def _collect(
     orphans: bool,
     dry_run: bool,
     causation_id: str,
+    skipped: list[str],
 ) -> Report:
     verb = "would remove" if dry_run else "removed"
 
@@ -152,22 +193,31 @@ async def _collect(
 
         async def run(db: Database) -> Report:
             engine = Engine(db, config, callbacks=callbacks)
-            if not targets:
+            if targets:
+                work = [(repo.id, repo.path, purge) for repo in targets]
+                return await _one_by_one(engine, work, orphans, causation_id, skipped)
+            try:
                 return await engine.collect_all(
                     causation_id=causation_id,
                     purge_marked=purge,
                     orphans=orphans,
                     concurrency=settings.repository_concurrency,
                 )
-            report = Report()
-            for repo in targets:
-                if purge:
-                    report.merge(await engine.purge(repo.id, causation_id=causation_id))
-                else:
-                    report.merge(
-                        await engine.collect(repo.id, causation_id=causation_id, orphans=orphans)
-                    )
-            return report
+            except Exception as exc:
+                if waiting_changes(exc):
+                    raise
+                # Something in the registry fails the registry-wide pass: find what.
+                typer.echo(
+                    f"collect: the registry-wide collection failed ({exc!r});"
+                    " collecting repository by repository",
+                    err=True,
+                )
+            async with pool.acquire() as conn:
+                due = await repository_rows.with_due_work(conn, SystemClock().now_ms())
+                marked = await repository_rows.marked(conn) if purge else []
+            work = [(r, f"repository {r}", False) for r in due if r not in marked]
+            work += [(r, f"repository {r}", True) for r in marked]
+            return await _one_by_one(engine, work, orphans, causation_id, skipped)
 
         if dry_run:
             async with RollbackDatabase.session(pool) as db:

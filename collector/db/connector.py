@@ -19,7 +19,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from collector.backoff import reach
 from collector.db.migrations import require_current
-from collector.errors import ConfigError, DatabaseUnavailable
+from collector.errors import CollectorError, ConfigError, DatabaseUnavailable
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError)
@@ -35,6 +35,13 @@ DISCONNECTS = (
     asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
 )
+
+
+def waiting_changes(error: BaseException) -> bool:
+    """A lost database, or an error of ours marked retriable (a broker away, a race
+    lost too often): what a later attempt may not meet. Anything else is a reason to
+    give up on the work in hand, and only on it."""
+    return isinstance(error, DISCONNECTS) or (isinstance(error, CollectorError) and error.retriable)
 
 
 def raise_if_cancelled(error: BaseException) -> None:

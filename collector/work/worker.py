@@ -34,12 +34,11 @@ import structlog
 from collector import metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, Connection
+from collector.db.connector import DISCONNECTS, Connection, waiting_changes
 from collector.engine import Engine
 from collector.engine.context import Clock
 from collector.errors import (
     BrokerUnavailable,
-    CollectorError,
     Contention,
     DatabaseUnavailable,
     RepositoryNotFound,
@@ -59,14 +58,6 @@ T = TypeVar("T")
 #: A tag or repository the engine could not finish (rows locked by a push right
 #: then) is looked at again this much later.
 _RETRY_MS = 2_000
-
-
-def _waiting_changes(error: Exception) -> bool:
-    """A lost database or broker, or a race lost too often: never a reason to give up on
-    a request (its claim is rolled back and it is taken again later)."""
-    return isinstance(error, _DISCONNECTS) or (
-        isinstance(error, CollectorError) and error.retriable
-    )
 
 
 async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
@@ -246,7 +237,7 @@ class Workers:
             async with conn.transaction():  # a savepoint: a failed statement spares the claim
                 return await self._handle(conn, items)
         except Exception as exc:
-            if _waiting_changes(exc):
+            if waiting_changes(exc):
                 raise
             if len(items) == 1:
                 return [await self._unprocessable(items[0], exc)]
@@ -257,7 +248,7 @@ class Workers:
                 async with conn.transaction():
                     outcomes.extend(await self._handle(conn, [item]))
             except Exception as exc:
-                if _waiting_changes(exc):
+                if waiting_changes(exc):
                     raise
                 outcomes.append(await self._unprocessable(item, exc))
         return outcomes

@@ -4,14 +4,17 @@ original position, and every other request goes on being served."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 
+from collector.cli import main
 from collector.config import Settings
-from collector.engine import Engine, Report
+from collector.engine import Engine, Report, SystemClock
 from collector.errors import Contention
 from events import RepoSweep
 from tests.integration.test_service import requests_table, run_service
@@ -116,3 +119,52 @@ async def test_a_race_lost_too_often_is_tried_again_not_failed(
     assert summary.outcomes == {"collected": 1}
     assert summary.refused == {}
     assert await db.fetchval("SELECT count(*) FROM tag") == 0
+
+
+@pytest.mark.parametrize("scope", ["--all", "named"])
+async def test_collect_names_a_repository_it_cannot_collect_and_collects_the_rest(
+    scope: str,
+    db: asyncpg.Pool[asyncpg.Record],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`collect` meets a repository the engine fails on for a reason waiting will not
+    change (a stand-in for any such row): the registry-wide pass gives way to one
+    repository at a time, that one is named on stderr, the others are collected, and
+    the exit status is 1."""
+    names = ("web", "poison", "api")
+    async with db.acquire() as conn:  # due by the command's clock: the system's
+        registry = Registry(conn, now_ms=SystemClock().now_ms())
+        acme = await registry.namespace("acme")
+        repositories = {name: await registry.repository(acme, name) for name in names}
+        for repository in repositories.values():
+            await registry.expired_tag(repository, await registry.manifest(repository))
+    poison = repositories["poison"]
+    original = Engine.collect_many
+
+    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
+        if poison in causes:
+            raise ValueError(f"cannot process repository {poison}")
+        return await original(self, causes, **kwargs)
+
+    async def collect_all(self: Engine, **kwargs: Any) -> Report:
+        raise ValueError(f"cannot process repository {poison}")
+
+    monkeypatch.setattr(Engine, "collect_many", collect_many)
+    monkeypatch.setattr(Engine, "collect_all", collect_all)
+    paths = ["--all"] if scope == "--all" else [f"acme/{name}" for name in names]
+    logging_config = structlog.get_config()
+    try:  # the command line in a thread of its own: it runs its own event loop
+        with pytest.raises(SystemExit) as exited:
+            await asyncio.to_thread(main, ["collect", *paths, "--database-url", database_url])
+    finally:
+        structlog.configure(**logging_config)
+
+    assert exited.value.code == 1
+    stderr = capsys.readouterr().err
+    named = f"repository {poison}" if scope == "--all" else "acme/poison"
+    assert f"collect: {named} skipped, it cannot be collected" in stderr
+    assert "collect: 1 repository(ies) could not be collected" in stderr
+    tags = await db.fetch("SELECT repository_id FROM tag")
+    assert [row["repository_id"] for row in tags] == [poison]
