@@ -86,14 +86,26 @@ class Intake:
         self._stopping.set()
 
     async def idle(self) -> bool:
-        """Joined, nothing in flight, and every assigned partition read to its end."""
+        """Joined, nothing in flight, every assigned partition read to its end, and every
+        other partition of the topic committed to its end by the group: a member that
+        died holds its partitions until its session expires, and what they hold unread
+        is work too."""
         consumer = self._consumer
         if consumer is None or not self._joined or self._tasks:
             return False
-        for partition in consumer.assignment():
+        assigned = consumer.assignment()
+        for partition in assigned:
             end = consumer.highwater(partition)
             if end is None or await consumer.position(partition) < end:
                 return False
+        numbers = consumer.partitions_for_topic(self._topic) or set()
+        others = [TopicPartition(self._topic, n) for n in sorted(numbers)]
+        others = [tp for tp in others if tp not in assigned]
+        if others:
+            ends = await consumer.end_offsets(others)
+            for partition in others:
+                if (await consumer.committed(partition) or 0) < ends[partition]:
+                    return False
         return True
 
     async def run(self) -> None:

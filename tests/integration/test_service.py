@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 import structlog
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client import REGISTRY
 
@@ -677,6 +678,42 @@ async def test_a_member_joining_mid_stream_takes_partitions_without_losing_a_req
     rows = await requests_table(db)
     assert len(rows) == 60
     assert {row["outcome"] for row in rows} == {"collected"}
+    assert await db.fetchval("SELECT count(*) FROM tag") == 0
+
+
+async def test_idle_waits_for_partitions_a_dead_member_still_holds(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+) -> None:
+    """A member that died (SIGKILL) keeps its partitions until its session expires;
+    what they hold unread is work. A service run until idle does not call itself idle
+    while any partition of the topic is uncommitted: it takes them over once the
+    member is gone, and only then exits."""
+    sweeps = await expired_repositories(registry, 12)
+    ghost = AIOKafkaConsumer(
+        settings.topic_requests,
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    await ghost.start()
+    await until(lambda: len(ghost.assignment()) == settings.topic_partitions)
+    service = Service(settings, exit_when_idle_s=0.5, clock=clock)
+    running = asyncio.create_task(service.run())
+    await until(lambda: len(ghost.assignment()) < settings.topic_partitions)  # shared now
+    held = len(ghost.assignment())
+    await produce(settings.topic_requests, [request(sweep) for sweep in sweeps])
+
+    await asyncio.sleep(2)  # idle four times over, were the held partitions not work
+    exited_early = running.done()
+    await ghost.stop()  # gone: the group hands its partitions over
+    summary = await asyncio.wait_for(running, 60)
+
+    assert held > 0
+    assert not exited_early, "idle while partitions held by another member were unread"
+    assert summary.outcomes == {"collected": 12}
     assert await db.fetchval("SELECT count(*) FROM tag") == 0
 
 
