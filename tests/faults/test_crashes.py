@@ -50,6 +50,7 @@ async def test_sigkills_at_seeded_moments_lose_nothing(
     finally:
         await dispose(run)
 
+    print(f"sigkill: {kills} kills mid-run of {sum(baseline.removals.values())} removals")
     assert kills >= max(2, SCALE.kills // 2), "killed mid-run"
     assert_never_exited(run)
     assert_never_worked_twice_at_once(run)
@@ -98,4 +99,5 @@ async def test_a_postgresql_fault_mid_run_loses_nothing(
     assert_never_exited(run)
     lines = assert_never_worked_twice_at_once(run)
     assert "database_unavailable" in {line.get("event") for line in lines}, "the fault was felt"
+    print(f"postgresql {fault.__name__}: survived, {len(lines)} log lines")
     assert_loses_nothing(faulted, baseline, workload)
