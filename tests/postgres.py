@@ -10,8 +10,10 @@ from pathlib import Path
 
 import asyncpg
 
-#: The newest server Debian installed (scripts/services installs it).
-BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: float(p.parent.name))
+
+def _binaries() -> Path:
+    """The newest server Debian installed (scripts/services installs it)."""
+    return max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: float(p.parent.name))
 
 
 class SparePostgres:
@@ -40,7 +42,7 @@ class SparePostgres:
         assert process.returncode == 0, f"{command[0]} failed: {output.decode()}"
 
     async def _ctl(self, *args: str) -> None:
-        await self._run(str(BIN / "pg_ctl"), "-D", str(self._data), "-w", "-t", "60", *args)
+        await self._run(str(_binaries() / "pg_ctl"), "-D", str(self._data), "-w", "-t", "60", *args)
 
     async def up(self) -> None:
         """Create the cluster (once) and start it."""
@@ -49,7 +51,7 @@ class SparePostgres:
             shutil.chown(self._directory, "postgres", "postgres")
         if not (self._data / "PG_VERSION").exists():
             await self._run(
-                str(BIN / "initdb"), "-D", str(self._data), "-U", "postgres",
+                str(_binaries() / "initdb"), "-D", str(self._data), "-U", "postgres",
                 "--auth=trust", "--encoding=UTF8", "--no-sync",
             )  # fmt: skip
         await self.start()

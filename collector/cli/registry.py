@@ -38,6 +38,8 @@ from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import Removal
 
+log = structlog.get_logger(__name__)
+
 
 @app.command()
 def migrate(
@@ -128,7 +130,7 @@ def collect(
     )
     _print_report(report, dry_run=dry_run)
     if skipped:
-        typer.echo(f"collect: {len(skipped)} repository(ies) could not be collected", err=True)
+        typer.echo(f"collect: not collected: {', '.join(skipped)}", err=True)
         raise typer.Exit(1)
 
 
@@ -138,10 +140,13 @@ async def _one_by_one(
     orphans: bool,
     causation_id: str,
     skipped: list[str],
+    *,
+    named: bool,
 ) -> Report:
     """Collect (or, where asked, purge) each repository of ``work`` (id, name, purge) on
     its own. One that fails for a reason waiting will not change is named on stderr and
-    added to ``skipped``; the others go on."""
+    added to ``skipped``; the others go on. A purge whose repository was unmarked or
+    purged meanwhile is the user's error if ``named``, else skipped as collect_all does."""
     report = Report()
     for repository_id, name, purge in work:
         try:
@@ -151,8 +156,10 @@ async def _one_by_one(
                 report.merge(
                     await engine.collect(repository_id, causation_id=causation_id, orphans=orphans)
                 )
-        except (RepositoryNotMarked, RepositoryNotFound):
-            raise
+        except (RepositoryNotMarked, RepositoryNotFound) as exc:
+            if named:
+                raise
+            log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
         except Exception as exc:
             if waiting_changes(exc):
                 raise
@@ -195,7 +202,7 @@ async def _collect(
             engine = Engine(db, config, callbacks=callbacks)
             if targets:
                 work = [(repo.id, repo.path, purge) for repo in targets]
-                return await _one_by_one(engine, work, orphans, causation_id, skipped)
+                return await _one_by_one(engine, work, orphans, causation_id, skipped, named=True)
             try:
                 return await engine.collect_all(
                     causation_id=causation_id,
@@ -206,7 +213,10 @@ async def _collect(
             except Exception as exc:
                 if waiting_changes(exc):
                     raise
-                # Something in the registry fails the registry-wide pass: find what.
+                # Something in the registry fails the registry-wide pass: find what. The
+                # run fails whatever the search finds (the orphan sweep's registry-wide
+                # part, say, is not redone repository by repository).
+                skipped.append("the registry-wide pass")
                 typer.echo(
                     f"collect: the registry-wide collection failed ({exc!r});"
                     " collecting repository by repository",
@@ -217,7 +227,7 @@ async def _collect(
                 marked = await repository_rows.marked(conn) if purge else []
             work = [(r, f"repository {r}", False) for r in due if r not in marked]
             work += [(r, f"repository {r}", True) for r in marked]
-            return await _one_by_one(engine, work, orphans, causation_id, skipped)
+            return await _one_by_one(engine, work, orphans, causation_id, skipped, named=False)
 
         if dry_run:
             async with RollbackDatabase.session(pool) as db:

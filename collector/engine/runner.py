@@ -136,7 +136,7 @@ class Engine:
         ctx = RepositoryContext.of_requests(causes)
         report = Report(repositories=len(causes))
         log.info("collection_started", repositories=ctx.repository_ids)
-        await asyncio.gather(
+        await _all_or_none(
             *(self._drain(report, self._roots(ctx, roots)) for roots in _ROOTS),
         )
         if orphans:
@@ -272,7 +272,7 @@ class Engine:
         """Queue everything in the repository and remove its tags, uploads and app tags."""
         log.info("purge_started", repository_id=ctx.repository_id, causation_id=ctx.causation_id)
         await self._run(self._guarded(ctx, self._seed_purge(ctx)))
-        await asyncio.gather(
+        await _all_or_none(
             *(self._drain(report, self._guarded(ctx, self._roots(ctx, roots))) for roots in _ROOTS),
             self._drain(report, self._guarded(ctx, self._app_tags(ctx))),
         )
@@ -297,7 +297,7 @@ class Engine:
             if not waiting:
                 break
             rounds += 1
-            results = await asyncio.gather(
+            results = await _all_or_none(
                 *(
                     self._run(self._decide(ctx, collector))
                     for collector in self._collectors
@@ -423,3 +423,17 @@ class Engine:
                 backoff.at_least(0.5)
             await asyncio.sleep(backoff.next())
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _all_or_none(*steps: Awaitable[T]) -> list[T]:
+    """Run ``steps`` side by side; when one fails, cancel the others and wait for them
+    before raising its error (gather alone leaves them running, unowned, while the
+    caller may redo the same repository)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -102,9 +102,12 @@ class Intake:
         others = [TopicPartition(self._topic, n) for n in sorted(numbers)]
         others = [tp for tp in others if tp not in assigned]
         if others:
+            starts = await consumer.beginning_offsets(others)
             ends = await consumer.end_offsets(others)
             for partition in others:
-                if (await consumer.committed(partition) or 0) < ends[partition]:
+                # Never committed: read from the start of what retention kept.
+                committed = await consumer.committed(partition)
+                if (starts[partition] if committed is None else committed) < ends[partition]:
                     return False
         return True
 

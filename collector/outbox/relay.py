@@ -239,6 +239,9 @@ class Relay:
                 # Rows stay pending; the error that got us here is what counts.
                 with contextlib.suppress(asyncpg.PostgresError, *DISCONNECTS):
                     await transaction.rollback()
+        for row in rows:  # counted once set aside for good, not on every attempt
+            if row["id"] in refused:
+                self._set_aside(row, refused[row["id"]])
         if published := len(rows) - len(refused):
             self.published += published
             metrics.EVENTS_PUBLISHED.inc(published)
@@ -267,7 +270,6 @@ class Relay:
                     )
                 except MessageSizeTooLargeError as exc:
                     refused[row["id"]] = str(exc)
-                    self._set_aside(row, str(exc))
                     continue
                 deliveries.append(delivery)
         except BaseException:

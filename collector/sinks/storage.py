@@ -59,11 +59,12 @@ class Storage(Protocol):
 class FilesystemStorage:
     """Blobs as files under a root directory: ``<root>/sha256/ab/abcdef…``.
 
-    A file already gone is done, unless its algorithm's directory is missing
-    too: then the root is not the storage (a volume not mounted, a wrong path)
-    and the delete fails as an outage, waited out, instead of "already gone"
-    for every blob while the offsets move on. A storage that really never held
-    a blob of that algorithm gets its directory made by hand to go on.
+    A file already gone is done, unless the root has neither a ``sha256/``
+    directory nor one for the digest's algorithm: then it is not the storage
+    (a volume not mounted, a wrong path), and the delete fails as an outage,
+    waited out, instead of "already gone" for every blob while the offsets
+    move on. A brand-new storage that never held a blob gets ``sha256/`` made
+    by hand to go on.
     """
 
     def __init__(self, root: Path) -> None:
@@ -80,11 +81,10 @@ class FilesystemStorage:
         try:
             path.unlink()
         except FileNotFoundError:
-            algorithm = path.parents[1]
-            if not algorithm.is_dir():
+            if not (self.root / "sha256").is_dir() and not path.parents[1].is_dir():
                 raise ObjectStorageError(
-                    f"{self.root} has no {algorithm.name}/ directory: is the storage mounted"
-                    " there? (an empty storage needs it made)"
+                    f"{self.root} has no sha256/ directory: is the storage mounted there?"
+                    " (a storage that never held a blob needs it made)"
                 ) from None
             return False
         except OSError as exc:

@@ -39,6 +39,7 @@ from collector.demo.seed import (
 )
 from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
+from collector.outbox import store
 from collector.verify import verify
 from events import LegacyTagExpired, RepoDeleted, RequestData, TagExpired
 from tests.acceptance.conftest import collector_command
@@ -240,6 +241,16 @@ async def pipeline(
     return Pipeline(workload, name, settings, logs, env)
 
 
+async def outbox_count(run: Pipeline) -> int:
+    """How many events the run's outbox holds (published or not)."""
+    conn = await asyncpg.connect(run.url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM gc.outbox")
+    finally:
+        await conn.close()
+    return count
+
+
 async def outbox_reaches(run: Pipeline, count: int) -> None:
     """Until the run's outbox holds ``count`` events: somewhere in the middle of it."""
     conn = await asyncpg.connect(run.url)
@@ -293,9 +304,7 @@ async def sample(run: Pipeline, process: asyncio.subprocess.Process, every_s: fl
             load.peak_rss_mib = max(load.peak_rss_mib, _rss_mib(process.pid))
             load.final_lag = await lag()
             load.peak_lag = max(load.peak_lag, load.final_lag)
-            pending = await conn.fetchval(
-                "SELECT count(*) FROM gc.outbox WHERE published_at IS NULL"
-            )
+            pending = await store.pending(conn)
             load.peak_outbox = max(load.peak_outbox, pending)
             await asyncio.sleep(every_s)
         load.final_lag = await lag()
@@ -348,9 +357,7 @@ async def final(run: Pipeline) -> Final:
         found = await verify(
             conn, now_ms=SystemClock().now_ms(), protected_digests=[], orphan_grace_s=3600
         )
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM gc.outbox WHERE published_at IS NULL AND undeliverable IS NULL"
-        )
+        pending = await store.pending(conn)
         letters = await read_topic(run.settings.topic_dead_letter, partitions=1, via=run.settings)
         refused = {
             r.event["causationid"]: r.event["data"]["reason"]

@@ -22,6 +22,7 @@ from tests.faults.harness import (
     assert_never_worked_twice_at_once,
     dispose,
     final,
+    outbox_count,
     outbox_reaches,
     pipeline,
 )
@@ -38,11 +39,13 @@ async def test_sigkills_at_seeded_moments_lose_nothing(
     try:
         kills = 0
         for share in sorted(rng.uniform(0.05, 0.9) for _ in range(SCALE.kills)):
+            # Past the seeded share, and past what earlier runs did: killed mid-work.
+            target = max(int(total * share), await outbox_count(run) + 1)
             process = await run.start()
             try:
-                await asyncio.wait_for(outbox_reaches(run, int(total * share)), 300)
+                await asyncio.wait_for(outbox_reaches(run, target), 300)
             except AssertionError:
-                continue  # an earlier run got past this share before it was killed
+                continue  # the run finished everything before it got there
             await asyncio.sleep(rng.uniform(0, 0.05))  # anywhere in a transaction
             kills += await run.kill(process)
         await run.serve()

@@ -16,6 +16,7 @@ import asyncpg
 from collector.db.connector import Connection
 from tests import pushes
 from tests.faults.harness import (
+    Final,
     Workload,
     assert_never_exited,
     assert_never_worked_twice_at_once,
@@ -28,7 +29,7 @@ WRITERS = 6
 
 
 async def test_six_writers_racing_the_service_never_lose_a_committed_write(
-    workload: Workload, fault_logs: Path
+    workload: Workload, baseline: Final, fault_logs: Path
 ) -> None:
     run = await pipeline(workload, "raced", fault_logs)
     try:
@@ -89,6 +90,8 @@ async def test_six_writers_racing_the_service_never_lose_a_committed_write(
     print(f"races: {commits} writes committed while the service ran, {len(refused)} refused")
     assert commits > 100, "the writers raced the service"
     assert refused, "some writes lost the race: the service removed their target first"
+    # And some won it: manifests the undisturbed run removes live on, tagged meanwhile.
+    assert rescued - baseline.rows["manifest"], "some pushes came before the service"
     assert set(refused) <= {"manifest_blob_blob_id_fkey", "tag_manifest_id_fkey"}
     assert linked <= existing_blobs
     assert rescued <= existing_manifests

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from collector.db.queries import load_queries
 from collector.sinks.storage import FilesystemStorage
 from tests.acceptance.conftest import collector_command
 from tests.faults.harness import Workload, dispose, pipeline
@@ -25,7 +26,7 @@ async def repush(
 ) -> None:
     """A registry finalizing an upload of ``digest``: bytes and row under its lock."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", digest)
+        await conn.execute(load_queries("sinks.sql")["lock_digest"], digest)  # the deleter's
         path = storage.path(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(digest.encode())

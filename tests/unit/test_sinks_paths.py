@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.sinks.storage import FilesystemStorage, InvalidDigest, blob_key
+from collector.sinks.storage import FilesystemStorage, InvalidDigest, ObjectStorageError, blob_key
 
 SHA256 = "sha256:" + "ab" + "cd" * 31
 
@@ -75,3 +75,16 @@ async def test_a_refused_digest_deletes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidDigest):
         await FilesystemStorage(root).delete("sha256:../../victim")
     assert victim.read_bytes() == b"keep me"
+
+
+async def test_a_missing_file_is_gone_unless_the_root_is_not_the_storage(tmp_path: Path) -> None:
+    """An empty root (a volume not mounted) makes a delete an outage; once the root holds
+    sha256/, a missing file is already gone, of any algorithm (a sha512 digest this
+    storage never held included: it must not stall the deleter)."""
+    storage = FilesystemStorage(tmp_path)
+    with pytest.raises(ObjectStorageError, match="has no sha256/ directory"):
+        await storage.delete(SHA256)
+    (tmp_path / "sha256").mkdir()
+
+    assert await storage.delete(SHA256) is False
+    assert await storage.delete("sha512:" + "0f" * 64) is False
