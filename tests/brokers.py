@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "services"
@@ -41,3 +42,16 @@ class SpareBroker:
 
     async def down(self) -> None:
         await self._services("kafka-down")
+
+
+@asynccontextmanager
+async def running_broker(
+    state: Path, port: int, controller_port: int
+) -> AsyncIterator[SpareBroker]:
+    """A spare broker, up for the block and down after it."""
+    broker = SpareBroker(state, port, controller_port)
+    await broker.up()
+    try:
+        yield broker
+    finally:
+        await broker.down()

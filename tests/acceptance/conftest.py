@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from collector.config import Settings
 from collector.db.migrations import migrate
 from tests.conftest import ADMIN_URL
 from tests.registry import snapshot
@@ -41,6 +42,24 @@ def single_error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("collector: error:")]
     assert len(lines) == 1, stderr
     return lines[0]
+
+
+def environment(settings: Settings, database_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a `collector run` process on ``settings``' broker, topics and
+    group, and on ``database_url``; ``extra`` adds or overrides variables."""
+    return {
+        **os.environ,
+        "COLLECTOR_LOG_LEVEL": "info",
+        "COLLECTOR_DATABASE_URL": database_url,
+        "COLLECTOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
+        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
+        "COLLECTOR_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
+        "COLLECTOR_GROUP_ID": settings.group_id,
+        "COLLECTOR_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "COLLECTOR_WORK_POLL_INTERVAL_S": "0.2",
+        **extra,
+    }
 
 
 def database_url(name: str) -> str:

@@ -18,23 +18,15 @@ import pytest
 from collector.config import Settings
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
 from collector.engine import SystemClock
-from tests.acceptance.conftest import CreateDatabase, collector_command, kill_when, removals, state
+from tests.acceptance.conftest import (
+    CreateDatabase,
+    collector_command,
+    environment,
+    kill_when,
+    removals,
+    state,
+)
 from tests.pipeline import pipeline_settings, read_topic, topics
-
-
-def environment(settings: Settings, database_url: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "COLLECTOR_LOG_LEVEL": "info",
-        "COLLECTOR_DATABASE_URL": database_url,
-        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
-        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
-        "COLLECTOR_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "COLLECTOR_GROUP_ID": settings.group_id,
-        "COLLECTOR_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "COLLECTOR_WORK_POLL_INTERVAL_S": "0.2",
-        **extra,
-    }
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ import json
 import os
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from collector.kafka import client_options, ensure_topics
 from collector.outbox import store
 from collector.verify import verify
 from events import LegacyTagExpired, RepoDeleted, RequestData, TagExpired
-from tests.acceptance.conftest import collector_command
+from tests.acceptance.conftest import collector_command, environment
 from tests.pipeline import Record, pipeline_settings, produce, read_topic, request, topics
 from tests.postgres import SparePostgres
 from tests.registry import DAY_MS, Registry, snapshot
@@ -224,20 +224,12 @@ async def pipeline(
     settings = pipeline_settings(workload.server.url(database), **overrides)
     await ensure_topics(settings, wait_s=5.0)
     await produce(settings.topic_requests, records or workload.requests, via=settings)
-    env = {
-        **os.environ,
-        "COLLECTOR_LOG_LEVEL": "info",
-        "COLLECTOR_DATABASE_URL": settings.database_url,
-        "COLLECTOR_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,
-        "COLLECTOR_TOPIC_REMOVALS": settings.topic_removals,
-        "COLLECTOR_TOPIC_DEAD_LETTER": settings.topic_dead_letter,
-        "COLLECTOR_GROUP_ID": settings.group_id,
-        "COLLECTOR_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        "COLLECTOR_WORK_POLL_INTERVAL_S": "0.2",
-        "COLLECTOR_RELAY_POLL_INTERVAL_S": "0.2",
-        "COLLECTOR_KAFKA_PRODUCE_TIMEOUT_S": str(settings.kafka_produce_timeout_s),
-    }
+    env = environment(
+        settings,
+        settings.database_url,
+        COLLECTOR_RELAY_POLL_INTERVAL_S="0.2",
+        COLLECTOR_KAFKA_PRODUCE_TIMEOUT_S=str(settings.kafka_produce_timeout_s),
+    )
     return Pipeline(workload, name, settings, logs, env)
 
 
@@ -260,6 +252,26 @@ async def outbox_reaches(run: Pipeline, count: int) -> None:
             await asyncio.sleep(0.01)
     finally:
         await conn.close()
+
+
+Fault = Callable[[Pipeline, asyncio.subprocess.Process], Awaitable[None]]
+
+
+async def fault_mid_run(
+    workload: Workload, name: str, logs: Path, fault: Fault, *, at: int, **overrides: Any
+) -> tuple[Pipeline, Final]:
+    """One service process on a fresh pipeline; ``fault`` strikes once its outbox holds
+    ``at`` events; the process must then finish on its own (idle). Returns the run (its
+    processes and logs) and where it ended."""
+    run = await pipeline(workload, name, logs, **overrides)
+    try:
+        process = await run.start()
+        await asyncio.wait_for(outbox_reaches(run, at), 300)
+        await fault(run, process)
+        await run.finish(process)
+        return run, await final(run)
+    finally:
+        await dispose(run)
 
 
 @dataclass

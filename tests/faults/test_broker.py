@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+from asyncio.subprocess import Process
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.brokers import SpareBroker
+from tests.brokers import SpareBroker, running_broker
 from tests.faults.harness import (
     SCALE,
     Final,
+    Pipeline,
     Workload,
     assert_loses_nothing,
     assert_never_exited,
     assert_never_worked_twice_at_once,
-    dispose,
-    final,
-    outbox_reaches,
-    pipeline,
+    fault_mid_run,
 )
 
 PORT, CONTROLLER_PORT = 19192, 19193
@@ -33,12 +32,8 @@ PRODUCE_TIMEOUT_S = 3.0
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[SpareBroker]:
-    spare = SpareBroker(tmp_path / "services", PORT, CONTROLLER_PORT)
-    await spare.up()
-    try:
-        yield spare
-    finally:
-        await spare.down()
+    async with running_broker(tmp_path / "services", PORT, CONTROLLER_PORT) as broker:
+        yield broker
 
 
 def cpu_seconds(pid: int) -> float:
@@ -54,25 +49,25 @@ async def test_the_broker_away_longer_than_the_produce_timeout_loses_nothing(
     service rides it out, publishes every event once it is back (some twice: at least
     once, same ids), and ends where the undisturbed run did."""
     total = sum(baseline.removals.values())
-    run = await pipeline(
-        workload,
-        "broker",
-        fault_logs,
-        kafka_bootstrap=broker.bootstrap,
-        kafka_produce_timeout_s=PRODUCE_TIMEOUT_S,
-    )
-    try:
-        process = await run.start()
-        await asyncio.wait_for(outbox_reaches(run, total // 3), 300)
+    busy = 0.0
+
+    async def away(run: Pipeline, process: Process) -> None:
+        nonlocal busy
         await broker.down()
         busy_before = cpu_seconds(process.pid)
         await asyncio.sleep(SCALE.outage_s)
         busy = cpu_seconds(process.pid) - busy_before
         await broker.up()
-        await run.finish(process)
-        faulted = await final(run)
-    finally:
-        await dispose(run)
+
+    run, faulted = await fault_mid_run(
+        workload,
+        "broker",
+        fault_logs,
+        away,
+        at=total // 3,
+        kafka_bootstrap=broker.bootstrap,
+        kafka_produce_timeout_s=PRODUCE_TIMEOUT_S,
+    )
 
     assert_never_exited(run)
     lines = assert_never_worked_twice_at_once(run)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Awaitable, Callable
+from asyncio.subprocess import Process
 from pathlib import Path
 
 import pytest
 
 from tests.faults.harness import (
     SCALE,
+    Fault,
     Final,
     Pipeline,
     Workload,
@@ -21,6 +22,7 @@ from tests.faults.harness import (
     assert_never_exited,
     assert_never_worked_twice_at_once,
     dispose,
+    fault_mid_run,
     final,
     outbox_count,
     outbox_reaches,
@@ -60,14 +62,11 @@ async def test_sigkills_at_seeded_moments_lose_nothing(
     assert_loses_nothing(faulted, baseline, workload)
 
 
-Fault = Callable[[Pipeline], Awaitable[None]]
-
-
-async def restart(run: Pipeline) -> None:
+async def restart(run: Pipeline, _: Process) -> None:
     await run.workload.server.restart()
 
 
-async def stop_longer_than_any_retry(run: Pipeline) -> None:
+async def stop_longer_than_any_retry(run: Pipeline, _: Process) -> None:
     # The engine retries a lost transaction for a few seconds; the workers, relay and
     # intake wait out any outage. SCALE.outage_s is past the first, not the rest.
     await run.workload.server.stop()
@@ -75,7 +74,7 @@ async def stop_longer_than_any_retry(run: Pipeline) -> None:
     await run.workload.server.start()
 
 
-async def crash(run: Pipeline) -> None:
+async def crash(run: Pipeline, _: Process) -> None:
     await run.workload.server.crash()
     await asyncio.sleep(1)
     await run.workload.server.start()
@@ -89,15 +88,8 @@ async def test_a_postgresql_fault_mid_run_loses_nothing(
     recovery) at a third of the removals: the one service process rides it out, exits 0
     when idle, and ends where the undisturbed run did."""
     total = sum(baseline.removals.values())
-    run = await pipeline(workload, fault.__name__, fault_logs)
-    try:
-        process = await run.start()
-        await asyncio.wait_for(outbox_reaches(run, total // 3), 300)
-        await fault(run)
-        await run.finish(process)
-        faulted = await final(run)
-    finally:
-        await dispose(run)
+
+    run, faulted = await fault_mid_run(workload, fault.__name__, fault_logs, fault, at=total // 3)
 
     assert_never_exited(run)
     lines = assert_never_worked_twice_at_once(run)

@@ -21,7 +21,7 @@ from collector.kafka import producer
 from collector.service import Service
 from collector.work import queue
 from collector.work.queue import WorkItem
-from tests.brokers import SpareBroker
+from tests.brokers import SpareBroker, running_broker
 from tests.pipeline import (
     expired_repositories,
     pipeline_settings,
@@ -38,12 +38,8 @@ PORT, CONTROLLER_PORT = 19092, 19093
 
 @pytest.fixture
 async def spare_broker(tmp_path: Path) -> AsyncIterator[SpareBroker]:
-    broker = SpareBroker(tmp_path / "services", PORT, CONTROLLER_PORT)
-    await broker.up()
-    try:
+    async with running_broker(tmp_path / "services", PORT, CONTROLLER_PORT) as broker:
         yield broker
-    finally:
-        await broker.down()
 
 
 async def finished(db: asyncpg.Pool[asyncpg.Record]) -> int:

@@ -28,6 +28,19 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
         yield settings
 
 
+def poison_engine(monkeypatch: pytest.MonkeyPatch, poison: int) -> None:
+    """Make the engine fail on repository ``poison`` for a reason waiting will not
+    change: a stand-in for any row the collector cannot handle."""
+    original = Engine.collect_many
+
+    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
+        if poison in causes:
+            raise ValueError(f"cannot process repository {poison}")
+        return await original(self, causes, **kwargs)
+
+    monkeypatch.setattr(Engine, "collect_many", collect_many)
+
+
 async def test_a_request_that_cannot_be_processed_fails_alone_and_the_service_goes_on(
     db: asyncpg.Pool[asyncpg.Record],
     registry: Registry,
@@ -47,14 +60,7 @@ async def test_a_request_that_cannot_be_processed_fails_alone_and_the_service_go
     for repository in repositories.values():
         await registry.expired_tag(repository, await registry.manifest(repository))
     poison = repositories["poison"]
-    original = Engine.collect_many
-
-    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
-        if poison in causes:
-            raise ValueError(f"cannot process repository {poison}")
-        return await original(self, causes, **kwargs)
-
-    monkeypatch.setattr(Engine, "collect_many", collect_many)
+    poison_engine(monkeypatch, poison)
     sweeps = [
         request(RepoSweep(namespace="acme", repository=name, repository_id=repository))
         for name, repository in repositories.items()
@@ -141,17 +147,11 @@ async def test_collect_names_a_repository_it_cannot_collect_and_collects_the_res
         for repository in repositories.values():
             await registry.expired_tag(repository, await registry.manifest(repository))
     poison = repositories["poison"]
-    original = Engine.collect_many
-
-    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
-        if poison in causes:
-            raise ValueError(f"cannot process repository {poison}")
-        return await original(self, causes, **kwargs)
+    poison_engine(monkeypatch, poison)
 
     async def collect_all(self: Engine, **kwargs: Any) -> Report:
         raise ValueError(f"cannot process repository {poison}")
 
-    monkeypatch.setattr(Engine, "collect_many", collect_many)
     monkeypatch.setattr(Engine, "collect_all", collect_all)
     paths = ["--all"] if scope == "--all" else [f"acme/{name}" for name in names]
     logging_config = structlog.get_config()

@@ -703,15 +703,18 @@ async def test_idle_waits_for_partitions_a_dead_member_still_holds(
     service = Service(settings, exit_when_idle_s=0.5, clock=clock)
     running = asyncio.create_task(service.run())
     await until(lambda: len(ghost.assignment()) < settings.topic_partitions)  # shared now
-    held = len(ghost.assignment())
+    held = {tp.partition for tp in ghost.assignment()}
     await produce(settings.topic_requests, [request(sweep) for sweep in sweeps])
-
+    written = {r.partition for r in await read_topic(settings.topic_requests)}
+    # The service finishes its own share, then would be idle but for the held partitions.
+    await until(lambda: _finished_at_least(db, 1))
     await asyncio.sleep(2)  # idle four times over, were the held partitions not work
     exited_early = running.done()
     await ghost.stop()  # gone: the group hands its partitions over
     summary = await asyncio.wait_for(running, 60)
 
-    assert held > 0
+    assert held & written, "requests wait in a partition the other member holds"
+    assert written - held, "and in one the service holds"
     assert not exited_early, "idle while partitions held by another member were unread"
     assert summary.outcomes == {"collected": 12}
     assert await db.fetchval("SELECT count(*) FROM tag") == 0
@@ -943,3 +946,8 @@ async def test_a_dead_letter_too_large_for_its_topic_goes_without_the_value(
     assert "(3000 bytes) is not kept here" in data["detail"]
     assert f"partition {original.partition} offset {original.offset}" in data["detail"]
     assert (data["partition"], data["offset"]) == (original.partition, original.offset)
+
+
+async def _finished_at_least(db: asyncpg.Pool[asyncpg.Record], count: int) -> bool:
+    finished: int = await db.fetchval("SELECT count(*) FROM gc.request WHERE outcome IS NOT NULL")
+    return finished >= count
