@@ -286,12 +286,14 @@ class Load:
 
 
 def _rss_mib(pid: int) -> float:
-    """Resident memory of a running process; 0 once it is gone."""
+    """Resident memory of a running process; 0 once it is gone (an exited process not yet
+    reaped still has a status, without VmRSS)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    _, found, rest = status.partition("VmRSS:")
+    return int(rest.split()[0]) / 1024 if found else 0.0
 
 
 async def sample(run: Pipeline, process: asyncio.subprocess.Process, every_s: float = 0.25) -> Load:
