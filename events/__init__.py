@@ -4,6 +4,7 @@ Importable on its own (no database or Kafka client needed) by every team that
 produces requests for the collector or consumes what it removed.
 """
 
+from events._commands import Command, command_causation_id, command_of
 from events._dead_letter import RequestRejected, rejection_event
 from events._decode import DecodeError, DecodeReason, Request, decode_request, describe_invalid
 from events._envelope import (
@@ -48,6 +49,7 @@ __all__ = [
     "TYPE_PREFIX",
     "BlobRemoved",
     "CloudEvent",
+    "Command",
     "DecodeError",
     "DecodeReason",
     "LabelRemoved",
@@ -66,6 +68,8 @@ __all__ = [
     "RequestRejected",
     "TagExpired",
     "TagRemoved",
+    "command_causation_id",
+    "command_of",
     "decode_request",
     "describe_invalid",
     "json_schemas",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
@@ -24,7 +23,7 @@ from collector.engine import Engine, EngineConfig, SystemClock, sweep
 from collector.errors import BrokerUnavailable, DatabaseUnavailable
 from collector.logging import configure_logging
 from collector.service import Service, ServiceSummary
-from events import CloudEvent, RequestData
+from events import CloudEvent, RequestData, command_causation_id
 
 log = structlog.get_logger(__name__)
 #: What `scan --every` waits out instead of exiting: lost database, unreachable broker.
@@ -207,7 +206,8 @@ def scan(
     async def sweep_once(pool: asyncpg.Pool[asyncpg.Record]) -> None:
         engine = Engine(PoolDatabase(pool), EngineConfig.from_settings(settings))
         report = await engine.sweep_orphans(
-            causation_id=f"scan-{uuid.uuid4()}", concurrency=settings.repository_concurrency
+            causation_id=command_causation_id("scan"),
+            concurrency=settings.repository_concurrency,
         )
         typer.echo(
             f"sweep: {report.sweep.scanned:,} rows judged ({report.sweep.rows_per_s:,.0f} rows/s),"

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -36,7 +35,7 @@ from collector.logging import configure_logging
 from collector.outbox import store as outbox
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
-from events import Removal
+from events import Removal, command_causation_id
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +113,7 @@ def collect(
     settings = load_settings(
         database_url=database_url, batch_size=batch_size, repository_concurrency=concurrency
     )
-    causation_id = f"cli-{uuid.uuid4()}"
+    causation_id = command_causation_id("collect")
     structlog.contextvars.bind_contextvars(causation_id=causation_id)
     skipped: list[str] = []
     report = asyncio.run(

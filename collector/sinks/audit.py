@@ -31,6 +31,7 @@ from events import (
     Removal,
     RepositoryRemoval,
     TagRemoved,
+    command_of,
     decode_request,
 )
 
@@ -95,12 +96,14 @@ def _digests(removal: Removal) -> set[str]:
 
 @dataclass(frozen=True)
 class Cause:
-    """The request a removal names as its cause."""
+    """What a removal names as its cause: a request (its CloudEvents type, id, key and
+    time), or a run of one of the collector's commands (`collector collect`, `collector
+    scan`: no repository, no time)."""
 
     type: str
     id: str
-    repository: str
-    time: datetime
+    repository: str | None = None
+    time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -162,10 +165,19 @@ def build_report(
         reported[event.id] = query.matches(event, removal)
         if reported[event.id]:
             cause_id = causation_id(event)
-            cause = causes.get(cause_id) if cause_id else None
-            report.entries.append(Entry(event, removal, cause_id, cause))
+            report.entries.append(Entry(event, removal, cause_id, _cause(cause_id, causes)))
     report.entries.sort(key=lambda entry: (entry.event.time, entry.event.id))
     return report
+
+
+def _cause(cause_id: str | None, requests: dict[str, Cause]) -> Cause | None:
+    """The request with that id, else the command run that minted it, else unknown."""
+    if cause_id is None:
+        return None
+    if (request := requests.get(cause_id)) is not None:
+        return request
+    command = command_of(cause_id)
+    return None if command is None else Cause(f"collector {command}", cause_id)
 
 
 def _causes(requests: Iterable[Record]) -> dict[str, Cause]:
@@ -233,7 +245,7 @@ def json_lines(report: AuditReport) -> Iterator[str]:
                     "type": cause.type,
                     "id": cause.id,
                     "repository": cause.repository,
-                    "time": _time(cause.time),
+                    "time": None if cause.time is None else _time(cause.time),
                 },
             }
         )

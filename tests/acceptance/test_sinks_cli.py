@@ -144,8 +144,8 @@ async def test_blob_deleter_stops_cleanly_on_sigterm(setup: Setup) -> None:
 
 async def test_audit_json_links_removals_to_requests_identically_each_time(setup: Setup) -> None:
     """`audit --json` prints one object per removal with its cause, then the summary; a
-    removal from the command line (cli-… causation id) has an unknown cause; two runs
-    print the same bytes."""
+    removal from the command line (cli-… causation id) names `collector collect`; two
+    runs print the same bytes."""
     sweep = request_event(
         RepoSweep(namespace="acme", repository="web", repository_id=1), source="/test"
     )
@@ -169,9 +169,18 @@ async def test_audit_json_links_removals_to_requests_identically_each_time(setup
         "repository": "acme/web",
         "time": sweep.time.isoformat().replace("+00:00", "Z"),
     }
-    assert causes[cli.id] is None
+    assert causes[cli.id] == {
+        "type": "collector collect",
+        "id": "cli-1",
+        "repository": None,
+        "time": None,
+    }
     assert summary["summary"]["duplicates"] == {"count": 1, "ids": [caused.id]}
-    assert summary["summary"]["unknown_cause"]["causation_ids"] == {"cli-1": 1}
+    assert summary["summary"]["unknown_cause"] == {
+        "count": 0,
+        "causation_ids": {},
+        "without_causationid": 0,
+    }
 
 
 async def test_audit_text_filters_by_digest(setup: Setup) -> None:

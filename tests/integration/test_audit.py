@@ -16,7 +16,8 @@ from aiokafka import AIOKafkaProducer
 
 from collector.config import Settings
 from collector.errors import ConfigError
-from collector.sinks.audit import Query, audit, json_lines, parse_since, text_lines
+from collector.sinks.audit import Query, audit, build_report, json_lines, parse_since, text_lines
+from collector.sinks.replay import Record
 from events import (
     BlobRemoved,
     CloudEvent,
@@ -29,6 +30,7 @@ from events import (
     RepoPurged,
     RepoSweep,
     TagRemoved,
+    command_causation_id,
     removal_event,
     request_event,
     to_record,
@@ -122,7 +124,7 @@ async def _produced(settings: Settings) -> Topics:
         time=at(3),
     )
     purged = removal_event(RepoPurged(**gone), causation_id=purge.id, time=at(4))
-    label = removal_event(LabelRemoved(label_id=7, key="k"), causation_id="cli-1234", time=at(5))
+    label = removal_event(LabelRemoved(label_id=7, key="k"), causation_id="lost-1234", time=at(5))
     with_cause = removal_event(
         BlobRemoved(blob_id=2, digest=OTHER_BLOB, size=10, locations=["s3"]),
         causation_id="x",
@@ -225,7 +227,7 @@ async def test_the_summary_counts_types_duplicates_unknown_causes_and_bad_record
             "duplicates": {"count": 3, "ids": sorted([topics.tag.id, topics.purged.id])},
             "unknown_cause": {
                 "count": 2,
-                "causation_ids": {"cli-1234": 1},
+                "causation_ids": {"lost-1234": 1},
                 "without_causationid": 1,
             },
             "other_events": 1,
@@ -236,7 +238,7 @@ async def test_the_summary_counts_types_duplicates_unknown_causes_and_bad_record
         "removals: 8 (blob-removed 2, label-removed 1, manifest-removed 2, repo-purged 1,"
         " tag-removed 2)",
         f"duplicates: 3 ({', '.join(sorted([topics.tag.id, topics.purged.id]))})",
-        "unknown cause: 2 (cli-1234 (1), no causationid (1))",
+        "unknown cause: 2 (lost-1234 (1), no causationid (1))",
         "other events: 1",
         "invalid records: 2",
     ]
@@ -395,3 +397,32 @@ async def test_pre_oci_removals_are_reported_with_their_request() -> None:
         ]
     )
     assert [entry.event.id for entry in by_digest.entries] == [manifest.id]
+
+
+def test_removals_of_the_collectors_own_commands_name_the_command() -> None:
+    """`collector collect` and `collector scan --orphans` answer no request; their
+    removals name the command and its run, not an unknown cause."""
+    label = LabelRemoved(label_id=7, key="k")
+    collect_id, scan_id = command_causation_id("collect"), command_causation_id("scan")
+    events = [
+        removal_event(label, causation_id=cause, time=at(n))
+        for n, cause in enumerate([collect_id, scan_id, "lost-1"], start=1)
+    ]
+    records = [Record(0, n, b"label/7", to_record(e)[0], ()) for n, e in enumerate(events)]
+
+    report = build_report(records, [], Query())
+
+    lines = list(text_lines(report))
+    assert lines[:3] == [
+        f"2026-03-01T12:00:01Z label-removed label/7 cause: collector collect {collect_id}",
+        f"2026-03-01T12:00:02Z label-removed label/7 cause: collector scan {scan_id}",
+        "2026-03-01T12:00:03Z label-removed label/7 cause: unknown",
+    ]
+    assert "unknown cause: 1 (lost-1 (1))" in lines
+    first = json.loads(next(json_lines(report)))
+    assert first["cause"] == {
+        "type": "collector collect",
+        "id": collect_id,
+        "repository": None,
+        "time": None,
+    }
