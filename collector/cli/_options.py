@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
+import annotated_types
 import typer
+
+from collector.config import Settings
+
+
+def _bounds(field: str) -> dict[str, Any]:
+    """The bounds Settings puts on ``field``, for the flag that sets it: out of range, the
+    flag is named in the error (the rule itself stays in Settings)."""
+    bounds: dict[str, Any] = {}
+    for rule in Settings.model_fields[field].metadata:
+        if isinstance(rule, annotated_types.Ge):
+            bounds["min"] = rule.ge
+        elif isinstance(rule, annotated_types.Le):
+            bounds["max"] = rule.le
+    return bounds
+
 
 DatabaseUrl = Annotated[
     str | None,
@@ -21,7 +37,9 @@ KafkaBootstrap = Annotated[
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        help="Objects decided per transaction [env: COLLECTOR_BATCH_SIZE]", show_default=False
+        help="Objects decided per transaction [env: COLLECTOR_BATCH_SIZE]",
+        show_default=False,
+        **_bounds("batch_size"),
     ),
 ]
 Concurrency = Annotated[
@@ -30,6 +48,7 @@ Concurrency = Annotated[
         help="Repositories collected at once (run: workers)"
         " [env: COLLECTOR_REPOSITORY_CONCURRENCY]",
         show_default=False,
+        **_bounds("repository_concurrency"),
     ),
 ]
 LogLevel = Annotated[

@@ -327,7 +327,8 @@ def demo(
     log_level: LogLevel = "warning",
 ) -> None:
     """Seed a realistic registry and its blob storage, expire and delete part of it,
-    collect it over Kafka with `collector run`, delete the removed blobs' files, verify."""
+    collect it over Kafka with `collector run`, delete the removed blobs' files, verify.
+    Needs a database `collector migrate` prepared (scripts/demo does both)."""
     configure_logging(log_level)
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
     console = Console(highlight=False)

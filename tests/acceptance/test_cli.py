@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,8 @@ async def test_purge_of_a_marked_repository(seeded: Seeded) -> None:
         (["collect", "acme/app", "--all"], "name repositories or give --all"),
         (["collect", "acme"], "expected NAMESPACE/REPOSITORY"),
         (["collect", "acme/nope"], "no repository acme/nope"),
-        (["collect", "--all", "--batch-size", "0"], "batch_size"),
+        (["collect", "--all", "--batch-size", "0"], "Invalid value for '--batch-size'"),
+        (["collect", "--all", "--concurrency", "0"], "Invalid value for '--concurrency'"),
         (["collect", "--bogus"], "No such option"),
         (["frobnicate"], "No such command"),
         (["verify", "--log-level", "loud"], "invalid log level"),
@@ -331,3 +333,14 @@ def test_every_option_s_help_names_its_environment_variable() -> None:
             if command == ["audit"] and variable == "COLLECTOR_DATABASE_URL":
                 continue  # the audit reads Kafka only
             assert variable in " ".join(result.stdout.split()), (command, variable)
+
+
+def test_scripts_bootstrap_run_instead_of_sourced_says_how_to_use_it() -> None:
+    """scripts/bootstrap is sourced by scripts/test and scripts/demo; run on its own it
+    used to fail with 'Permission denied' (exit 126). Now it says what to do, exit 2."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bootstrap"
+
+    result = subprocess.run([str(script)], capture_output=True, text=True, timeout=30)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("scripts/bootstrap is meant to be sourced")
