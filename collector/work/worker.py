@@ -304,8 +304,9 @@ class Workers:
         stale = {
             items[i].repository_id: items[i].event_id for i, o in outcomes.items() if o == "stale"
         }
-        for repository_id in await queue.with_candidates(conn, list(stale)):
-            collect[repository_id] = stale[repository_id]
+        if stale:  # most batches have none: no query for them
+            for repository_id in await queue.with_candidates(conn, list(stale)):
+                collect[repository_id] = stale[repository_id]
         if collect:
             await self._engine.collect_many(collect)
         for index, item in expiring:

@@ -354,10 +354,14 @@ class Final:
     pending: int
     candidates: int
     published: list[str]  # the removals topic's event ids, in topic order
-    dead_letters: Counter[str]  # by reason
     letters: list[tuple[str | None, str]]  # (causation id, reason) of each dead letter
     dangling: list[str]
     garbage: list[str]
+
+    @property
+    def dead_letters(self) -> Counter[str]:
+        """The dead letters by reason."""
+        return Counter(reason for _, reason in self.letters)
 
 
 async def final(run: Pipeline) -> Final:
@@ -394,7 +398,6 @@ async def final(run: Pipeline) -> Final:
                 r.event["id"]
                 for r in await read_topic(run.settings.topic_removals, via=run.settings)
             ],
-            dead_letters=Counter(r.event["data"]["reason"] for r in letters),
             letters=[(r.event.get("causationid"), r.event["data"]["reason"]) for r in letters],
             dangling=[f.what for f in found.dangling],
             garbage=[f.what for f in found.garbage],
