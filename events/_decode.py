@@ -1,7 +1,8 @@
 """Decode a record of the requests topic into a typed request, or say why not.
 
 Structured content mode is what CONTRACT §2 pins; binary content mode (`ce_*`
-headers, the value is the data) is accepted too. Every refusal is a
+headers, the value is the data) is accepted too. A record that names neither
+mode is read as structured, its value the whole event. Every refusal is a
 `DecodeError` with a stable machine `reason`, checked in this order: size, key,
 JSON and envelope, type, fields, key match.
 """
@@ -122,16 +123,13 @@ def _decode_event(value: bytes | None, headers: Sequence[tuple[str, bytes | None
             if lowered[3:] in ce_headers:
                 _refuse("invalid-envelope", f"the header {_quote(lowered)} is given twice")
             ce_headers[lowered[3:]] = raw
-    binary = "specversion" in ce_headers
-    if content_type is None:
-        # Binary mode without a data content type, or a structured event whose
-        # producer forgot the header: the event itself must then say what it is.
-        return _binary(value, ce_headers, None) if binary else _structured(value)
-    media_type = _media_type(content_type)
+    media_type = None if content_type is None else _media_type(content_type)
     if media_type == _STRUCTURED:
-        return _structured(value)
-    if binary:
+        return _envelope(_json_object(value))
+    if "specversion" in ce_headers:
         return _binary(value, ce_headers, media_type)
+    if media_type is None or media_type == _JSON:
+        return _unmarked(value, media_type)
     _refuse(
         "invalid-envelope",
         f"content-type {_quote(media_type)} is not {_STRUCTURED}"
@@ -139,8 +137,22 @@ def _decode_event(value: bytes | None, headers: Sequence[tuple[str, bytes | None
     )
 
 
-def _structured(value: bytes | None) -> CloudEvent:
-    return _envelope(_json_object(value))
+def _unmarked(value: bytes | None, media_type: str | None) -> CloudEvent:
+    """A record without the structured content type or a ce_specversion header: structured
+    all the same when its value is an event. Its producer forgot the content type, or
+    gave the data's: the CloudEvents SDK's Kafka structured mode (`to_structured` of
+    `cloudevents.v1.kafka`) moves `datacontenttype` out of the envelope into the header."""
+    attributes = _json_object(value)
+    if "specversion" not in attributes:
+        shown = "no content-type" if media_type is None else f"content-type {_quote(media_type)}"
+        _refuse(
+            "invalid-envelope",
+            f"{shown}, no ce_specversion header (binary mode),"
+            " and the value has no specversion (structured mode)",
+        )
+    if media_type is not None:
+        attributes.setdefault("datacontenttype", media_type)
+    return _envelope(attributes)
 
 
 def _binary(
