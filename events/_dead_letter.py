@@ -1,4 +1,4 @@
-"""The dead-letter event (CONTRACT §2.3): a refused input, kept whole with the reason."""
+"""The dead-letter event (docs/events.md): a refused input, kept whole with the reason."""
 
 from __future__ import annotations
 
@@ -25,15 +25,29 @@ class RequestRejected(EventData):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "request-rejected"
 
-    reason: str = Field(min_length=1)
-    detail: str
-    topic: str
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
-    key: str | None
-    key_encoding: Encoding | None
-    value: str | None
-    value_encoding: Encoding | None
+    reason: str = Field(
+        min_length=1,
+        description="Why the record was refused: a stable machine code such as `malformed-json`.",
+    )
+    detail: str = Field(description="What exactly was wrong, in one line for a human.")
+    topic: str = Field(description="The topic the refused record was read from.")
+    partition: int = Field(ge=0, description="The refused record's partition.")
+    offset: int = Field(ge=0, description="The refused record's offset.")
+    key: str | None = Field(
+        description="The refused record's key, as `key_encoding` says; null when it had none."
+    )
+    key_encoding: Encoding | None = Field(
+        description="`utf-8`: `key` is the original bytes decoded; `base64`: they were not"
+        " UTF-8; null with a null `key`."
+    )
+    value: str | None = Field(
+        description="The refused record's value, as `value_encoding` says; null when it had"
+        " none or when it is not kept here (a request refused when its turn came, or a"
+        " value larger than the dead-letter topic takes): `detail` then says where it stays."
+    )
+    value_encoding: Encoding | None = Field(
+        description="`utf-8` or `base64`, as for `key_encoding`; null with a null `value`."
+    )
 
     @model_validator(mode="after")
     def _encodings_match(self) -> RequestRejected:

@@ -16,6 +16,11 @@ Name = Annotated[str, Field(strict=True, min_length=1, max_length=1024, pattern=
 #: An integer of PostgreSQL's `bigint` range; a bool, float or numeric string is refused.
 BigInt = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 
+#: What the fields naming a repository mean, in every event that has them.
+NAMESPACE = "The name of the repository's namespace (`namespace.name`)."
+REPOSITORY = "The repository's name within its namespace (`repository.name`)."
+REPOSITORY_ID = "The repository's id (`repository.id`)."
+
 
 class EventData(BaseModel):
     """The `data` of an event; subclasses pin the CloudEvents `type`.
@@ -30,16 +35,16 @@ class EventData(BaseModel):
 
 
 class RepositoryScoped(EventData):
-    """Data about one repository, keyed `<namespace>/<repository>` on Kafka (CONTRACT §1).
+    """Data about one repository, keyed `<namespace>/<repository>` on Kafka (docs/events.md).
 
     The names are whatever the registry's rows hold, an empty one included: a
     removal describes the row it removed. Requests, which come from outside,
     narrow them (see ``RequestData``).
     """
 
-    namespace: str
-    repository: str
-    repository_id: int
+    namespace: str = Field(description=NAMESPACE)
+    repository: str = Field(description=REPOSITORY)
+    repository_id: int = Field(description=REPOSITORY_ID)
 
     @property
     def repository_path(self) -> str:

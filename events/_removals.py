@@ -1,8 +1,10 @@
-"""The removal events the collector emits (CONTRACT §2.2): one per object removed."""
+"""The removal events the collector emits (docs/events.md): one per object removed."""
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from pydantic import Field
 
 from events._model import TYPE_PREFIX, EventData, RepositoryScoped
 
@@ -16,7 +18,7 @@ class Removal(EventData):
 
     @property
     def partition_key(self) -> str:
-        """The Kafka record key (CONTRACT §1)."""
+        """The Kafka record key (docs/events.md)."""
         return self.subject
 
 
@@ -33,9 +35,9 @@ class TagRemoved(RepositoryRemoval):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "tag-removed"
 
-    tag: str
-    tag_id: int
-    manifest_digest: str
+    tag: str = Field(description="The removed tag's name.")
+    tag_id: int = Field(description="The removed `tag` row's id.")
+    manifest_digest: str = Field(description="The digest of the manifest the tag pointed at.")
 
     @property
     def subject(self) -> str:
@@ -47,9 +49,9 @@ class ManifestRemoved(RepositoryRemoval):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "manifest-removed"
 
-    manifest_id: int
-    digest: str
-    media_type: str
+    manifest_id: int = Field(description="The removed `manifest` row's id.")
+    digest: str = Field(description="The manifest's digest.")
+    media_type: str = Field(description="The manifest's media type, as the registry stored it.")
 
     @property
     def subject(self) -> str:
@@ -61,8 +63,8 @@ class LegacyImageRemoved(RepositoryRemoval):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "legacy-image-removed"
 
-    image_id: int
-    docker_image_id: str
+    image_id: int = Field(description="The removed `image` row's id.")
+    docker_image_id: str = Field(description="The image's V1 id (`image.docker_image_id`).")
 
     @property
     def subject(self) -> str:
@@ -74,9 +76,11 @@ class LegacyTagRemoved(RepositoryRemoval):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "legacy-tag-removed"
 
-    tag: str
-    repository_tag_id: int
-    docker_image_id: str  # of the tag's image
+    tag: str = Field(description="The removed pre-OCI tag's name.")
+    repository_tag_id: int = Field(description="The removed `repository_tag` row's id.")
+    docker_image_id: str = Field(
+        description="The V1 id of the legacy image the tag pointed at (`image.docker_image_id`)."
+    )
 
     @property
     def subject(self) -> str:
@@ -88,8 +92,8 @@ class LegacyManifestRemoved(RepositoryRemoval):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "legacy-manifest-removed"
 
-    tag_manifest_id: int
-    digest: str
+    tag_manifest_id: int = Field(description="The removed `tag_manifest` row's id.")
+    digest: str = Field(description="The tag manifest's digest.")
 
     @property
     def subject(self) -> str:
@@ -111,10 +115,15 @@ class BlobRemoved(Removal):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "blob-removed"
 
-    blob_id: int
-    digest: str
-    size: int
-    locations: list[str]
+    blob_id: int = Field(description="The removed `blob` row's id.")
+    digest: str = Field(
+        description="The blob's content digest, under which storage keeps its bytes."
+    )
+    size: int = Field(description="The blob's size in bytes.")
+    locations: list[str] = Field(
+        description="The storage locations that held the bytes (the blob's"
+        " `blob_placement.location` rows)."
+    )
 
     @property
     def subject(self) -> str:
@@ -126,8 +135,8 @@ class LabelRemoved(Removal):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "label-removed"
 
-    label_id: int
-    key: str
+    label_id: int = Field(description="The removed `label` row's id.")
+    key: str = Field(description="The label's key.")
 
     @property
     def subject(self) -> str:

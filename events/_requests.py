@@ -1,10 +1,20 @@
-"""The requests the collector consumes (CONTRACT §2.1): hints naming one repository."""
+"""The requests the collector consumes (docs/events.md): hints naming one repository."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from events._model import TYPE_PREFIX, BigInt, Name, RepositoryScoped
+from pydantic import Field
+
+from events._model import (
+    NAMESPACE,
+    REPOSITORY,
+    REPOSITORY_ID,
+    TYPE_PREFIX,
+    BigInt,
+    Name,
+    RepositoryScoped,
+)
 
 
 class RequestData(RepositoryScoped):
@@ -12,9 +22,9 @@ class RequestData(RepositoryScoped):
     `repository_path` the Kafka record key must equal. A record from outside is
     bounded: names of 1 to 1024 characters, ids of PostgreSQL's bigint range."""
 
-    namespace: Name
-    repository: Name
-    repository_id: BigInt
+    namespace: Name = Field(description=NAMESPACE)
+    repository: Name = Field(description=REPOSITORY)
+    repository_id: BigInt = Field(description=REPOSITORY_ID)
 
 
 class TagExpired(RequestData):
@@ -22,9 +32,13 @@ class TagExpired(RequestData):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "tag-expired"
 
-    tag: Name
-    tag_id: BigInt
-    lifetime_end_ms: BigInt
+    tag: Name = Field(description="The tag's name (`tag.name`).")
+    tag_id: BigInt = Field(description="The id of the tag row that ended (`tag.id`).")
+    lifetime_end_ms: BigInt = Field(
+        description="When the tag's lifetime ended, in milliseconds since the epoch"
+        " (`tag.lifetime_end_ms`). The request acts only while the row still holds this"
+        " value: a tag restored or expired again since is left to a later request."
+    )
 
 
 class LegacyTagExpired(RequestData):
@@ -33,9 +47,15 @@ class LegacyTagExpired(RequestData):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "legacy-tag-expired"
 
-    tag: Name
-    repository_tag_id: BigInt
-    lifetime_end_ts: BigInt
+    tag: Name = Field(description="The pre-OCI tag's name (`repository_tag.name`).")
+    repository_tag_id: BigInt = Field(
+        description="The id of the pre-OCI tag row that ended (`repository_tag.id`)."
+    )
+    lifetime_end_ts: BigInt = Field(
+        description="When the tag's lifetime ended, in seconds since the epoch"
+        " (`repository_tag.lifetime_end_ts`). The request acts only while the row still"
+        " holds this value."
+    )
 
 
 class RepoDeleted(RequestData):
