@@ -11,6 +11,7 @@ from collector.cli._app import app, main
 from collector.cli import registry  # noqa: F401  # migrate, collect, verify, demo
 from collector.cli import pipeline  # noqa: F401  # publish, scan, run
 from collector.cli import sinks  # noqa: F401  # sink blob-deleter, audit
+from collector.cli import dead_letters  # noqa: F401  # dead-letters
 
 # isort: on
 
