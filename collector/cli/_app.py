@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import typer
 
+from collector.cli._signals import Interrupted
 from collector.errors import CollectorError, ConfigError, RepositoryNotFound
 
 app = typer.Typer(
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(2, str(exc))
     except CollectorError as exc:
         _fail(1, str(exc))
+    except Interrupted as exc:  # the command's work is durable: it says what is left
+        print(f"collector: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         _fail(130, "interrupted")
     sys.exit(code if isinstance(code, int) else 0)

@@ -9,16 +9,20 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from collector import kafka
+from collector.cli import _signals as signals
 from collector.cli._app import app
 from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.cli._output import json_line, tables
 from collector.config import Settings, load_settings
 from collector.db.connector import (
+    DISCONNECTS,
     Database,
     PoolDatabase,
     RollbackDatabase,
@@ -30,14 +34,17 @@ from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
 from collector.engine import repositories as repository_rows
+from collector.engine.context import Removed
 from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked
 from collector.logging import configure_logging
-from collector.outbox import store as outbox
+from collector.outbox import relay, store
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import Removal, command_causation_id
 
 log = structlog.get_logger(__name__)
+#: How long an interrupted collect may take to count what it committed.
+_COUNT_TIMEOUT_S = 5.0
 
 
 @app.command()
@@ -96,158 +103,251 @@ def collect(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be removed; change nothing.")
     ] = False,
+    publish: Annotated[
+        bool,
+        typer.Option(
+            help="Publish the removal events before exiting (else they wait in gc.outbox"
+            " for `collector run`)."
+        ),
+    ] = True,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines on stdout, the summary last.")
+    ] = False,
     database_url: DatabaseUrl = None,
+    kafka_bootstrap: KafkaBootstrap = None,
     batch_size: BatchSize = None,
     concurrency: Concurrency = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Collect what is due, without Kafka, and print what was removed.
 
-    Removal events still go through the outbox. --dry-run runs the very same
-    engine inside a transaction that is rolled back: it holds the row locks a
-    real run takes while it runs.
+    Removal events go through the outbox; collect publishes them to the removals
+    topic before it exits (one publisher at a time: a running `collector run` may
+    publish them instead). --dry-run runs the very same engine inside a transaction
+    that is rolled back: it holds the row locks a real run takes while it runs.
     """
     configure_logging(log_level)
     if bool(repositories) == all_repositories:
         raise ConfigError("name repositories or give --all (not both)")
     settings = load_settings(
-        database_url=database_url, batch_size=batch_size, repository_concurrency=concurrency
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        batch_size=batch_size,
+        repository_concurrency=concurrency,
     )
     causation_id = command_causation_id("collect")
     structlog.contextvars.bind_contextvars(causation_id=causation_id)
-    skipped: list[str] = []
-    report = asyncio.run(
-        _collect(
-            settings,
-            repositories or [],
-            purge=purge,
-            orphans=orphans,
-            dry_run=dry_run,
-            causation_id=causation_id,
-            skipped=skipped,
-        )
+    run = _Collection(
+        settings, causation_id, dry_run=dry_run, publish=publish and not dry_run, as_json=as_json
     )
-    _print_report(report, dry_run=dry_run)
-    if skipped:
-        typer.echo(f"collect: not collected: {', '.join(skipped)}", err=True)
+    try:
+        report = signals.run(run.collect(repositories or [], purge=purge, orphans=orphans))
+    except signals.Interrupted as exc:
+        raise signals.Interrupted(exc.signum, run.interrupted(exc.signal_name)) from None
+    run.print_summary(report)
+    if run.skipped:
+        typer.echo(f"collect: not collected: {', '.join(run.skipped)}", err=True)
         raise typer.Exit(1)
 
 
-async def _one_by_one(
-    engine: Engine,
-    work: list[tuple[int, str, bool]],
-    orphans: bool,
-    causation_id: str,
-    skipped: list[str],
-    *,
-    named: bool,
-) -> Report:
-    """Collect (or, where asked, purge) each repository of ``work`` (id, name, purge) on
-    its own. One that fails for a reason waiting will not change is named on stderr and
-    added to ``skipped``; the others go on. A purge whose repository was unmarked or
-    purged meanwhile is the user's error if ``named``, else skipped as collect_all does."""
-    report = Report()
-    for repository_id, name, purge in work:
+class _Collection:
+    """One `collect`: the engine over the chosen repositories, each removal printed as
+    it commits, then the outbox published (or counted), and the summary."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        causation_id: str,
+        *,
+        dry_run: bool,
+        publish: bool,
+        as_json: bool,
+    ) -> None:
+        self.settings = settings
+        self.causation_id = causation_id
+        self.dry_run = dry_run
+        self.publish = publish
+        self.as_json = as_json
+        #: What committed so far, as it committed (the report arrives only at the end).
+        self.progress = Report()
+        #: Repositories (or passes) that failed for a reason waiting will not change.
+        self.skipped: list[str] = []
+        self.drained: relay.Drained | None = None
+        #: Events still in the outbox when collect ended.
+        self.waiting = 0
+        #: Removals committed before a signal stopped the run, as the outbox counts them.
+        self.committed: int | None = None
+
+    async def _show(self, removal: Removal, cause: str) -> None:
+        self.progress.add(Removed(removal, cause))
+        kind = removal.event_type.removeprefix("registry.gc.")
+        if self.as_json:
+            verb = "would-remove" if self.dry_run else "removed"
+            json_line(
+                {verb: kind, "subject": removal.subject, "data": removal.model_dump(mode="json")}
+            )
+        else:  # one plain line per removal, never wrapped: scripts read these
+            verb = "would remove" if self.dry_run else "removed"
+            typer.echo(f"{verb} {kind} {removal.subject}")
+
+    async def collect(self, paths: list[str], *, purge: bool, orphans: bool) -> Report:
+        settings = self.settings
+        callbacks = Callbacks()
+        callbacks.on(Removal, self._show)
+        config = EngineConfig.from_settings(settings)
+        pool = await create_pool(
+            settings.database_url,
+            max_size=4 * settings.repository_concurrency + 2,
+            wait_s=settings.connect_wait_s,
+        )
         try:
-            if purge:
-                report.merge(await engine.purge(repository_id, causation_id=causation_id))
-            else:
-                report.merge(
-                    await engine.collect(repository_id, causation_id=causation_id, orphans=orphans)
-                )
-        except (RepositoryNotMarked, RepositoryNotFound) as exc:
-            if named:
-                raise
-            log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
-        except Exception as exc:
-            if waiting_changes(exc):
-                raise
-            skipped.append(name)
-            typer.echo(f"collect: {name} skipped, it cannot be collected: {exc!r}", err=True)
-    return report
+            async with pool.acquire() as conn:
+                targets = [await repository_rows.find(conn, path) for path in paths]
+            if purge and (live := [r.path for r in targets if not r.marked_for_deletion]):
+                raise ConfigError(f"not marked for deletion, refusing to purge: {', '.join(live)}")
 
+            async def run(db: Database) -> Report:
+                engine = Engine(db, config, callbacks=callbacks)
+                if targets:
+                    work = [(repo.id, repo.path, purge) for repo in targets]
+                    return await self._one_by_one(engine, work, orphans, named=True)
+                try:
+                    return await engine.collect_all(
+                        causation_id=self.causation_id,
+                        purge_marked=purge,
+                        orphans=orphans,
+                        concurrency=settings.repository_concurrency,
+                    )
+                except Exception as exc:
+                    if waiting_changes(exc):
+                        raise
+                    # Something in the registry fails the registry-wide pass: find what.
+                    # The run fails whatever the search finds (the orphan sweep's
+                    # registry-wide part, say, is not redone repository by repository).
+                    self.skipped.append("the registry-wide pass")
+                    typer.echo(
+                        f"collect: the registry-wide collection failed ({exc!r});"
+                        " collecting repository by repository",
+                        err=True,
+                    )
+                async with pool.acquire() as conn:
+                    due = await repository_rows.with_due_work(conn, SystemClock().now_ms())
+                    marked = await repository_rows.marked(conn) if purge else []
+                work = [(r, f"repository {r}", False) for r in due if r not in marked]
+                work += [(r, f"repository {r}", True) for r in marked]
+                return await self._one_by_one(engine, work, orphans, named=False)
 
-async def _collect(
-    settings: Settings,
-    paths: list[str],
-    *,
-    purge: bool,
-    orphans: bool,
-    dry_run: bool,
-    causation_id: str,
-    skipped: list[str],
-) -> Report:
-    verb = "would remove" if dry_run else "removed"
-
-    async def show(removal: Removal, cause: str) -> None:
-        # One plain line per removal, never wrapped: scripts read these.
-        typer.echo(f"{verb} {removal.event_type.removeprefix('registry.gc.')} {removal.subject}")
-
-    callbacks = Callbacks()
-    callbacks.on(Removal, show)
-    config = EngineConfig.from_settings(settings)
-    pool = await create_pool(
-        settings.database_url,
-        max_size=4 * settings.repository_concurrency + 2,
-        wait_s=settings.connect_wait_s,
-    )
-    try:
-        async with pool.acquire() as conn:
-            targets = [await repository_rows.find(conn, path) for path in paths]
-        if purge and (live := [r.path for r in targets if not r.marked_for_deletion]):
-            raise ConfigError(f"not marked for deletion, refusing to purge: {', '.join(live)}")
-
-        async def run(db: Database) -> Report:
-            engine = Engine(db, config, callbacks=callbacks)
-            if targets:
-                work = [(repo.id, repo.path, purge) for repo in targets]
-                return await _one_by_one(engine, work, orphans, causation_id, skipped, named=True)
+            if self.dry_run:
+                async with RollbackDatabase.session(pool) as db:
+                    return await run(db)
             try:
-                return await engine.collect_all(
-                    causation_id=causation_id,
-                    purge_marked=purge,
-                    orphans=orphans,
-                    concurrency=settings.repository_concurrency,
-                )
+                report = await run(PoolDatabase(pool))
+            except asyncio.CancelledError:
+                await self._count_committed(pool)
+                raise
+            if self.publish:
+                self.drained = await relay.drain(pool, settings, stall_s=settings.connect_wait_s)
+            async with pool.acquire() as conn:
+                self.waiting = await store.pending(conn)
+            return report
+        finally:
+            await pool.close()
+
+    async def _one_by_one(
+        self, engine: Engine, work: list[tuple[int, str, bool]], orphans: bool, *, named: bool
+    ) -> Report:
+        """Collect (or, where asked, purge) each repository of ``work`` (id, name, purge)
+        on its own. One that fails for a reason waiting will not change is named on
+        stderr and skipped; the others go on. A purge whose repository was unmarked or
+        purged meanwhile is the user's error if ``named``, else skipped as collect_all
+        does."""
+        report = Report()
+        for repository_id, name, purge in work:
+            try:
+                if purge:
+                    report.merge(await engine.purge(repository_id, causation_id=self.causation_id))
+                else:
+                    report.merge(
+                        await engine.collect(
+                            repository_id, causation_id=self.causation_id, orphans=orphans
+                        )
+                    )
+            except (RepositoryNotMarked, RepositoryNotFound) as exc:
+                if named:
+                    raise
+                log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
             except Exception as exc:
                 if waiting_changes(exc):
                     raise
-                # Something in the registry fails the registry-wide pass: find what. The
-                # run fails whatever the search finds (the orphan sweep's registry-wide
-                # part, say, is not redone repository by repository).
-                skipped.append("the registry-wide pass")
-                typer.echo(
-                    f"collect: the registry-wide collection failed ({exc!r});"
-                    " collecting repository by repository",
-                    err=True,
-                )
-            async with pool.acquire() as conn:
-                due = await repository_rows.with_due_work(conn, SystemClock().now_ms())
-                marked = await repository_rows.marked(conn) if purge else []
-            work = [(r, f"repository {r}", False) for r in due if r not in marked]
-            work += [(r, f"repository {r}", True) for r in marked]
-            return await _one_by_one(engine, work, orphans, causation_id, skipped, named=False)
+                self.skipped.append(name)
+                typer.echo(f"collect: {name} skipped, it cannot be collected: {exc!r}", err=True)
+        return report
 
-        if dry_run:
-            async with RollbackDatabase.session(pool) as db:
-                return await run(db)
-        report = await run(PoolDatabase(pool))
-        async with pool.acquire() as conn:
-            waiting = await outbox.pending(conn)
-        if waiting:
-            # Nothing here publishes: without a relay, the blob deleter never hears of them.
+    async def _count_committed(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        """Count what this run committed from the outbox: a transaction the signal cut
+        short in its COMMIT may have committed without the engine hearing of it."""
+        try:
+            async with pool.acquire() as conn:
+                count = store.caused_by(conn, self.causation_id)
+                self.committed = await asyncio.wait_for(count, _COUNT_TIMEOUT_S)
+        except (*DISCONNECTS, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("committed_count_failed", error=repr(exc))
+
+    def interrupted(self, signal_name: str) -> str:
+        """The one line an interrupted collect ends with: what was done, what is left."""
+        if self.dry_run:
+            return f"collect interrupted by {signal_name}: a dry run, nothing was changed"
+        committed = (
+            f"{self.committed:,}" if self.committed is not None else f"{self.progress.total:,}+"
+        )
+        return (
+            f"collect interrupted by {signal_name}: {committed} removal(s) committed, their"
+            " events in gc.outbox; the rest is still due and the same command finishes it"
+        )
+
+    def print_summary(self, report: Report) -> None:
+        published = self.drained.published if self.drained else 0
+        if self.as_json:
+            json_line(
+                {
+                    "summary": {
+                        "dry_run": self.dry_run,
+                        "removed": dict(sorted(report.removed.items())),
+                        "total": report.total,
+                        "bytes_freed": report.bytes_freed,
+                        "incomplete_purges": report.incomplete,
+                        "orphans_queued": report.sweep.queued,
+                        "events_published": published,
+                        "events_waiting": self.waiting,
+                        "skipped": self.skipped,
+                    }
+                }
+            )
+        else:
+            _print_report(report, dry_run=self.dry_run)
+        if published:
             typer.echo(
-                f"collect: {waiting:,} removal event(s) wait in gc.outbox; a running"
-                " `collector run` publishes them to the removals topic",
+                f"collect: {published:,} removal event(s) published to"
+                f" {self.settings.topic_removals}",
                 err=True,
             )
-        return report
-    finally:
-        await pool.close()
+        if self.waiting:
+            # Without a relay, the blob deleter never hears of them.
+            why = (
+                "--no-publish"
+                if not self.publish
+                else f"none left for {self.settings.connect_wait_s:g} s: is the broker at"
+                f" {self.settings.kafka_bootstrap} reachable?"
+            )
+            typer.echo(
+                f"collect: {self.waiting:,} removal event(s) wait in gc.outbox ({why});"
+                " a running `collector run` publishes them to the removals topic",
+                err=True,
+            )
 
 
 def _print_report(report: Report, *, dry_run: bool) -> None:
-    console = Console(highlight=False)
+    console = tables()
     title = "summary (dry run: nothing was changed)" if dry_run else "summary"
     table = Table(title=title, title_justify="left")
     table.add_column("kind")
@@ -350,7 +450,7 @@ def demo(
 
 
 def _print_verification(result: Verification) -> None:
-    console = Console(highlight=False)
+    console = tables()
     if result.dangling:
         table = Table(title="dangling references", title_justify="left", title_style="bold red")
         for column in ("reference", "rows", "sample ids"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -60,6 +61,8 @@ _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 _TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)
 _CLOSE_TIMEOUT_S = 10.0
 _LINGER_S = 0.05
+#: How often `drain` looks at what is left.
+_DRAIN_POLL_S = 0.2
 #: No relay query takes long; one that does is on a dead connection.
 _COMMAND_TIMEOUT_S = 60.0
 #: The server drops a silent client within about 25 s, which frees the lock for a
@@ -321,6 +324,47 @@ class Relay:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    """What :func:`drain` saw of the events pending when it began."""
+
+    published: int
+    waiting: int
+
+
+async def drain(
+    pool: asyncpg.Pool[asyncpg.Record], settings: Settings, *, stall_s: float
+) -> Drained:
+    """Publish every event pending now, then return: for a command that wrote events
+    and has no service to relay them. A relay of its own does it, so a running
+    service's relay keeps the lock (one publisher at a time) and publishes them
+    instead, which counts the same. Gives up after ``stall_s`` seconds in which none
+    left the outbox (broker or topic unavailable); they wait for the next relay."""
+    async with pool.acquire() as conn:
+        through = await store.last_id(conn)
+        waiting = initially = await store.pending(conn, through=through)
+    if not waiting:
+        return Drained(0, 0)
+    relay = Relay(pool, settings)
+    running = asyncio.create_task(relay.run())
+    loop = asyncio.get_running_loop()
+    progress_at = loop.time()
+    try:
+        while waiting and loop.time() - progress_at < stall_s and not running.done():
+            await asyncio.sleep(_DRAIN_POLL_S)
+            async with pool.acquire() as conn:
+                left = await store.pending(conn, through=through)
+            if left < waiting:
+                waiting, progress_at = left, loop.time()
+    finally:
+        relay.stop()
+        try:
+            await running
+        except CollectorError as exc:  # e.g. the topic refuses writes: the events wait
+            log.error("drain_failed", error=str(exc))
+    return Drained(initially - waiting, waiting)
 
 
 async def _stop_producer(producer: Any) -> None:

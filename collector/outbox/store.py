@@ -27,10 +27,23 @@ async def write(conn: Connection, removed: Sequence[Removed], time: datetime) ->
     )
 
 
-async def pending(conn: Connection) -> int:
-    """How many events still wait for the relay."""
-    count: int = await conn.fetchval(_QUERIES["count_pending"])
+async def pending(conn: Connection, *, through: int | None = None) -> int:
+    """How many events still wait for the relay (of those up to outbox id ``through``)."""
+    count: int = await conn.fetchval(_QUERIES["count_pending"], through)
     return count
+
+
+async def caused_by(conn: Connection, causation_id: str) -> int:
+    """How many events the request (or command run) ``causation_id`` caused so far:
+    what committed, whether or not its caller saw the commit."""
+    count: int = await conn.fetchval(_QUERIES["count_caused_by"], causation_id)
+    return count
+
+
+async def last_id(conn: Connection) -> int:
+    """The outbox id of the newest event: a watermark for :func:`pending`."""
+    newest: int = await conn.fetchval(_QUERIES["last_id"])
+    return newest
 
 
 async def prune(conn: Connection, retention: timedelta) -> int:

@@ -51,13 +51,13 @@ async def seeded(create_database: CreateDatabase) -> AsyncIterator[Seeded]:
 
 async def test_collect_prints_removals_and_removes_them(seeded: Seeded) -> None:
     """`collect NS/REPO` removes what is due, prints each removal and a summary, exits 0."""
-    result = run_collector("collect", "acme/app", "--database-url", seeded.url)
+    result = run_collector("collect", "acme/app", "--no-publish", "--database-url", seeded.url)
 
     assert result.returncode == 0, result.stderr
     assert "removed tag-removed acme/app:v1" in result.stdout
     assert "removed manifest-removed acme/app@sha256:" in result.stdout
     assert "removed blob-removed sha256:" in result.stdout
-    assert "4,096" in result.stdout  # bytes freed
+    assert "4,096" in result.stderr  # bytes freed: the table, off stdout in a pipe
     assert "collect: 3 removal event(s) wait in gc.outbox" in result.stderr
     rows = await snapshot(seeded.conn)
     assert seeded.manifest not in rows["manifest"]
@@ -75,7 +75,7 @@ async def test_dry_run_prints_the_same_removals_and_changes_nothing(seeded: Seed
     assert await snapshot(seeded.conn) == before
     assert await outbox(seeded.conn) == []
     assert await seeded.conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
-    real = run_collector("collect", "--all", "--database-url", seeded.url)
+    real = run_collector("collect", "--all", "--no-publish", "--database-url", seeded.url)
     assert real.returncode == 0, real.stderr
     would = sorted(
         line.removeprefix("would remove ")
@@ -95,7 +95,9 @@ async def test_purge_of_a_live_repository_exits_2_and_changes_nothing(seeded: Se
     """A purge request for a repository not marked for deletion is refused up front."""
     before = await snapshot(seeded.conn)
 
-    result = run_collector("collect", "acme/live", "--purge", "--database-url", seeded.url)
+    result = run_collector(
+        "collect", "acme/live", "--purge", "--no-publish", "--database-url", seeded.url
+    )
 
     assert result.returncode == 2
     assert "refusing to purge: acme/live" in single_error_line(result.stderr)
@@ -108,7 +110,9 @@ async def test_purge_of_a_marked_repository(seeded: Seeded) -> None:
         "UPDATE repository SET state = 'marked_for_deletion' WHERE id = $1", seeded.live
     )
 
-    result = run_collector("collect", "acme/live", "--purge", "--database-url", seeded.url)
+    result = run_collector(
+        "collect", "acme/live", "--purge", "--no-publish", "--database-url", seeded.url
+    )
 
     assert result.returncode == 0, result.stderr
     assert "removed repo-purged acme/live" in result.stdout
@@ -146,7 +150,7 @@ async def test_bad_environment_exits_2(seeded: Seeded) -> None:
     """An invalid COLLECTOR_* variable is a configuration error, named on one line."""
     os.environ["COLLECTOR_PROTECTED_DIGESTS"] = "not-json"
     try:
-        result = run_collector("collect", "--all", "--database-url", seeded.url)
+        result = run_collector("collect", "--all", "--no-publish", "--database-url", seeded.url)
     finally:
         del os.environ["COLLECTOR_PROTECTED_DIGESTS"]
     assert result.returncode == 2
@@ -178,8 +182,8 @@ async def test_verify_finds_a_dangling_reference_and_exits_1(seeded: Seeded) -> 
     result = run_collector("verify", "--database-url", seeded.url)
 
     assert result.returncode == 1
-    assert "dangling references" in result.stdout
-    assert "manifest_blob.blob_id" in result.stdout
+    assert "dangling references" in result.stderr  # a table: off stdout in a pipe
+    assert "manifest_blob.blob_id" in result.stderr
 
 
 async def test_unreachable_database_is_retried_then_exits_1_with_one_line() -> None:
@@ -315,7 +319,7 @@ async def test_window_not_elapsed_is_left_for_later(create_database: CreateDatab
         repo = await reg.repository(await reg.namespace("acme"), "app")
         tag = await reg.tag(repo, await reg.manifest(repo), "recent", end_ms=now - DAY_MS)
 
-        result = run_collector("collect", "acme/app", "--database-url", url)
+        result = run_collector("collect", "acme/app", "--no-publish", "--database-url", url)
 
         assert result.returncode == 0, result.stderr
         assert tag in (await snapshot(conn))["tag"]

@@ -20,7 +20,7 @@ from tests.acceptance.conftest import (
     state,
 )
 
-ARGS = ("collect", "--all", "--purge", "--batch-size", "25")
+ARGS = ("collect", "--all", "--purge", "--no-publish", "--batch-size", "25")
 
 
 async def test_sigkill_at_random_moments_then_restart_equals_uninterrupted_run(

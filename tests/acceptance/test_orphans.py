@@ -68,15 +68,17 @@ async def test_verify_lists_an_old_unlinked_blob_until_collect_orphans_removes_i
 
     before = json.loads(run_collector("verify", "--json", "--database-url", url).stdout)
     assert before["garbage"] == [{"what": "unreferenced blob", "rows": 1, "sample": [1]}]
-    plain = run_collector("collect", "--all", "--purge", "--database-url", url)
+    plain = run_collector("collect", "--all", "--purge", "--no-publish", "--database-url", url)
     assert plain.returncode == 0, plain.stderr
     assert "removed" not in plain.stdout
 
-    swept = run_collector("collect", "--all", "--purge", "--orphans", "--database-url", url)
+    swept = run_collector(
+        "collect", "--all", "--purge", "--orphans", "--no-publish", "--database-url", url
+    )
 
     assert swept.returncode == 0, swept.stderr
     assert "removed blob-removed sha256:" in swept.stdout
-    assert "orphan sweep: 1 rows judged" in swept.stdout
+    assert "orphan sweep: 1 rows judged" in swept.stderr
     after = json.loads(run_collector("verify", "--json", "--database-url", url).stdout)
     assert (after["garbage"], after["queued"], after["grace"]) == ([], [], [])
 
@@ -146,7 +148,9 @@ async def test_one_rule_one_definition_changes_verify_the_collectors_and_the_swe
         report = json.loads(run_collector("verify", "--json", "--database-url", url).stdout)
         assert {"what": "unreferenced label", "rows": 1, "sample": [2]} in report["garbage"]
 
-        result = run_collector("collect", "--all", "--orphans", "--database-url", url)
+        result = run_collector(
+            "collect", "--all", "--orphans", "--no-publish", "--database-url", url
+        )
 
         assert result.returncode == 0, result.stderr
         labels = {row["id"] for row in await conn.fetch("SELECT id FROM label")}
@@ -169,7 +173,7 @@ async def test_sigkill_during_a_sweep_then_restart_equals_an_uninterrupted_sweep
     )
     straight = await create_database("sweep_straight", template="sweep_source")
     killed = await create_database("sweep_killed", template="sweep_source")
-    args = ("collect", "--all", "--orphans", "--batch-size", "200")
+    args = ("collect", "--all", "--orphans", "--no-publish", "--batch-size", "200")
     env = {"COLLECTOR_ORPHAN_SWEEP_SPAN": str(300 * SCALE)}
 
     done = run_collector(*args, "--database-url", straight, env=env)

@@ -157,7 +157,9 @@ async def test_collect_names_a_repository_it_cannot_collect_and_collects_the_res
     logging_config = structlog.get_config()
     try:  # the command line in a thread of its own: it runs its own event loop
         with pytest.raises(SystemExit) as exited:
-            await asyncio.to_thread(main, ["collect", *paths, "--database-url", database_url])
+            await asyncio.to_thread(
+                main, ["collect", *paths, "--no-publish", "--database-url", database_url]
+            )
     finally:
         structlog.configure(**logging_config)
 

@@ -35,8 +35,19 @@ FROM unnest($1::bigint[], $2::text[]) AS refused (id, reason)
 WHERE gc.outbox.id = refused.id
 
 -- name: count_pending
--- How many events still wait for publication. No parameters.
-SELECT count(*) FROM gc.outbox WHERE published_at IS NULL AND undeliverable IS NULL
+-- How many events up to an outbox id still wait for publication.
+-- $1 bigint the last outbox id counted (NULL: every one)
+SELECT count(*) FROM gc.outbox
+WHERE published_at IS NULL AND undeliverable IS NULL AND (id <= $1::bigint OR $1 IS NULL)
+
+-- name: count_caused_by
+-- How many events one request (or command run) caused so far.
+-- $1 text the causation id
+SELECT count(*) FROM gc.outbox WHERE event->>'causationid' = $1::text
+
+-- name: last_id
+-- The newest outbox id (0 when the outbox is empty). No parameters.
+SELECT coalesce(max(id), 0) FROM gc.outbox
 
 -- name: prune
 -- Delete published events older than the retention; returns how many went.

@@ -1,0 +1,21 @@
+"""How commands print: lines and JSON for scripts on stdout, tables for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+from rich.console import Console
+
+
+def tables() -> Console:
+    """Where tables go: stdout on a terminal, stderr when stdout is a pipe, so that a
+    script reading stdout gets only lines (or JSON) it can parse."""
+    return Console(highlight=False, stderr=not sys.stdout.isatty())
+
+
+def json_line(value: Any) -> None:
+    """One JSON value on one line of stdout."""
+    typer.echo(json.dumps(value, separators=(",", ":")))
