@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from collector.cli import _signals as signals
 from collector.cli._app import app
 from collector.cli._options import DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.cli._output import json_line
 from collector.config import load_settings
 from collector.logging import configure_logging
 from collector.sinks import audit as audit_replay
-from collector.sinks.blob_deleter import BlobDeleter
+from collector.sinks.blob_deleter import DEFAULT_MAX_MISSING, BlobDeleter
+from collector.sinks.storage import FilesystemStorage
 
 sink_app = typer.Typer(help="Downstream consumers of the removals topic.", no_args_is_help=True)
 app.add_typer(sink_app, name="sink")
@@ -29,7 +31,7 @@ def sink_blob_deleter(
             file_okay=False,
             resolve_path=True,
             metavar="DIR",
-            help="Blob storage: DIR/sha256/ab/abcdef… [env: COLLECTOR_STORAGE_ROOT]",
+            help="Blob storage: DIR/sha256/ab/abcdef…",
             envvar="COLLECTOR_STORAGE_ROOT",
             show_default=False,
         ),
@@ -38,24 +40,55 @@ def sink_blob_deleter(
         float | None,
         typer.Option(min=0.0, metavar="SECONDS", help="Exit after SECONDS without a new record."),
     ] = None,
+    max_missing: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="SHARE",
+            help="Stop, committing nothing, when more than SHARE of a batch's files are gone"
+            " and no deleter deleted them (a storage not mounted); 1 lets all through.",
+        ),
+    ] = DEFAULT_MAX_MISSING,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The summary as one JSON object on stdout.")
+    ] = False,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Delete the bytes of every removed blob, idempotently; keep those of a digest pushed
-    again since. Group: COLLECTOR_SINK_GROUP_ID. Stops cleanly on SIGTERM/SIGINT."""
+    again since. Group: COLLECTOR_SINK_GROUP_ID. On SIGTERM/SIGINT it finishes the batch
+    in hand, commits it and exits 143/130."""
     configure_logging(log_level)
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    storage = FilesystemStorage(storage_root)
+    storage.check()
+    deleter = BlobDeleter(settings, storage, exit_when_idle=exit_when_idle, max_missing=max_missing)
+    received: list[int] = []
 
-    async def main() -> BlobDeleter:
-        deleter = BlobDeleter(settings, storage_root, exit_when_idle=exit_when_idle)
+    def stop(signum: int) -> None:
+        received.append(signum)
+        deleter.stop()
+
+    async def main() -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, deleter.stop)
+        for signum in signals.SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
         await deleter.run()
-        return deleter
 
-    typer.echo(asyncio.run(main()).counts.summary(), err=True)
+    try:
+        asyncio.run(main())
+    finally:
+        counts = deleter.counts
+        if as_json:
+            json_line({"summary": vars(counts)})
+        else:
+            typer.echo(counts.summary(), err=True)
+    if received:
+        raise signals.Interrupted(
+            received[0], f"blob-deleter stopped by {signals.name(received[0])}"
+        )
 
 
 @app.command()

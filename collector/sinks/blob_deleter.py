@@ -33,7 +33,8 @@ import contextlib
 import enum
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,11 +68,17 @@ _COMMIT_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 10.0
 #: Enough to cover any redelivery window the relay can produce (a batch or two).
 DEDUPE_CAPACITY = 100_000
+#: The share of a batch's files that may be gone with no deleter having deleted them.
+DEFAULT_MAX_MISSING = 0.1
+_PRUNE_EVERY_S = 3600.0
 
 
 class Outcome(enum.Enum):
     DELETED = "deleted"
+    #: Gone, and a deleter deleted it within the retention (a redelivery).
     ALREADY_GONE = "already_gone"
+    #: Gone, and no deleter ever deleted it: not what this storage should hold.
+    MISSING = "missing"
     REPUSHED = "repushed"
 
 
@@ -80,7 +87,10 @@ class Counts:
     """What a deleter did, by outcome."""
 
     deleted: int = 0
+    #: Files found gone, ``missing`` included.
     already_gone: int = 0
+    #: Of those, files no deleter ever deleted.
+    missing: int = 0
     repushed: int = 0
     duplicates: int = 0
     other: int = 0
@@ -88,10 +98,16 @@ class Counts:
 
     def summary(self) -> str:
         return (
-            f"blob-deleter: {self.deleted} deleted, {self.already_gone} already gone, "
-            f"{self.repushed} re-pushed skipped, {self.duplicates} duplicate(s), "
-            f"{self.other} other event(s) skipped, {self.invalid} invalid record(s) skipped"
+            f"blob-deleter: {self.deleted} deleted, {self.already_gone} already gone"
+            f" ({self.missing} never deleted by a deleter), {self.repushed} re-pushed"
+            f" skipped, {self.duplicates} duplicate(s), {self.other} other event(s)"
+            f" skipped, {self.invalid} invalid record(s) skipped"
         )
+
+
+class TooManyMissing(CollectorError):
+    """A batch found more files gone that no deleter deleted than ``--max-missing``
+    allows: the storage root is likely not the storage. Its offsets stay uncommitted."""
 
 
 class RecentIds:
@@ -120,10 +136,14 @@ class BlobDeleter:
         storage: Storage | Path,
         *,
         exit_when_idle: float | None = None,
+        max_missing: float = DEFAULT_MAX_MISSING,
         dedupe_capacity: int = DEDUPE_CAPACITY,
     ) -> None:
         self._settings = settings
         self._storage = FilesystemStorage(storage) if isinstance(storage, Path) else storage
+        self._max_missing = max_missing
+        self._retention = timedelta(seconds=settings.retention_s)
+        self._pruned_at: float | None = None
         self._exit_when_idle = exit_when_idle
         self._seen = RecentIds(dedupe_capacity)
         self._stopping = asyncio.Event()
@@ -195,8 +215,15 @@ class BlobDeleter:
             if batches:
                 self._active_at = loop.time()
                 async with self._in_hand:
+                    done, before = dict(self._done), replace(self.counts)
                     await self._process(batches.items())
+                    try:
+                        self._check_missing(before)
+                    except TooManyMissing:
+                        self._done = done  # nothing of this batch may be committed
+                        raise
                     await self._commit(consumer)
+                await self._prune_now_and_then()
             elif (
                 self._exit_when_idle is not None
                 and self._active_at is not None  # not idle before the group assigned us
@@ -211,6 +238,36 @@ class BlobDeleter:
                 if not await self._handle(record):
                     return  # stopped during an outage: the rest is redelivered
                 self._done[tp] = record.offset + 1
+
+    def _check_missing(self, before: Counts) -> None:
+        """Stop if, since ``before``, more of the files found were missing (gone, and
+        no deleter deleted them) than ``max_missing`` allows."""
+        missing = self.counts.missing - before.missing
+        deleted = self.counts.deleted - before.deleted
+        found = deleted + self.counts.already_gone - before.already_gone
+        if missing > self._max_missing * found:
+            raise TooManyMissing(
+                f"{missing} of the {found} blob files of a batch are not in {self._storage}"
+                f" and no deleter deleted them (more than --max-missing"
+                f" {self._max_missing:g}): is the storage mounted there? Offsets not"
+                " committed; if those files are truly gone, run once with --max-missing 1"
+            )
+
+    async def _prune_now_and_then(self) -> None:
+        """Forget deletions older than the retention, once an hour."""
+        assert self._pool is not None  # set by run()
+        now = asyncio.get_running_loop().time()
+        if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY_S:
+            return
+        self._pruned_at = now
+        try:
+            async with self._pool.acquire() as conn:
+                pruned = await conn.fetchval(_QUERIES["prune_deletions"], self._retention)
+        except (*DISCONNECTS, asyncpg.PostgresError) as exc:
+            log.warning("prune_failed", error=repr(exc))  # the next round retries
+            return
+        if pruned:
+            log.info("deletions_pruned", count=pruned)
 
     def _on_assigned(self, partitions: list[int]) -> None:
         log.info("partitions_assigned", partitions=partitions)
@@ -280,6 +337,10 @@ class BlobDeleter:
         elif outcome is Outcome.ALREADY_GONE:
             self.counts.already_gone += 1
             log.info("blob_already_gone", digest=digest)
+        elif outcome is Outcome.MISSING:
+            self.counts.already_gone += 1
+            self.counts.missing += 1
+            log.warning("blob_missing", digest=digest)
         else:
             self.counts.repushed += 1
             log.info("blob_repushed", digest=digest)
@@ -312,8 +373,11 @@ class BlobDeleter:
                 return Outcome.REPUSHED
             # Still under the lock: a registry finalizing this digest waits for our commit.
             if await self._storage.delete(digest):
+                await conn.execute(_QUERIES["record_deletion"], digest)
                 return Outcome.DELETED
-            return Outcome.ALREADY_GONE
+            if await conn.fetchval(_QUERIES["was_deleted"], digest):
+                return Outcome.ALREADY_GONE
+            return Outcome.MISSING
 
     # -- waiting ---------------------------------------------------------------
 

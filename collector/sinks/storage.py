@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
-from collector.errors import CollectorError
+from collector.errors import CollectorError, ConfigError
 
 # OCI's algorithm grammar (no leading, trailing or doubled separator, so never
 # "." or ".."), and an encoded part of hex only: 32 (md5) to 128 (sha512) digits.
@@ -69,6 +69,20 @@ class FilesystemStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def check(self) -> None:
+        """Refuse a root that is not a blob storage: missing, not a directory, or
+        without the digest layout (an empty folder, a volume not mounted)."""
+        if not self.root.is_dir():
+            raise ConfigError(f"storage root {self.root} is not a directory")
+        if not (self.root / "sha256").is_dir():
+            raise ConfigError(
+                f"storage root {self.root} has no sha256/ directory: is the storage mounted"
+                " there? (a storage that never held a blob needs it made)"
+            )
 
     def path(self, digest: str) -> Path:
         return self.root / blob_key(digest)

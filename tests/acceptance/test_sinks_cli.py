@@ -19,7 +19,12 @@ from collector.config import Settings
 from collector.kafka import client_options
 from collector.sinks.storage import FilesystemStorage
 from events import BlobRemoved, CloudEvent, RepoSweep, removal_event, request_event, to_record
-from tests.acceptance.conftest import CreateDatabase, collector_command, run_collector
+from tests.acceptance.conftest import (
+    CreateDatabase,
+    collector_command,
+    run_collector,
+    single_error_line,
+)
 from tests.pipeline import pipeline_settings, topics
 
 WAIT_S = 30.0
@@ -103,22 +108,79 @@ async def test_blob_deleter_deletes_removed_blobs_and_prints_a_summary(setup: Se
     await produce(setup.settings.topic_removals, [(e.data["digest"].encode(), e) for e in events])
     command = ("sink", "blob-deleter", "--storage-root", str(setup.storage.root))
 
-    first = run_collector(*command, "--exit-when-idle", "2", timeout=60)
+    # Digest 4 never had a file: one in two files found, let through.
+    first = run_collector(*command, "--exit-when-idle", "2", "--max-missing", "0.5", timeout=60)
 
     assert first.returncode == 0, first.stderr
     assert (gone.exists(), kept.exists(), other.exists()) == (False, True, True)
     assert first.stderr.splitlines()[-1] == (
-        "blob-deleter: 1 deleted, 1 already gone, 1 re-pushed skipped, 0 duplicate(s),"
-        " 0 other event(s) skipped, 0 invalid record(s) skipped"
+        "blob-deleter: 1 deleted, 1 already gone (1 never deleted by a deleter), 1 re-pushed"
+        " skipped, 0 duplicate(s), 0 other event(s) skipped, 0 invalid record(s) skipped"
     )
-    again = run_collector(*command, "--exit-when-idle", "1", timeout=60)
+    again = run_collector(*command, "--exit-when-idle", "1", "--json", timeout=60)
     assert again.returncode == 0, again.stderr
-    assert "blob-deleter: 0 deleted, 0 already gone, 0 re-pushed skipped" in again.stderr
+    summary = json.loads(again.stdout)["summary"]
+    assert (summary["deleted"], summary["already_gone"], summary["repushed"]) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("layout", ["empty", "missing"])
+async def test_blob_deleter_refuses_a_root_that_is_not_a_storage(
+    setup: Setup, tmp_path: Path, layout: str
+) -> None:
+    """An empty folder or no folder at all: exit 2 with one line, nothing consumed."""
+    root = tmp_path / "not-a-storage"
+    if layout == "empty":
+        root.mkdir()
+    [path] = stored(setup, digest(7))
+    await produce(setup.settings.topic_removals, [(b"k", blob_removed(digest(7)))])
+
+    refused = run_collector("sink", "blob-deleter", "--storage-root", str(root), timeout=60)
+
+    assert refused.returncode == 2
+    line = single_error_line(refused.stderr)
+    assert str(root) in line
+    if layout == "empty":
+        assert "has no sha256/ directory: is the storage mounted there?" in line
+    right = run_collector(
+        "sink", "blob-deleter", "--storage-root", str(setup.storage.root),
+        "--exit-when-idle", "1", timeout=60,
+    )  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert not path.exists()  # nothing was consumed by the refused runs
+
+
+async def test_blob_deleter_on_a_wrong_storage_stops_with_nothing_committed(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A root with the layout but none of the files: exit 1 naming the root and the
+    flag, offsets not committed, so the right root later deletes them all."""
+    wrong = FilesystemStorage(tmp_path / "wrong")
+    (wrong.root / "sha256").mkdir(parents=True)
+    paths = stored(setup, *map(digest, range(10, 14)))
+    events = [blob_removed(digest(n)) for n in range(10, 14)]
+    await produce(setup.settings.topic_removals, [(b"k", event) for event in events])
+
+    stopped = run_collector(
+        "sink", "blob-deleter", "--storage-root", str(wrong.root), "--exit-when-idle", "2",
+        timeout=60,
+    )  # fmt: skip
+
+    assert stopped.returncode == 1
+    line = single_error_line(stopped.stderr)
+    assert f"4 of the 4 blob files of a batch are not in {wrong.root}" in line
+    assert "--max-missing" in line
+    assert all(path.exists() for path in paths)
+    right = run_collector(
+        "sink", "blob-deleter", "--storage-root", str(setup.storage.root),
+        "--exit-when-idle", "1", timeout=60,
+    )  # fmt: skip
+    assert right.returncode == 0, right.stderr
+    assert not any(path.exists() for path in paths)
 
 
 async def test_blob_deleter_stops_cleanly_on_sigterm(setup: Setup) -> None:
-    """A deleter running as a service deletes as events come and exits 0 on SIGTERM,
-    with its summary."""
+    """A deleter running as a service deletes as events come and, on SIGTERM, ends the
+    batch in hand, prints its summary and exits 143."""
     [path] = stored(setup, digest(5))
     process = await asyncio.create_subprocess_exec(
         *collector_command("sink", "blob-deleter", "--storage-root", str(setup.storage.root)),
@@ -138,8 +200,10 @@ async def test_blob_deleter_stops_cleanly_on_sigterm(setup: Setup) -> None:
             process.kill()
             await process.wait()
 
-    assert process.returncode == 0, stderr
-    assert stderr.decode().splitlines()[-1].startswith("blob-deleter: 1 deleted, ")
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    *_, summary, stopped = stderr.decode().splitlines()
+    assert summary.startswith("blob-deleter: 1 deleted, ")
+    assert stopped == "collector: blob-deleter stopped by SIGTERM"
 
 
 async def test_audit_json_links_removals_to_requests_identically_each_time(setup: Setup) -> None:

@@ -17,7 +17,7 @@ from structlog.typing import EventDict
 
 from collector.config import Settings
 from collector.errors import DatabaseUnavailable
-from collector.sinks.blob_deleter import BlobDeleter, Counts, RecentIds
+from collector.sinks.blob_deleter import BlobDeleter, Counts, RecentIds, TooManyMissing
 from collector.sinks.storage import FilesystemStorage, ObjectStorageError
 from events import BlobRemoved, CloudEvent, TagRemoved, removal_event, to_record
 from tests.integration.test_kafka import WAIT_S, bootstrap
@@ -100,9 +100,9 @@ async def produce(
         await producer.stop()
 
 
-async def drain(settings: Settings, storage: Any) -> BlobDeleter:
+async def drain(settings: Settings, storage: Any, **options: Any) -> BlobDeleter:
     """Run a deleter until it has been idle for IDLE_S."""
-    deleter = BlobDeleter(settings, storage, exit_when_idle=IDLE_S)
+    deleter = BlobDeleter(settings, storage, exit_when_idle=IDLE_S, **options)
     await asyncio.wait_for(deleter.run(), WAIT_S)
     return deleter
 
@@ -127,20 +127,57 @@ def logged(entries: list[EventDict], event: str) -> list[EventDict]:
 async def test_removed_blobs_are_deleted_and_other_bytes_left_alone(
     settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
 ) -> None:
-    """Each removed digest's file goes; a file already gone is fine; files of other blobs
-    and events of other types are left alone."""
+    """Each removed digest's file goes; a file already gone is fine (one in four, within
+    max_missing); files of other blobs and events of other types are left alone."""
     removed = stored(storage, digest(1), digest(2), digest(3))
     kept = stored(storage, digest(10), digest(11))
     await produce(settings, [*map(blob_removed, map(digest, (1, 2, 3, 4))), tag_removed()])
 
-    deleter = await drain(settings, storage)
+    deleter = await drain(settings, storage, max_missing=0.25)
 
     assert not any(path.exists() for path in removed)
     assert all(path.exists() for path in kept)
     counts = deleter.counts
     assert (counts.deleted, counts.already_gone, counts.other) == (3, 1, 1)
     assert (counts.repushed, counts.duplicates, counts.invalid) == (0, 0, 0)
-    assert "3 deleted, 1 already gone" in counts.summary()
+    assert counts.missing == 1  # digest 4 never had a file: no deleter deleted it
+    assert "3 deleted, 1 already gone (1 never deleted by a deleter)" in counts.summary()
+
+
+async def test_files_gone_that_no_deleter_deleted_stop_it_with_nothing_committed(
+    settings: Settings, storage: FilesystemStorage, tmp_path: Path
+) -> None:
+    """A root with the layout but not the files (another volume): more files missing
+    than max_missing allows stops the deleter, offsets uncommitted, so the deleter
+    pointed at the right storage later deletes every one of them."""
+    right = FilesystemStorage(tmp_path / "right")
+    files = stored(right, *map(digest, range(20, 30)))
+    stored(storage, digest(99))  # the wrong root has a sha256/ directory, and one file
+    await produce(settings, [*map(blob_removed, map(digest, range(20, 30)))])
+
+    with pytest.raises(TooManyMissing, match=r"10 of the 10 blob files of a batch"):
+        await drain(settings, storage)
+    assert set((await committed(settings)).values()) == {None}
+
+    deleter = await drain(settings, right)
+    assert deleter.counts.deleted == 10
+    assert not any(path.exists() for path in files)
+
+
+async def test_files_a_deleter_deleted_are_not_missing_when_redelivered(
+    settings: Settings, storage: FilesystemStorage
+) -> None:
+    """Events delivered again after the deletes (a crash before the commit, another
+    group) find the files gone as deleted, not missing: no stop."""
+    stored(storage, *map(digest, range(40, 45)))
+    await produce(settings, [*map(blob_removed, map(digest, range(40, 45)))])
+    first = await drain(settings, storage)
+    assert first.counts.deleted == 5
+
+    again = settings.model_copy(update={"sink_group_id": settings.sink_group_id + ".again"})
+    second = await drain(again, storage)
+
+    assert (second.counts.already_gone, second.counts.missing) == (5, 0)
 
 
 async def test_a_digest_pushed_again_keeps_its_bytes(

@@ -11,3 +11,22 @@ SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))
 -- committed while the lock was awaited.
 -- $1 text digest
 SELECT EXISTS (SELECT 1 FROM blob WHERE digest = $1::text)
+
+-- name: record_deletion
+-- Remember that a deleter deleted these bytes (in the deleting transaction).
+-- $1 text digest
+INSERT INTO gc.blob_deletion (digest) VALUES ($1::text)
+ON CONFLICT (digest) DO UPDATE SET deleted_at = now()
+
+-- name: was_deleted
+-- Whether a deleter deleted these bytes within the retention.
+-- $1 text digest
+SELECT EXISTS (SELECT 1 FROM gc.blob_deletion WHERE digest = $1::text)
+
+-- name: prune_deletions
+-- Forget deletions older than the retention; returns how many went.
+-- $1 interval retention
+WITH pruned AS (
+    DELETE FROM gc.blob_deletion WHERE deleted_at < now() - $1::interval RETURNING 1
+)
+SELECT count(*) FROM pruned
