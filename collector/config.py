@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Literal, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import structlog
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from collector.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+#: COLLECTOR_ variables that are not settings: read by one command, or by the
+#: project's scripts and tests.
+OTHER_VARIABLES = frozenset(
+    f"COLLECTOR_{name}"
+    for name in (
+        "LOG_LEVEL",  # every command's --log-level
+        "STORAGE_ROOT",  # sink blob-deleter's --storage-root
+        "SERVICES_DIR",  # scripts/services
+        "KAFKA_PORT",
+        "KAFKA_CONTROLLER_PORT",
+        "KAFKA_SASL_SSL_PORT",
+        "KAFKA_SSL_PORT",
+        "KAFKA_LIBS_ROOT",
+        "TEST_DATABASE",  # tests
+        "TEST_ADMIN_URL",
+        "TEST_SWEEP_SCALE",
+        "FAULTS",
+    )
+)
+#: Shown in place of a secret.
+MASK = "********"
 
 #: The gzipped empty layer: referenced implicitly by many images, never collected.
 EMPTY_LAYER_DIGEST = "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"
@@ -113,10 +143,14 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with the given non-None overrides (flags win).
 
     A flag replaces its environment variable before validation, so a good flag
-    repairs a bad variable.
+    repairs a bad variable. A COLLECTOR_ variable that names no setting (a typo
+    would otherwise be ignored in silence) is warned about by name.
     """
     if unknown := set(overrides) - set(Settings.model_fields):
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    for variable, suggestion in unknown_variables(os.environ):
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        log.warning("unknown_variable", variable=variable, hint=f"not a setting{hint}")
     update = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**update)  # type: ignore[arg-type]  # validated right here
@@ -129,3 +163,68 @@ def load_settings(**overrides: object) -> Settings:
         raise ConfigError(f"invalid setting {field}: {error['msg']}") from exc
     except SettingsError as exc:  # e.g. a list variable that is not JSON
         raise ConfigError(f"invalid environment: {exc}") from exc
+
+
+def variable(field: str) -> str:
+    """The environment variable of a setting."""
+    return f"COLLECTOR_{field.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str | None]]:
+    """Each COLLECTOR_ variable of ``environ`` that names nothing the collector reads,
+    with the known variable it most resembles, if any."""
+    known = {variable(field) for field in Settings.model_fields} | OTHER_VARIABLES
+    for name in sorted(environ):
+        if name.startswith("COLLECTOR_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            yield name, close[0] if close else None
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """One setting as it is in effect: its value (secrets masked) and where it came from."""
+
+    name: str
+    variable: str
+    value: object
+    source: Literal["environment", "default"]
+
+
+def effective(settings: Settings) -> list[Effective]:
+    """Every setting of ``settings``, secrets masked, and whether the environment or
+    the default set it."""
+    return [
+        Effective(
+            name,
+            variable(name),
+            _masked(getattr(settings, name)),
+            "environment" if variable(name) in os.environ else "default",
+        )
+        for name in Settings.model_fields
+    ]
+
+
+def _masked(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    return value
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password`` parameter) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        credentials, _, host = netloc.rpartition("@")
+        user = credentials.split(":", 1)[0]
+        netloc = f"{user}:{MASK}@{host}"
+    query = urlencode(
+        [
+            (k, MASK if k.lower() == "password" else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from importlib import metadata
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperArgument
+from typer.core import _TyperParameter as TyperParameter
 
 from collector.cli._signals import Interrupted
 from collector.errors import CollectorError, ConfigError, RepositoryNotFound
@@ -14,11 +17,37 @@ app = typer.Typer(
     name="collector",
     help="Garbage collector for container registry metadata and storage.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
-    # Plain help text: rich markup would eat the "[env: COLLECTOR_…]" hints.
+    # Plain help text: rich markup would eat the "[env var: COLLECTOR_…]" hints.
     rich_markup_mode=None,
 )
+
+
+def _argument_type(self: TyperParameter, ctx: Any) -> str | None:
+    # typer 0.29 prints an argument's annotation after its metavar ("NAME <str>"), which
+    # it does not for options: an argument with a metavar shows that alone.
+    return None if self.metavar else TyperParameter.display_type_rich(self, ctx)
+
+
+TyperArgument.display_type_rich = _argument_type  # type: ignore[method-assign]
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"collector {metadata.version('registry-collector')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Garbage collector for container registry metadata and storage."""
 
 
 def main(argv: list[str] | None = None) -> None:

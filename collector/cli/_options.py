@@ -25,19 +25,24 @@ def _bounds(field: str) -> dict[str, Any]:
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
-        help="PostgreSQL DSN of the registry [env: COLLECTOR_DATABASE_URL]", show_default=False
+        metavar="DSN",
+        help="PostgreSQL DSN of the registry  [env var: COLLECTOR_DATABASE_URL]",
+        show_default=False,
     ),
 ]
 KafkaBootstrap = Annotated[
     str | None,
     typer.Option(
-        help="Kafka bootstrap servers [env: COLLECTOR_KAFKA_BOOTSTRAP]", show_default=False
+        metavar="HOST:PORT,…",
+        help="Kafka bootstrap servers  [env var: COLLECTOR_KAFKA_BOOTSTRAP]",
+        show_default=False,
     ),
 ]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        help="Objects decided per transaction [env: COLLECTOR_BATCH_SIZE]",
+        metavar="N",
+        help="Objects decided per transaction  [env var: COLLECTOR_BATCH_SIZE]",
         show_default=False,
         **_bounds("batch_size"),
     ),
@@ -45,8 +50,9 @@ BatchSize = Annotated[
 Concurrency = Annotated[
     int | None,
     typer.Option(
+        metavar="N",
         help="Repositories collected at once (run: workers)"
-        " [env: COLLECTOR_REPOSITORY_CONCURRENCY]",
+        "  [env var: COLLECTOR_REPOSITORY_CONCURRENCY]",
         show_default=False,
         **_bounds("repository_concurrency"),
     ),
@@ -54,6 +60,7 @@ Concurrency = Annotated[
 LogLevel = Annotated[
     str,
     typer.Option(
+        metavar="LEVEL",
         help="debug, info, warning or error",
         envvar="COLLECTOR_LOG_LEVEL",
     ),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
 
+from collector.cli import _signals as signals
 from collector.cli._app import app
 from collector.cli._options import KafkaBootstrap, LogLevel
 from collector.config import load_settings
@@ -64,7 +64,16 @@ def dead_letters(
             return listing, None
         return listing, await letters.resubmit(settings, listing.letters)
 
-    listing, resubmission = asyncio.run(main())
+    try:
+        listing, resubmission = signals.run(main())
+    except signals.Interrupted as exc:
+        done = (
+            "some of the selected may be resubmitted already (again is harmless)"
+            if resubmit
+            else "it only reads, nothing is left half-done"
+        )
+        message = f"dead-letters interrupted by {exc.signal_name}: {done}"
+        raise signals.Interrupted(exc.signum, message) from None
     if as_json:
         for line in letters.json_lines(listing, resubmission):
             typer.echo(line)

@@ -82,7 +82,12 @@ def migrate(
 @app.command()
 def collect(
     repositories: Annotated[
-        list[str] | None, typer.Argument(metavar="[NAMESPACE/REPOSITORY]...", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            metavar="NAMESPACE/REPOSITORY",
+            help="Repositories to collect (or purge); or --all.",
+            show_default=False,
+        ),
     ] = None,
     all_repositories: Annotated[
         bool, typer.Option("--all", help="Every repository with due work.")
@@ -411,8 +416,10 @@ def verify(
 
 @app.command()
 def demo(
-    repositories: Annotated[int, typer.Option(min=1, help="Image repositories to seed.")] = 200,
-    seed: Annotated[int, typer.Option(help="Random seed of the seeded registry.")] = 0,
+    repositories: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Image repositories to seed.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(metavar="N", help="Random seed of the seeded registry.")] = 0,
     storage_root: Annotated[
         Path | None,
         typer.Option(
@@ -428,7 +435,7 @@ def demo(
 ) -> None:
     """Seed a realistic registry and its blob storage, expire and delete part of it,
     collect it over Kafka with `collector run`, delete the removed blobs' files, verify.
-    Needs a database `collector migrate` prepared (scripts/demo does both)."""
+    Migrates the database and creates the topics first, as `collector migrate` does."""
     configure_logging(log_level)
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
     console = Console(highlight=False)

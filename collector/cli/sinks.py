@@ -130,7 +130,13 @@ def audit(
     configure_logging(log_level)
     query = audit_replay.Query.parse(since, repositories or [], digests or [])
     settings = load_settings(kafka_bootstrap=kafka_bootstrap)
-    report = asyncio.run(audit_replay.audit(settings, query))
+    try:
+        report = signals.run(audit_replay.audit(settings, query))
+    except signals.Interrupted as exc:
+        message = (
+            f"audit interrupted by {exc.signal_name}: it only reads, nothing is left half-done"
+        )
+        raise signals.Interrupted(exc.signum, message) from None
     lines = audit_replay.json_lines(report) if as_json else audit_replay.text_lines(report)
     for line in lines:
         typer.echo(line)

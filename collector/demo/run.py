@@ -77,7 +77,10 @@ async def run_demo(
 ) -> DemoResult:
     clock = SystemClock()
     started = time.perf_counter()
-    pool = await create_pool(settings.database_url, max_size=4, wait_s=settings.connect_wait_s)
+    # A fresh database is migrated here: the demo is the first thing a newcomer runs.
+    pool = await create_pool(
+        settings.database_url, max_size=4, wait_s=settings.connect_wait_s, migrated=False
+    )
     try:
         async with pool.acquire() as conn:
             await migrate(conn)
@@ -88,11 +91,14 @@ async def run_demo(
                 counts = await write(conn, plan)
                 files_before = await _fill_storage(conn, storage_root)
             seeded = sum(counts.values())
+            shared = files_before != counts["blob"]
             console.print(
                 f"seeded [bold]{seeded:,}[/] rows: {counts['repository']} repositories, "
                 f"{counts['manifest']:,} manifests, {counts['blob']:,} blobs, "
                 f"{counts['tag']:,} tags, {counts.get('repository_tag', 0):,} pre-OCI tags;"
                 f" {files_before:,} blob files in {storage_root}"
+                # A database earlier demos seeded has their blobs too; each gets its file.
+                + (" (one per blob row, earlier demos' included)" if shared else "")
             )
             expired = await expire_tags(
                 conn, plan.run, fraction=0.3, now_ms=clock.now_ms(), seed=seed

@@ -220,18 +220,19 @@ async def test_a_database_that_refuses_is_a_configuration_error(url: str) -> Non
         ["verify"],
         ["publish", "repo-sweep", "acme/app"],
         ["scan"],
-        ["sink", "blob-deleter", "--storage-root", "."],
-        ["demo"],
+        ["sink", "blob-deleter", "--storage-root", "STORAGE"],
     ],
     ids=" ".join,
 )
 async def test_every_command_refuses_an_unmigrated_database_with_one_line(
-    create_database: CreateDatabase, command: list[str]
+    create_database: CreateDatabase, command: list[str], tmp_path: Path
 ) -> None:
     """Not a traceback about a missing table: exit 2, one line naming the fix."""
     bare = await create_database("cli_bare", template="template0")
+    (tmp_path / "sha256").mkdir()  # a storage, for the blob deleter
+    args = [str(tmp_path) if arg == "STORAGE" else arg for arg in command]
 
-    result = run_collector(*command, env={"COLLECTOR_DATABASE_URL": bare})
+    result = run_collector(*args, env={"COLLECTOR_DATABASE_URL": bare})
 
     assert result.returncode == 2
     assert single_error_line(result.stderr) == (
@@ -254,8 +255,8 @@ async def test_demo_runs_the_pipeline_over_kafka_and_verifies_clean(
 ) -> None:
     """The demo seeds a registry and its storage, publishes requests, serves them with
     the service, deletes the removed blobs' files, and ends with verify ok and a
-    storage that matches the registry file for file."""
-    url = await create_database("cli_demo")
+    storage that matches the registry file for file. A fresh database is migrated first."""
+    url = await create_database("cli_demo", template="template0")
     settings = pipeline_settings(url)
     env = {
         "COLLECTOR_TOPIC_REQUESTS": settings.topic_requests,

@@ -231,7 +231,8 @@ async def test_scan_names_a_repository_no_request_can_carry_and_publishes_the_re
 
 
 async def test_scan_every_repeats_until_sigterm(setup: Setup) -> None:
-    """`scan --every` scans again and again, and stops cleanly (exit 0) on SIGTERM."""
+    """`scan --every` scans again and again and stops cleanly on SIGTERM: one line saying
+    what it published, exit 143."""
     process = await asyncio.create_subprocess_exec(
         *collector_command("scan", "--every", "0.2"),
         stdout=asyncio.subprocess.PIPE,
@@ -242,8 +243,14 @@ async def test_scan_every_repeats_until_sigterm(setup: Setup) -> None:
     process.send_signal(signal.SIGTERM)
     _, stderr = await asyncio.wait_for(process.communicate(), 30)
 
-    assert process.returncode == 0, stderr
-    assert stderr.decode().count("scan: 2 request(s) published") >= 2
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    lines = stderr.decode().splitlines()
+    assert lines.count("scan: 2 request(s) published") >= 2
+    scans = lines.count("scan: 2 request(s) published")
+    assert lines[-1] == (
+        f"collector: scan stopped by SIGTERM: {2 * scans} request(s) published in {scans}"
+        " complete scan(s); the next scan finds what this one did not reach"
+    )
 
 
 async def test_scan_every_waits_out_a_broker_outage(setup: Setup, tmp_path: Path) -> None:
@@ -278,7 +285,7 @@ async def test_scan_every_waits_out_a_broker_outage(setup: Setup, tmp_path: Path
             process.kill()
         await spare.down()
 
-    assert process.returncode == 0
+    assert process.returncode == 128 + signal.SIGTERM
     assert published == {b"acme/app", b"acme/gone"}
 
 
