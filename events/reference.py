@@ -253,7 +253,11 @@ def _envelope(schemas: dict[str, dict[str, Any]]) -> Iterator[str]:
         "Every event, in and out, is a CloudEvents 1.0 event in structured content mode:"
         " the Kafka record value is the event's JSON object, and the record carries the"
         f" header `content-type: {CONTENT_TYPE}`. On the requests topic the collector also"
-        " accepts binary content mode (`ce_*` headers, the value is the data)."
+        " accepts binary content mode (`ce_*` headers, the value is the data), and an"
+        " event whose record names the data's media type (`content-type:"
+        " application/json`, as the CloudEvents SDKs' Kafka structured mode writes it;"
+        " `datacontenttype` then comes from that header). A record that is neither is"
+        " refused (`invalid-envelope`)."
     )
     yield ""
     yield f"| attribute | type | {' | '.join(kinds)} | meaning |"

@@ -6,7 +6,15 @@ import os
 
 import pytest
 
-from collector.config import EMPTY_LAYER_DIGEST, Settings, load_settings
+from collector.config import (
+    EMPTY_LAYER_DIGEST,
+    Effective,
+    Settings,
+    effective,
+    load_settings,
+    mask_url,
+    unknown_variables,
+)
 from collector.errors import ConfigError
 
 
@@ -253,3 +261,51 @@ def test_unknown_override_is_refused() -> None:
     """A misspelt override is a programming error, never silently ignored."""
     with pytest.raises(TypeError, match="batchsize"):
         load_settings(batchsize=3)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://gc:pw@db:5432/registry", "postgresql://gc:********@db:5432/registry"),
+        ("postgresql://gc:p%40ss:w@db/registry", "postgresql://gc:********@db/registry"),
+        ("postgresql://:pw@db/registry", "postgresql://:********@db/registry"),
+        ("postgresql://gc@db/registry", "postgresql://gc@db/registry"),
+        (
+            "postgresql://db/registry?user=gc&password=pw&sslmode=",
+            "postgresql://db/registry?user=gc&password=********&sslmode=",
+        ),
+        ("postgresql://gc:a@b@db/registry", "postgresql://gc:********@db/registry"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_effective_settings_mask_secrets_and_name_their_source(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLLECTOR_DATABASE_URL", "postgresql://gc:pw@db/registry")
+    monkeypatch.setenv("COLLECTOR_KAFKA_SASL_PASSWORD", "sasl")
+    rows = {row.name: row for row in effective(load_settings())}
+
+    assert rows["database_url"].value == "postgresql://gc:********@db/registry"
+    assert rows["database_url"].source == "environment"
+    assert rows["kafka_sasl_password"].value == "********"
+    assert rows["batch_size"] == Effective("batch_size", "COLLECTOR_BATCH_SIZE", 500, "default")
+    assert set(rows) == set(Settings.model_fields)
+
+
+def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
+    environ = {
+        "COLLECTOR_DATABSE_URL": "x",
+        "COLLECTOR_BATCH_SIZE": "1",
+        "COLLECTOR_LOG_LEVEL": "info",
+        "COLLECTOR_TEST_DATABASE": "t",
+        "COLLECTOR_WHATEVER": "y",
+        "PATH": "/bin",
+    }
+
+    assert list(unknown_variables(environ)) == [
+        ("COLLECTOR_DATABSE_URL", "COLLECTOR_DATABASE_URL"),
+        ("COLLECTOR_WHATEVER", None),
+    ]
