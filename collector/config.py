@@ -7,13 +7,13 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from collector.errors import ConfigError
+from collector.limits import BATCH_SIZE, MAX_MISSING, REPOSITORY_CONCURRENCY
 
 log = structlog.get_logger(__name__)
 
@@ -78,8 +78,10 @@ class Settings(BaseSettings):
     #: it gives up with a one-line error (retrying with backoff meanwhile).
     connect_wait_s: float = Field(default=30.0, ge=0)
 
-    batch_size: int = Field(default=500, ge=1, le=50_000)
-    repository_concurrency: int = Field(default=4, ge=1, le=64)
+    batch_size: int = Field(default=500, ge=BATCH_SIZE[0], le=BATCH_SIZE[1])
+    repository_concurrency: int = Field(
+        default=4, ge=REPOSITORY_CONCURRENCY[0], le=REPOSITORY_CONCURRENCY[1]
+    )
     protected_digests: list[str] = Field(default_factory=lambda: [EMPTY_LAYER_DIGEST])
     #: The orphan sweep leaves an unreferenced object alone until it is this old,
     #: so that an object a registry writes in several transactions is never raced.
@@ -104,6 +106,9 @@ class Settings(BaseSettings):
     #: How long finished requests (the dedupe window for redelivered and replayed
     #: events) and published outbox rows are kept: a week, Kafka's default retention.
     retention_s: float = Field(default=7 * 24 * 3600, ge=0)
+    #: The blob deleter stops, committing nothing, when more than this share of a
+    #: batch's files are gone that no deleter deleted (its root is not the storage).
+    max_missing: float = Field(default=0.1, ge=MAX_MISSING[0], le=MAX_MISSING[1])
     #: Serve Prometheus metrics of `collector run` on this port (unset: not served).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Where the metrics endpoint listens: loopback unless told otherwise.
@@ -213,18 +218,21 @@ def _masked(value: object) -> object:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password`` parameter) masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        credentials, _, host = netloc.rpartition("@")
-        user = credentials.split(":", 1)[0]
-        netloc = f"{user}:{MASK}@{host}"
-    query = urlencode(
-        [
-            (k, MASK if k.lower() == "password" else v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-        ],
-        safe="*",
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    """``url`` with its password masked: in the authority (up to the last ``@``, so a
+    password holding ``/``, ``?`` or ``#`` is masked whole) and in every query parameter
+    whose name holds "password" (``password``, ``sslpassword``). Masks too much rather
+    than too little."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    credentials, at, location = rest.rpartition("@")
+    if at and ":" in credentials:
+        rest = f"{credentials.split(':', 1)[0]}:{MASK}@{location}"
+    base, question, query = rest.partition("?")
+    if question:
+        pairs = (pair.partition("=") for pair in query.split("&"))
+        query = "&".join(
+            f"{key}={MASK}" if "password" in key.lower() else f"{key}{equals}{value}"
+            for key, equals, value in pairs
+        )
+    return f"{scheme}://{base}{question}{query}"

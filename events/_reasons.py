@@ -44,8 +44,10 @@ _DESCRIPTIONS: dict[RejectionReason, str] = {
     ),
     RejectionReason.INVALID_ENVELOPE: (
         "Not a CloudEvents 1.0 event: an attribute missing or wrong (`specversion`,"
-        " `id`, `source`, `type`, `time` not RFC 3339), a content type that is neither"
-        " CloudEvents JSON nor binary mode, a charset other than UTF-8, a header given"
+        " `id`, `source`, `type`, `time` not RFC 3339), a record that is neither"
+        " structured (a CloudEvents JSON value, under `application/cloudevents+json` or"
+        " the data's `application/json`) nor binary mode, a charset other than UTF-8, a"
+        " header given"
         " twice, or an `id` or `source` over 256 characters or holding a NUL character."
     ),
     RejectionReason.UNKNOWN_TYPE: "The `type` is not one of the request types.",

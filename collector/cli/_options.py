@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import annotated_types
 import typer
 
-from collector.config import Settings
-
-
-def _bounds(field: str) -> dict[str, Any]:
-    """The bounds Settings puts on ``field``, for the flag that sets it: out of range, the
-    flag is named in the error (the rule itself stays in Settings)."""
-    bounds: dict[str, Any] = {}
-    for rule in Settings.model_fields[field].metadata:
-        if isinstance(rule, annotated_types.Ge):
-            bounds["min"] = rule.ge
-        elif isinstance(rule, annotated_types.Le):
-            bounds["max"] = rule.le
-    return bounds
-
+from collector.limits import BATCH_SIZE, REPOSITORY_CONCURRENCY
 
 DatabaseUrl = Annotated[
     str | None,
@@ -44,7 +30,8 @@ BatchSize = Annotated[
         metavar="N",
         help="Objects decided per transaction  [env var: COLLECTOR_BATCH_SIZE]",
         show_default=False,
-        **_bounds("batch_size"),
+        min=BATCH_SIZE[0],
+        max=BATCH_SIZE[1],
     ),
 ]
 Concurrency = Annotated[
@@ -54,7 +41,8 @@ Concurrency = Annotated[
         help="Repositories collected at once (run: workers)"
         "  [env var: COLLECTOR_REPOSITORY_CONCURRENCY]",
         show_default=False,
-        **_bounds("repository_concurrency"),
+        min=REPOSITORY_CONCURRENCY[0],
+        max=REPOSITORY_CONCURRENCY[1],
     ),
 ]
 LogLevel = Annotated[

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def tables() -> Console:
     """Where tables go: stdout on a terminal, stderr when stdout is a pipe, so that a
     script reading stdout gets only lines (or JSON) it can parse."""
+    from rich.console import Console  # not on the way to `--help`
+
     return Console(highlight=False, stderr=not sys.stdout.isatty())
 
 

@@ -6,13 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from collector.cli._app import app
 from collector.cli._options import LogLevel
 from collector.cli._output import json_line, tables
-from collector.config import effective, load_settings
-from collector.logging import configure_logging
 
 config_app = typer.Typer(help="The collector's configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -28,6 +25,11 @@ def show(
     """Print every setting in effect: its environment variable, its value (passwords
     masked) and whether the environment or the default set it. A COLLECTOR_ variable
     that is no setting is warned about. A command's flags win over what is shown."""
+    from rich.table import Table
+
+    from collector.config import effective, load_settings
+    from collector.logging import configure_logging
+
     configure_logging(log_level)
     rows = effective(load_settings())
     if as_json:

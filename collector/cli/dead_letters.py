@@ -9,9 +9,6 @@ import typer
 from collector.cli import _signals as signals
 from collector.cli._app import app
 from collector.cli._options import KafkaBootstrap, LogLevel
-from collector.config import load_settings
-from collector.logging import configure_logging
-from collector.sinks import dead_letters as letters
 
 
 @app.command("dead-letters")
@@ -42,10 +39,10 @@ def dead_letters(
         typer.Option(
             "--resubmit",
             help="Put the selected dead letters' original records back on the requests"
-            " topic as new records. Resubmitting a dead letter twice makes two requests"
-            " (harmless: processing a request twice changes nothing the second time)."
-            " Records whose value would be refused again are skipped, and named;"
-            " exit 1 if any was.",
+            " topic as new records. Resubmitting a dead letter again is harmless: a"
+            " request the collector accepted is known by its id and dropped as a"
+            " duplicate. Records whose value would be refused again are skipped, and"
+            " named; exit 1 if any was.",
         ),
     ] = False,
     kafka_bootstrap: KafkaBootstrap = None,
@@ -54,6 +51,10 @@ def dead_letters(
     """List the records the collector refused (the dead-letter topic): one line each, then
     counts by reason on stderr. Records on that topic that are no dead letter are listed
     as unreadable. Uses no consumer group."""
+    from collector.config import load_settings
+    from collector.logging import configure_logging
+    from collector.sinks import dead_letters as letters
+
     configure_logging(log_level)
     query = letters.Query.parse(since, reasons or [])
     settings = load_settings(kafka_bootstrap=kafka_bootstrap)

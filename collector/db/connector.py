@@ -139,5 +139,10 @@ async def _reach_pool(
             unavailable=lambda reason: DatabaseUnavailable(f"cannot reach the database: {reason}"),
             event="database_unreachable",
         )
-    except (asyncpg.PostgresError, ValueError) as exc:  # ValueError: a malformed DSN
+    except asyncpg.PostgresError as exc:
         raise ConfigError(f"cannot use the database: {exc}") from exc
+    except ValueError as exc:  # a malformed DSN: its message may quote the password
+        raise ConfigError(
+            f"cannot use the database: malformed COLLECTOR_DATABASE_URL or --database-url"
+            f" ({type(exc).__name__}; `collector config show` prints it, password masked)"
+        ) from None

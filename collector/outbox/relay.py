@@ -331,6 +331,8 @@ class Drained:
     """What :func:`drain` saw of the events pending when it began."""
 
     published: int
+    #: Set aside by the relay: larger than the broker takes (column ``undeliverable``).
+    set_aside: int
     waiting: int
 
 
@@ -346,7 +348,7 @@ async def drain(
         through = await store.last_id(conn)
         waiting = initially = await store.pending(conn, through=through)
     if not waiting:
-        return Drained(0, 0)
+        return Drained(0, 0, 0)
     relay = Relay(pool, settings)
     running = asyncio.create_task(relay.run())
     loop = asyncio.get_running_loop()
@@ -358,13 +360,23 @@ async def drain(
                 left = await store.pending(conn, through=through)
             if left < waiting:
                 waiting, progress_at = left, loop.time()
-    finally:
-        relay.stop()
-        try:
-            await running
-        except CollectorError as exc:  # e.g. the topic refuses writes: the events wait
-            log.error("drain_failed", error=str(exc))
-    return Drained(initially - waiting, waiting)
+    except BaseException:  # a signal: the batch in hand rolls back, its rows stay pending
+        running.cancel()
+        await asyncio.wait([running])
+        raise
+    relay.stop()
+    # A batch waiting for the broker's acknowledgement would wait through the outage.
+    if not (await asyncio.wait([running], timeout=_CLOSE_TIMEOUT_S))[0]:
+        running.cancel()
+        await asyncio.wait([running])
+    if not running.cancelled() and (error := running.exception()) is not None:
+        if not isinstance(error, CollectorError):
+            raise error
+        log.error("drain_failed", error=str(error))  # e.g. the topic refuses writes
+    async with pool.acquire() as conn:
+        waiting = await store.pending(conn, through=through)
+    set_aside = relay.undeliverable
+    return Drained(initially - waiting - set_aside, set_aside, waiting)
 
 
 async def _stop_producer(producer: Any) -> None:

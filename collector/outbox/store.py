@@ -33,10 +33,10 @@ async def pending(conn: Connection, *, through: int | None = None) -> int:
     return count
 
 
-async def caused_by(conn: Connection, causation_id: str) -> int:
-    """How many events the request (or command run) ``causation_id`` caused so far:
-    what committed, whether or not its caller saw the commit."""
-    count: int = await conn.fetchval(_QUERIES["count_caused_by"], causation_id)
+async def caused_by(conn: Connection, causation_id: str, *, after: int) -> int:
+    """How many events the request (or command run) ``causation_id`` caused, among those
+    after outbox id ``after``: what committed, whether or not its caller saw the commit."""
+    count: int = await conn.fetchval(_QUERIES["count_caused_by"], causation_id, after)
     return count
 
 

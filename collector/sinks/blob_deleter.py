@@ -11,12 +11,15 @@ for the object store and keep everything else. What makes it safe:
   DESIGN §3.7), checks that no ``blob`` row with that digest exists again, and
   deletes the bytes *while still holding the lock*. A re-pushed digest keeps
   its bytes.
-* **Idempotent delete.** Bytes already gone count as done: redelivery, replay
-  and a second deleter are harmless. Not so under a root that is not the
-  storage (see :class:`~collector.sinks.storage.FilesystemStorage`): that is
-  an outage, waited out with nothing committed.
+* **Idempotent delete.** Bytes a deleter deleted before (remembered in
+  ``gc.blob_deletion`` for the retention, written before the bytes go) count
+  as done: redelivery and a second deleter are harmless. Bytes gone that no
+  deleter deleted are *missing*: more of them in a batch than
+  ``settings.max_missing`` stops the deleter with that batch uncommitted (its
+  root is likely not the storage). A replay older than the retention finds
+  its files missing too: let it through with ``max_missing`` 1.
 * **Dedupe by event id.** The relay publishes at least once; a re-publication
-  carries the same id (CONTRACT §2.2), so recent ids are remembered.
+  carries the same id, so recent ids are remembered.
 * **Commit after delete.** Offsets are committed per batch, explicitly per
   partition, and only up to records whose delete is done; before partitions
   move to another member the batch in hand finishes and commits.
@@ -68,8 +71,6 @@ _COMMIT_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 10.0
 #: Enough to cover any redelivery window the relay can produce (a batch or two).
 DEDUPE_CAPACITY = 100_000
-#: The share of a batch's files that may be gone with no deleter having deleted them.
-DEFAULT_MAX_MISSING = 0.1
 _PRUNE_EVERY_S = 3600.0
 
 
@@ -136,12 +137,11 @@ class BlobDeleter:
         storage: Storage | Path,
         *,
         exit_when_idle: float | None = None,
-        max_missing: float = DEFAULT_MAX_MISSING,
         dedupe_capacity: int = DEDUPE_CAPACITY,
     ) -> None:
         self._settings = settings
         self._storage = FilesystemStorage(storage) if isinstance(storage, Path) else storage
-        self._max_missing = max_missing
+        self._max_missing = settings.max_missing
         self._retention = timedelta(seconds=settings.retention_s)
         self._pruned_at: float | None = None
         self._exit_when_idle = exit_when_idle
@@ -241,7 +241,7 @@ class BlobDeleter:
 
     def _check_missing(self, before: Counts) -> None:
         """Stop if, since ``before``, more of the files found were missing (gone, and
-        no deleter deleted them) than ``max_missing`` allows."""
+        no deleter deleted them) than ``settings.max_missing`` allows."""
         missing = self.counts.missing - before.missing
         deleted = self.counts.deleted - before.deleted
         found = deleted + self.counts.already_gone - before.already_gone
@@ -371,12 +371,18 @@ class BlobDeleter:
             await conn.execute(_QUERIES["lock_digest"], digest)
             if await conn.fetchval(_QUERIES["blob_exists"], digest):
                 return Outcome.REPUSHED
+            known = await conn.fetchval(_QUERIES["was_deleted"], digest)
+            if not known:
+                # Committed on its own before the bytes go: a crash or a lost connection
+                # between the delete and our commit must not make the redelivered
+                # record find them missing.
+                await self._pool.execute(_QUERIES["record_deletion"], digest)
             # Still under the lock: a registry finalizing this digest waits for our commit.
             if await self._storage.delete(digest):
-                await conn.execute(_QUERIES["record_deletion"], digest)
                 return Outcome.DELETED
-            if await conn.fetchval(_QUERIES["was_deleted"], digest):
+            if known:
                 return Outcome.ALREADY_GONE
+            await self._pool.execute(_QUERIES["forget_deletion"], digest)  # nothing was there
             return Outcome.MISSING
 
     # -- waiting ---------------------------------------------------------------

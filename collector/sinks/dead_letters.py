@@ -190,9 +190,24 @@ def resend_of(letter: DeadLetter, *, max_value_bytes: int) -> Resend | Skipped:
     try:
         decode_request(key=key, value=value, headers=_HEADERS, max_value_bytes=max_value_bytes)
     except DecodeError as exc:
+        if exc.reason == "invalid-envelope" and _is_bare_data(value):
+            return Skipped(
+                letter,
+                "sent in binary content mode: the value is the request's data alone, and"
+                " a dead letter does not keep the record's ce_* headers",
+            )
         return Skipped(letter, str(exc))
     assert key is not None  # the decoder refuses a record without a key
     return Resend(letter, key, value)
+
+
+def _is_bare_data(value: bytes) -> bool:
+    """A JSON object with no `specversion`: what binary content mode puts in a value."""
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(decoded, dict) and "specversion" not in decoded
 
 
 async def resubmit(settings: Settings, letters: Sequence[DeadLetter]) -> Resubmission:

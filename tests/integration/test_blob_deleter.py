@@ -100,9 +100,9 @@ async def produce(
         await producer.stop()
 
 
-async def drain(settings: Settings, storage: Any, **options: Any) -> BlobDeleter:
-    """Run a deleter until it has been idle for IDLE_S."""
-    deleter = BlobDeleter(settings, storage, exit_when_idle=IDLE_S, **options)
+async def drain(settings: Settings, storage: Any, **overrides: Any) -> BlobDeleter:
+    """Run a deleter (on ``settings`` with ``overrides``) until idle for IDLE_S."""
+    deleter = BlobDeleter(settings.model_copy(update=overrides), storage, exit_when_idle=IDLE_S)
     await asyncio.wait_for(deleter.run(), WAIT_S)
     return deleter
 
@@ -162,6 +162,35 @@ async def test_files_gone_that_no_deleter_deleted_stop_it_with_nothing_committed
     deleter = await drain(settings, right)
     assert deleter.counts.deleted == 10
     assert not any(path.exists() for path in files)
+
+
+async def test_bytes_deleted_by_a_transaction_that_failed_are_not_missing_on_retry(
+    settings: Settings, storage: FilesystemStorage
+) -> None:
+    """The bytes go, then the transaction fails (here: the storage reports an error
+    after deleting). The retry finds them gone: deleted before, not missing, because
+    the deletion was recorded before the bytes went."""
+
+    class DeletesThenFails:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def delete(self, digest: str) -> bool:
+            self.calls += 1
+            deleted = await storage.delete(digest)
+            if self.calls == 1:
+                raise ObjectStorageError("the connection went after the delete")
+            return deleted
+
+    [path] = stored(storage, digest(50))
+    flaky = DeletesThenFails()
+    await produce(settings, [blob_removed(digest(50))])
+
+    deleter = await drain(settings, flaky)
+
+    assert flaky.calls == 2
+    assert not path.exists()
+    assert (deleter.counts.already_gone, deleter.counts.missing) == (1, 0)
 
 
 async def test_files_a_deleter_deleted_are_not_missing_when_redelivered(

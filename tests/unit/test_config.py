@@ -275,6 +275,16 @@ def test_unknown_override_is_refused() -> None:
             "postgresql://db/registry?user=gc&password=********&sslmode=",
         ),
         ("postgresql://gc:a@b@db/registry", "postgresql://gc:********@db/registry"),
+        ("postgresql://u:pa/ss@h/db", "postgresql://u:********@h/db"),
+        (
+            "postgresql://u:p?a#ss@h/db?sslmode=require",
+            "postgresql://u:********@h/db?sslmode=require",
+        ),
+        (
+            "postgresql://h/db?sslpassword=key&Password=x",
+            "postgresql://h/db?sslpassword=********&Password=********",
+        ),
+        ("not a url: secret", "not a url: secret"),
     ],
 )
 def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:

@@ -224,3 +224,15 @@ def test_json_lines_end_with_the_summary_and_resubmission_counts_when_asked() ->
         " 0 unreadable; 1 resubmitted, 1 skipped"
     )
     assert not resubmission.complete
+
+
+def test_a_request_sent_in_binary_mode_is_skipped_naming_the_lost_headers() -> None:
+    """Binary content mode puts the data alone in the value; the dead letter keeps no
+    headers, so the record cannot be rebuilt: skipped, saying so."""
+    data = json.dumps({"namespace": "acme", "repository": "web", "repository_id": 7}).encode()
+
+    skipped = resend_of(letter(0, value=data), max_value_bytes=1_048_576)
+
+    assert isinstance(skipped, Skipped)
+    assert "binary content mode" in skipped.reason
+    assert "ce_* headers" in skipped.reason

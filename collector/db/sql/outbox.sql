@@ -41,9 +41,9 @@ SELECT count(*) FROM gc.outbox
 WHERE published_at IS NULL AND undeliverable IS NULL AND (id <= $1::bigint OR $1 IS NULL)
 
 -- name: count_caused_by
--- How many events one request (or command run) caused so far.
--- $1 text the causation id
-SELECT count(*) FROM gc.outbox WHERE event->>'causationid' = $1::text
+-- How many events one request (or command run) caused after an outbox id.
+-- $1 text the causation id, $2 bigint the last outbox id before it began
+SELECT count(*) FROM gc.outbox WHERE id > $2::bigint AND event->>'causationid' = $1::text
 
 -- name: last_id
 -- The newest outbox id (0 when the outbox is empty). No parameters.

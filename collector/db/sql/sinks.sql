@@ -13,10 +13,15 @@ SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))
 SELECT EXISTS (SELECT 1 FROM blob WHERE digest = $1::text)
 
 -- name: record_deletion
--- Remember that a deleter deleted these bytes (in the deleting transaction).
+-- Remember that a deleter deletes these bytes: committed before they go.
 -- $1 text digest
 INSERT INTO gc.blob_deletion (digest) VALUES ($1::text)
 ON CONFLICT (digest) DO UPDATE SET deleted_at = now()
+
+-- name: forget_deletion
+-- Undo record_deletion when there were no bytes to delete after all.
+-- $1 text digest
+DELETE FROM gc.blob_deletion WHERE digest = $1::text
 
 -- name: was_deleted
 -- Whether a deleter deleted these bytes within the retention.
