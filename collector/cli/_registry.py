@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -49,28 +50,38 @@ _MIN_STALL_S = 1.0
 
 
 def migrate(
-    *, database_url: str | None, kafka_bootstrap: str | None, skip_topics: bool, log_level: str
+    *,
+    database_url: str | None,
+    kafka_bootstrap: str | None,
+    skip_topics: bool,
+    as_json: bool,
+    log_level: str,
 ) -> None:
     configure_logging(log_level)
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
 
-    async def main() -> None:
+    async def main() -> tuple[list[str], list[str] | None]:
         pool = await create_pool(
             settings.database_url, max_size=1, wait_s=settings.connect_wait_s, migrated=False
         )
         try:
             async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
+                applied = [migration.name for migration in await apply_migrations(conn)]
         finally:
             await pool.close()
-        typer.echo(
-            f"database: {len(applied)} migration(s) applied" if applied else "database: up to date"
-        )
-        if not skip_topics:
-            created = await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
-            typer.echo(f"topics: created {', '.join(created)}" if created else "topics: up to date")
+        if skip_topics:
+            return applied, None
+        return applied, await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
 
-    asyncio.run(main())
+    applied, created = asyncio.run(main())
+    if as_json:
+        json_line({"summary": {"migrations_applied": applied, "topics_created": created}})
+        return
+    typer.echo(
+        f"database: {len(applied)} migration(s) applied" if applied else "database: up to date"
+    )
+    if created is not None:
+        typer.echo(f"topics: created {', '.join(created)}" if created else "topics: up to date")
 
 
 def collect(
@@ -396,11 +407,13 @@ def demo(
     storage_root: Path | None,
     database_url: str | None,
     kafka_bootstrap: str | None,
+    as_json: bool,
     log_level: str,
 ) -> None:
     configure_logging(log_level)
     settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
-    console = Console(highlight=False)
+    # With --json the progress goes to stderr, and stdout holds the summary alone.
+    console = Console(highlight=False, stderr=as_json)
     with contextlib.ExitStack() as stack:
         if storage_root is None:
             storage_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gc-demo-")))
@@ -414,7 +427,10 @@ def demo(
                 storage_root=storage_root,
             )
         )
-    print_summary(result, console)
+    if as_json:
+        json_line({"summary": {"ok": result.ok, **dataclasses.asdict(result)}})
+    else:
+        print_summary(result, console)
     raise typer.Exit(0 if result.ok else 1)
 
 

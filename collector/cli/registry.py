@@ -19,6 +19,9 @@ def migrate(
     skip_topics: Annotated[
         bool, typer.Option("--skip-topics", help="Only the database; leave Kafka alone.")
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="What was applied and created, as one JSON object.")
+    ] = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Create or upgrade the registry schema, the gc schema and the topics. Idempotent."""
@@ -28,6 +31,7 @@ def migrate(
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         skip_topics=skip_topics,
+        as_json=as_json,
         log_level=log_level,
     )
 
@@ -129,6 +133,12 @@ def demo(
             show_default=False,
         ),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="The summary as one JSON object on stdout; progress on stderr."
+        ),
+    ] = False,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     log_level: LogLevel = "warning",
@@ -144,5 +154,6 @@ def demo(
         storage_root=storage_root,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
+        as_json=as_json,
         log_level=log_level,
     )

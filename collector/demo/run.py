@@ -87,18 +87,18 @@ async def run_demo(
         await kafka.ensure_topics(settings, wait_s=settings.connect_wait_s)
         async with pool.acquire() as conn:
             with console.status("seeding a registry"):
+                earlier: int = await conn.fetchval("SELECT count(*) FROM blob")
                 plan = plan_registry(shape, now_ms=clock.now_ms(), seed=seed)
                 counts = await write(conn, plan)
                 files_before = await _fill_storage(conn, storage_root)
             seeded = sum(counts.values())
-            shared = files_before != counts["blob"]
             console.print(
                 f"seeded [bold]{seeded:,}[/] rows: {counts['repository']} repositories, "
                 f"{counts['manifest']:,} manifests, {counts['blob']:,} blobs, "
                 f"{counts['tag']:,} tags, {counts.get('repository_tag', 0):,} pre-OCI tags;"
                 f" {files_before:,} blob files in {storage_root}"
                 # A database earlier demos seeded has their blobs too; each gets its file.
-                + (" (one per blob row, earlier demos' included)" if shared else "")
+                + (f" (one per blob row, {earlier:,} of them seeded before)" if earlier else "")
             )
             expired = await expire_tags(
                 conn, plan.run, fraction=0.3, now_ms=clock.now_ms(), seed=seed
@@ -228,7 +228,7 @@ async def _removed(conn: Connection, outbox_before: int) -> tuple[dict[str, int]
         """,
         outbox_before,
     )
-    return {row["event_type"]: row["count"] for row in rows}, sum(row["bytes"] for row in rows)
+    return {row["event_type"]: row["count"] for row in rows}, int(sum(row["bytes"] for row in rows))
 
 
 def print_summary(result: DemoResult, console: Console) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from importlib import metadata
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -150,3 +151,34 @@ async def test_publish_scan_run_and_verify_print_json(create_database: CreateDat
     assert run_summary["published"] == 2  # the tag and its manifest
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["ok"] is True
+
+
+async def test_migrate_and_demo_print_json(create_database: CreateDatabase, tmp_path: Path) -> None:
+    """migrate says what it applied and created; demo's summary parses on stdout (its
+    progress on stderr), on a fresh database it migrates itself."""
+    url = await create_database("cli_json_demo", template="template0")
+    settings = pipeline_settings(url)
+    async with topics(settings):
+        env = environment(settings, url, COLLECTOR_LOG_LEVEL="warning")
+        env["COLLECTOR_SINK_GROUP_ID"] = settings.group_id + ".blobs"
+        migrated = run_collector("migrate", "--json", "--skip-topics", env=env)
+        again = run_collector("migrate", "--json", env=env)
+        demo = run_collector(
+            "demo", "--repositories", "3", "--storage-root", str(tmp_path), "--json", env=env
+        )
+
+    assert migrated.returncode == 0, migrated.stderr
+    applied = json.loads(migrated.stdout)["summary"]
+    assert applied["migrations_applied"][0] == "registry"
+    assert applied["topics_created"] is None
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["summary"] == {
+        "migrations_applied": [],
+        "topics_created": [],
+    }
+    assert demo.returncode == 0, demo.stderr
+    summary = json.loads(demo.stdout)["summary"]
+    assert summary["ok"] is True
+    assert summary["verification"]["dangling"] == []
+    assert summary["storage"]["orphaned"] == summary["storage"]["missing"] == 0
+    assert summary["service"]["published"] == sum(summary["removed"].values())
