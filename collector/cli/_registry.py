@@ -34,10 +34,10 @@ from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
 from collector.engine import repositories as repository_rows
-from collector.engine.context import Removed
 from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked
 from collector.logging import configure_logging
 from collector.outbox import relay, store
+from collector.outbox.store import Removed
 from collector.verify import Verification
 from collector.verify import verify as verify_registry
 from events import Removal, command_causation_id

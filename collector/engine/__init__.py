@@ -5,7 +5,6 @@ from collector.engine.context import (
     Clock,
     EngineConfig,
     Mode,
-    Removed,
     Report,
     SystemClock,
 )
@@ -17,7 +16,6 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Mode",
-    "Removed",
     "Report",
     "SystemClock",
 ]

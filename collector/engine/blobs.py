@@ -5,7 +5,8 @@ from __future__ import annotations
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import Removed, RepositoryContext, ms_to_datetime
+from collector.engine.context import RepositoryContext, ms_to_datetime
+from collector.outbox.store import Removed
 from events import BlobRemoved
 
 _QUERIES = load_queries("blobs.sql")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from collector.engine.context import Removed
+from collector.outbox.store import Removed
 from events import Removal
 
 R = TypeVar("R", bound=Removal)

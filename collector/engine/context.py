@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from collector.config import Settings
-from events import BlobRemoved, Removal
+from collector.outbox.store import Removed
+from events import BlobRemoved
 
 
 class Clock(Protocol):
@@ -85,14 +86,6 @@ class RepositoryContext:
         if self.repository_id is None:
             raise ValueError("a registry-wide context names no single repository")
         return self.repository_id
-
-
-@dataclass(frozen=True)
-class Removed:
-    """One committed removal and the request that caused it."""
-
-    removal: Removal
-    causation_id: str
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import candidates
 from collector.engine.candidates import Batch
-from collector.engine.context import Removed, RepositoryContext
+from collector.engine.context import RepositoryContext
+from collector.outbox.store import Removed
 from events import LegacyImageRemoved
 
 _QUERIES = load_queries("images.sql")

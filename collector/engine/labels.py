@@ -5,7 +5,8 @@ from __future__ import annotations
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import Removed, RepositoryContext
+from collector.engine.context import RepositoryContext
+from collector.outbox.store import Removed
 from events import LabelRemoved
 
 _QUERIES = load_queries("labels.sql")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Removed, RepositoryContext, StepResult
+from collector.engine.context import RepositoryContext, StepResult
 from collector.engine.tags import lock_and_delete
+from collector.outbox.store import Removed
 from events import LegacyManifestRemoved, LegacyTagRemoved
 
 _QUERIES = load_queries("legacy_tags.sql")

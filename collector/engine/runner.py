@@ -50,7 +50,6 @@ from collector.engine.context import (
     Clock,
     EngineConfig,
     Mode,
-    Removed,
     Report,
     RepositoryContext,
     StepResult,
@@ -68,6 +67,7 @@ from collector.errors import (
     RepositoryNotMarked,
 )
 from collector.outbox import store as outbox
+from collector.outbox.store import Removed
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -8,7 +8,8 @@ import asyncpg
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Mode, Removed, RepositoryContext, StepResult
+from collector.engine.context import Mode, RepositoryContext, StepResult
+from collector.outbox.store import Removed
 from events import TagRemoved
 
 _QUERIES = load_queries("tags.sql")

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Removed
-from events import removal_event
+from events import Removal, removal_event
 
 _QUERIES = load_queries("outbox.sql")
+
+
+@dataclass(frozen=True)
+class Removed:
+    """One committed removal and the request that caused it: what the outbox publishes."""
+
+    removal: Removal
+    causation_id: str
 
 
 async def write(conn: Connection, removed: Sequence[Removed], time: datetime) -> None:

@@ -18,9 +18,9 @@ from aiokafka.errors import KafkaConnectionError
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.engine import Engine
-from collector.engine.context import Removed
 from collector.outbox import store
 from collector.outbox.relay import Relay, State
+from collector.outbox.store import Removed
 from events import CONTENT_TYPE, TagRemoved
 from tests.integration.test_kafka import WAIT_S, bootstrap, receive
 from tests.pipeline import pipeline_settings, topics, until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collector.engine.callbacks import Callbacks
-from collector.engine.context import Removed
+from collector.outbox.store import Removed
 from events import (
     BlobRemoved,
     LabelRemoved,

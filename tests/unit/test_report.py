@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from collector.engine.context import Removed, Report
+from collector.engine.context import Report
+from collector.outbox.store import Removed
 from events import BlobRemoved, LabelRemoved, ManifestRemoved, Removal, TagRemoved
 
 DIGEST = "sha256:" + "cd" * 32
