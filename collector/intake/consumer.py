@@ -27,10 +27,10 @@ from collector import metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS
+from collector.dead_letters import DeadLetters
 from collector.engine.context import Clock
 from collector.errors import BrokerUnavailable, CollectorError, DatabaseUnavailable
 from collector.intake.admission import Refusal, admit
-from collector.intake.dead_letters import DeadLetters
 from collector.intake.offsets import OffsetTracker
 from collector.kafka import client_options, reach_broker
 from collector.work import queue

@@ -35,6 +35,7 @@ from collector import metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, Connection, waiting_changes
+from collector.dead_letters import DeadLetters, Origin
 from collector.engine import Engine
 from collector.engine.context import Clock
 from collector.errors import (
@@ -44,7 +45,6 @@ from collector.errors import (
     RepositoryNotFound,
     RepositoryNotMarked,
 )
-from collector.intake.dead_letters import DeadLetters, Origin
 from collector.work import queue
 from collector.work.queue import ExpiringTag, WorkItem
 

@@ -16,7 +16,7 @@ import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 from prometheus_client import REGISTRY
 
-from collector.intake.dead_letters import DeadLetters
+from collector.dead_letters import DeadLetters
 from collector.kafka import producer
 from collector.service import Service
 from collector.work import queue

@@ -1,4 +1,4 @@
-"""The dead-letter topic: every refused record, whole, with the reason (CONTRACT §2.3)."""
+"""The dead-letter topic: every refused record, whole, with the reason (docs/events.md)."""
 
 from __future__ import annotations
 
