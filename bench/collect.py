@@ -30,6 +30,7 @@ import time
 
 import asyncpg
 
+from collector.clock import SystemClock
 from collector.config import EMPTY_LAYER_DIGEST
 from collector.db.connector import Connection, PoolDatabase
 from collector.db.migrations import migrate
@@ -42,7 +43,7 @@ from collector.demo.seed import (
     plan_registry,
     write,
 )
-from collector.engine import Engine, EngineConfig, SystemClock
+from collector.engine import Engine, EngineConfig
 from collector.logging import configure_logging
 
 ADMIN_URL = os.environ.get(

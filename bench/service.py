@@ -24,10 +24,10 @@ import asyncpg
 
 from bench.collect import ADMIN_URL, total_rows
 from collector import publish
+from collector.clock import SystemClock
 from collector.config import Settings
 from collector.db.migrations import migrate
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
-from collector.engine import SystemClock
 from collector.logging import configure_logging
 from collector.service import Service
 from events import RepoDeleted, RequestData, TagExpired

@@ -17,11 +17,11 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from collector import kafka
+from collector.clock import ms_to_datetime
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import repositories
-from collector.engine.context import ms_to_datetime
 from collector.errors import BrokerUnavailable, ConfigError
 from events import (
     CloudEvent,

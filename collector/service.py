@@ -24,10 +24,10 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
+from collector.clock import Clock, SystemClock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
 from collector.engine import Callbacks, Engine, EngineConfig
-from collector.engine.context import Clock, SystemClock
 from collector.errors import CollectorError, ConfigError
 from collector.intake.consumer import Intake
 from collector.outbox import store as outbox

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from collector.clock import ms_to_datetime
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import ms_to_datetime
 
 _QUERIES = load_queries("verify.sql")
 

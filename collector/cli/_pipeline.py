@@ -17,9 +17,10 @@ from collector import publish
 from collector.backoff import Backoff
 from collector.cli import _signals as signals
 from collector.cli._output import json_line
+from collector.clock import SystemClock
 from collector.config import load_settings
 from collector.db.connector import DISCONNECTS, Connection, PoolDatabase, create_pool
-from collector.engine import Engine, EngineConfig, SystemClock
+from collector.engine import Engine, EngineConfig
 from collector.engine import sweep as sweeps
 from collector.errors import BrokerUnavailable, DatabaseUnavailable
 from collector.logging import configure_logging

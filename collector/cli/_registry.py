@@ -20,6 +20,7 @@ from rich.table import Table
 from collector import kafka
 from collector.cli import _signals as signals
 from collector.cli._output import json_line, tables
+from collector.clock import SystemClock
 from collector.config import Settings, load_settings
 from collector.db.connector import (
     DISCONNECTS,
@@ -32,7 +33,7 @@ from collector.db.connector import (
 from collector.db.migrations import migrate as apply_migrations
 from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
-from collector.engine import Callbacks, Engine, EngineConfig, Report, SystemClock
+from collector.engine import Callbacks, Engine, EngineConfig, Report
 from collector.engine import repositories as repository_rows
 from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked
 from collector.logging import configure_logging

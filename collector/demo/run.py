@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from collector import kafka, publish
+from collector.clock import SystemClock
 from collector.config import Settings
 from collector.db.connector import Connection, create_pool
 from collector.db.migrations import migrate
@@ -31,7 +32,6 @@ from collector.demo.seed import (
     plan_registry,
     write,
 )
-from collector.engine import SystemClock
 from collector.service import Service, ServiceSummary
 from collector.sinks.blob_deleter import BlobDeleter, Counts
 from collector.sinks.storage import blob_key

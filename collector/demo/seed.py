@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from collector.clock import ms_to_datetime
 from collector.config import EMPTY_LAYER_DIGEST
 from collector.db.connector import Connection
-from collector.engine.context import ms_to_datetime
 
 DAY_MS = 86_400_000
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"

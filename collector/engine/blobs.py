@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collector.clock import ms_to_datetime
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import RepositoryContext, ms_to_datetime
+from collector.engine.context import RepositoryContext
 from collector.outbox.store import Removed
 from events import BlobRemoved
 

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import enum
 import functools
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
 
 from collector.config import Settings
 from collector.outbox.store import Removed
 from events import BlobRemoved
-
-
-class Clock(Protocol):
-    def now_ms(self) -> int:
-        """Milliseconds since the epoch (tag lifetimes are stored in these)."""
-
-
-class SystemClock:
-    def now_ms(self) -> int:
-        return time.time_ns() // 1_000_000
-
-
-def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class Mode(enum.Enum):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collector.clock import ms_to_datetime
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import ms_to_datetime
 from collector.errors import ConfigError, RepositoryNotFound
 from events import RepoPurged
 

@@ -32,6 +32,7 @@ import asyncpg
 import structlog
 
 from collector.backoff import Backoff
+from collector.clock import Clock, SystemClock, ms_to_datetime
 from collector.db.connector import DISCONNECTS, Connection, Database, raise_if_cancelled
 from collector.engine import (
     candidates,
@@ -47,15 +48,12 @@ from collector.engine.blobs import BlobCollector
 from collector.engine.callbacks import Callbacks
 from collector.engine.candidates import Batch
 from collector.engine.context import (
-    Clock,
     EngineConfig,
     Mode,
     Report,
     RepositoryContext,
     StepResult,
     SweepTotals,
-    SystemClock,
-    ms_to_datetime,
 )
 from collector.engine.images import ImageCollector
 from collector.engine.labels import LabelCollector

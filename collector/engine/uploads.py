@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collector.clock import ms_to_datetime
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Mode, RepositoryContext, StepResult, ms_to_datetime
+from collector.engine.context import Mode, RepositoryContext, StepResult
 
 _QUERIES = load_queries("uploads.sql")
 

@@ -25,10 +25,10 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from collector import metrics
 from collector.backoff import Backoff, Outage
+from collector.clock import Clock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS
 from collector.dead_letters import DeadLetters
-from collector.engine.context import Clock
 from collector.errors import BrokerUnavailable, CollectorError, DatabaseUnavailable
 from collector.intake.admission import Refusal, admit
 from collector.intake.offsets import OffsetTracker

@@ -33,11 +33,11 @@ import structlog
 
 from collector import metrics
 from collector.backoff import Backoff, Outage
+from collector.clock import Clock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, Connection, waiting_changes
 from collector.dead_letters import DeadLetters, Origin
 from collector.engine import Engine
-from collector.engine.context import Clock
 from collector.errors import (
     BrokerUnavailable,
     Contention,

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from collector.engine import SystemClock
+from collector.clock import SystemClock
 from tests.acceptance.conftest import CreateDatabase, run_collector, single_error_line
 from tests.pipeline import pipeline_settings, read_topic, topics
 from tests.registry import DAY_MS, Registry, outbox, snapshot

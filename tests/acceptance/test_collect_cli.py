@@ -11,8 +11,8 @@ import signal
 import asyncpg
 import pytest
 
+from collector.clock import SystemClock
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
-from collector.engine import SystemClock
 from tests.acceptance.conftest import (
     CreateDatabase,
     collector_command,

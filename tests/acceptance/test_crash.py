@@ -9,8 +9,8 @@ import random
 
 import asyncpg
 
+from collector.clock import SystemClock
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
-from collector.engine import SystemClock
 from tests.acceptance.conftest import (
     CreateDatabase,
     collector_command,

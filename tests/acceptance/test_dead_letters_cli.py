@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
+from collector.clock import SystemClock
 from collector.config import Settings
-from collector.engine import SystemClock
 from events import CONTENT_TYPE, RepoDeleted, RepoSweep
 from tests.acceptance.conftest import (
     CreateDatabase,

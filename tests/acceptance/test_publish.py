@@ -16,8 +16,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from collector.clock import SystemClock
 from collector.config import Settings
-from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
 from events import LegacyTagExpired, RepoDeleted, RepoSweep, Request, TagExpired, decode_request
 from tests.acceptance.conftest import (

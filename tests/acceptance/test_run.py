@@ -15,9 +15,9 @@ from typing import Any
 import asyncpg
 import pytest
 
+from collector.clock import SystemClock
 from collector.config import Settings
 from collector.demo.seed import Shape, delete_repositories, expire_tags, plan_registry, write
-from collector.engine import SystemClock
 from tests.acceptance.conftest import (
     CreateDatabase,
     collector_command,

@@ -27,6 +27,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from collector import publish
+from collector.clock import SystemClock
 from collector.config import Settings
 from collector.db.migrations import migrate
 from collector.demo.seed import (
@@ -37,7 +38,6 @@ from collector.demo.seed import (
     plan_registry,
     write,
 )
-from collector.engine import SystemClock
 from collector.kafka import client_options, ensure_topics
 from collector.outbox import store
 from collector.verify import verify

@@ -13,8 +13,9 @@ import pytest
 import structlog
 
 from collector.cli import main
+from collector.clock import SystemClock
 from collector.config import Settings
-from collector.engine import Engine, Report, SystemClock
+from collector.engine import Engine, Report
 from collector.errors import Contention
 from events import RepoSweep
 from tests.integration.test_service import requests_table, run_service

@@ -10,9 +10,9 @@ from datetime import timedelta
 
 import asyncpg
 
+from collector.clock import SystemClock, ms_to_datetime
 from collector.db.connector import Connection, PoolDatabase
-from collector.engine import Engine, EngineConfig, SystemClock, sweep
-from collector.engine.context import ms_to_datetime
+from collector.engine import Engine, EngineConfig, sweep
 from collector.verify import verify
 from tests import pushes
 from tests.registry import NOW_MS, FixedClock, Registry, exists, outbox
