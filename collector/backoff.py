@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import structlog
 
@@ -41,13 +42,22 @@ class Outage:
     line however many retries it takes (``<what>_unavailable``, ``<what>_recovered``),
     and counts once in ``registry_gc_unavailable`` while it lasts."""
 
+    #: How many outages of each dependency are being waited out now, in this process.
+    _current: ClassVar[Counter[str]] = Counter()
+
     def __init__(self, what: str) -> None:
         self._what = what
         self.down = False
 
+    @classmethod
+    def unavailable(cls) -> set[str]:
+        """The dependencies some stage of this process finds unavailable right now."""
+        return {what for what, count in cls._current.items() if count > 0}
+
     def failed(self, error: BaseException) -> None:
         if not self.down:
             self.down = True
+            Outage._current[self._what] += 1
             metrics.UNAVAILABLE.labels(self._what).inc()
             log.warning(f"{self._what}_unavailable", error=repr(error))
 
@@ -56,6 +66,7 @@ class Outage:
         if not self.down:
             return False
         self.down = False
+        Outage._current[self._what] -= 1
         metrics.UNAVAILABLE.labels(self._what).dec()
         log.info(f"{self._what}_recovered")
         return True

@@ -1,14 +1,34 @@
 """Prometheus metrics of `collector run`: one at every decision the service makes.
 
 Served at ``http://<COLLECTOR_METRICS_ADDRESS>:<COLLECTOR_METRICS_PORT>/metrics``
-(127.0.0.1 unless told otherwise) when a port is configured.
+(127.0.0.1 unless told otherwise) when a port is configured, beside the health
+probes ``/healthz`` and ``/readyz`` (:mod:`collector.health`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse, WSGIEnvironment
+
+    from collector.health import Health
+
+# A counter's `_created` series doubles every series and tells an operator nothing.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client 0.26
 
 REQUESTS_RECEIVED = Counter(
     "registry_gc_requests_received",
@@ -69,9 +89,12 @@ UNAVAILABLE = Gauge(
 )
 
 
-def serve(address: str, port: int) -> Callable[[], None]:
-    """Serve /metrics in a background thread; return the function that stops it."""
-    server, thread = start_http_server(port, addr=address)
+def serve(address: str, port: int, health: Health) -> Callable[[], None]:
+    """Serve /metrics, /healthz and /readyz in a background thread; return the function
+    that stops it."""
+    server = make_server(address, port, _app(health), ThreadingWSGIServer, _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()
@@ -79,3 +102,36 @@ def serve(address: str, port: int) -> Callable[[], None]:
         thread.join()
 
     return stop
+
+
+def _app(health: Health) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
+    exposition = make_wsgi_app()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            page: Iterable[bytes] = exposition(environ, start_response)
+            return page
+        if path == "/healthz":
+            alive = health.alive()
+            return _answer(start_response, alive, {"alive": alive})
+        if path == "/readyz":
+            checks = dict(health.readiness())
+            ready = all(checks.values())
+            return _answer(start_response, ready, {"ready": ready, "checks": checks})
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: /metrics, /healthz, /readyz\n"]
+
+    return app
+
+
+def _answer(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> list[bytes]:
+    start_response(
+        "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")]
+    )
+    return [json.dumps(body).encode() + b"\n"]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes every few seconds are not news: no access log on stderr."""

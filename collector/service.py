@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -24,11 +25,13 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
+from collector.backoff import Outage
 from collector.clock import Clock, SystemClock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
 from collector.engine import Callbacks, Engine, EngineConfig
 from collector.errors import CollectorError, ConfigError
+from collector.health import Health
 from collector.intake.consumer import Intake
 from collector.outbox import store as outbox
 from collector.outbox.relay import Relay
@@ -75,6 +78,8 @@ class Service:
         self._exit_when_idle_s = exit_when_idle_s
         self._clock = clock or SystemClock()
         self._stopping = asyncio.Event()
+        #: What /readyz checks (served with the metrics), made when the loop runs.
+        self._health: Health
 
     def stop(self) -> None:
         """Ask for a clean shutdown (SIGTERM, SIGINT)."""
@@ -82,10 +87,13 @@ class Service:
 
     async def run(self) -> ServiceSummary:
         settings = self._settings
+        health = self._health = Health(asyncio.get_running_loop())
+        for dependency in ("database", "broker"):
+            health.require(dependency, functools.partial(_available, dependency))
         if settings.metrics_port is None:
             return await self._serve()
         try:
-            stop_metrics = metrics.serve(settings.metrics_address, settings.metrics_port)
+            stop_metrics = metrics.serve(settings.metrics_address, settings.metrics_port, health)
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {exc}"
@@ -119,6 +127,7 @@ class Service:
             intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)
             relay = Relay(pool, settings)
             pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
+            self._health.require("consumer", lambda: intake.in_group)
             await self._supervise(pool, intake, workers, relay, pruner)
             return ServiceSummary(
                 received=intake.received,
@@ -152,6 +161,7 @@ class Service:
         }
         idle = _start(self._until_idle(pool, intake, workers), "idle-watch")
         stopping = _start(self._stopping.wait(), "signals")
+        self._health.require("stages", lambda: not any(task.done() for task in [*stages, stopping]))
         errors: list[BaseException] = []
         try:
             done, _ = await asyncio.wait(
@@ -253,6 +263,10 @@ class Pruner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY_S):
                     await self._stopping.wait()
+
+
+def _available(dependency: str) -> bool:
+    return dependency not in Outage.unavailable()
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:

@@ -310,6 +310,11 @@ class Intake:
         if revoked:
             log.info("partitions_revoked", partitions=sorted(p.partition for p in revoked))
 
+    @property
+    def in_group(self) -> bool:
+        """Whether the group has given this member its (possibly no) partitions."""
+        return self._joined
+
     def joined(self, assigned: set[TopicPartition]) -> None:
         self._joined = True
         log.info("partitions_assigned", partitions=sorted(p.partition for p in assigned))

@@ -627,6 +627,40 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
         _fetch(f"http://127.0.0.1:{port}/metrics")
 
 
+async def test_the_metrics_listener_answers_health_and_readiness_probes(
+    settings: Settings, clock: FixedClock
+) -> None:
+    """/healthz answers while the service runs; /readyz turns ready once the consumer
+    joined its group, every check named; the metrics listener serves nothing else."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    service = Service(settings.model_copy(update={"metrics_port": port}), clock=clock)
+    running = asyncio.create_task(service.run())
+    base = f"http://127.0.0.1:{port}"
+    readiness: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(30):
+            while not readiness.get("ready"):
+                await asyncio.sleep(0.1)
+                with contextlib.suppress(OSError):
+                    readiness = json.loads(await asyncio.to_thread(_fetch, f"{base}/readyz"))
+        alive = json.loads(await asyncio.to_thread(_fetch, f"{base}/healthz"))
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            await asyncio.to_thread(_fetch, f"{base}/")
+    finally:
+        service.stop()
+        await asyncio.wait_for(running, 60)
+
+    assert readiness == {
+        "ready": True,
+        "checks": {"database": True, "broker": True, "consumer": True, "stages": True},
+    }
+    assert alive == {"alive": True}
+    assert missing.value.code == 404
+    missing.value.close()
+
+
 def _fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=2) as response:
         body: bytes = response.read()

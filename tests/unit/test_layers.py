@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Lowest first. A part may import any part of a lower layer, none of its own or a
 #: higher one. A part is a package or a module directly under collector/.
 LAYERS: list[set[str]] = [
-    {"errors", "limits"},
+    {"errors", "limits", "health"},
     {"config", "logging", "metrics", "clock"},
     {"backoff"},
     {"db", "kafka"},

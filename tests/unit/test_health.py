@@ -1,0 +1,80 @@
+"""The probes the metrics listener answers: /healthz from the event loop, /readyz from
+the readiness checks, /metrics without `_created` series, 404 elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterable
+
+import pytest
+
+from collector import health as health_module
+from collector import metrics
+from collector.health import Health
+
+Answer = tuple[str, dict[str, str], bytes]
+
+
+def get(health: Health, path: str) -> Answer:
+    """One GET of ``path`` through the listener's WSGI app."""
+    answer: dict[str, object] = {}
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> None:
+        answer["status"], answer["headers"] = status, dict(headers)
+
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    body: Iterable[bytes] = metrics._app(health)(environ, start_response)  # type: ignore[arg-type]
+    return str(answer["status"]), answer["headers"], b"".join(body)  # type: ignore[return-value]
+
+
+async def test_healthz_answers_while_the_loop_runs_and_not_when_it_is_blocked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health_module, "PROBE_TIMEOUT_S", 0.2)
+    health = Health(asyncio.get_running_loop())
+
+    status, _, body = await asyncio.to_thread(get, health, "/healthz")
+    assert (status, json.loads(body)) == ("200 OK", {"alive": True})
+
+    answers: list[Answer] = []
+    probe = threading.Thread(target=lambda: answers.append(get(health, "/healthz")))
+    probe.start()
+    time.sleep(0.5)  # noqa: ASYNC251  # the loop stuck for longer than the probe waits
+    probe.join()
+    [(status, _, body)] = answers
+    assert (status, json.loads(body)) == ("503 Service Unavailable", {"alive": False})
+
+
+async def test_readyz_is_ready_only_when_every_check_passes() -> None:
+    health = Health(asyncio.get_running_loop())
+    state = {"consumer": False}
+    health.require("database", lambda: True)
+    health.require("consumer", lambda: state["consumer"])
+
+    status, _, body = await asyncio.to_thread(get, health, "/readyz")
+    assert status == "503 Service Unavailable"
+    assert json.loads(body) == {"ready": False, "checks": {"database": True, "consumer": False}}
+
+    state["consumer"] = True
+    status, _, body = await asyncio.to_thread(get, health, "/readyz")
+    assert status == "200 OK"
+    assert json.loads(body)["ready"] is True
+
+
+async def test_metrics_only_at_metrics_and_without_created_series() -> None:
+    health = Health(asyncio.get_running_loop())
+    metrics.REMOVALS.labels("registry.gc.tag-removed").inc(0)
+
+    status, headers, page = await asyncio.to_thread(get, health, "/metrics")
+    missing, _, _ = await asyncio.to_thread(get, health, "/")
+
+    assert status == "200 OK"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert b"registry_gc_removals_total" in page
+    assert b"_created" not in page
+    assert missing == "404 Not Found"
