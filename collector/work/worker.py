@@ -8,7 +8,12 @@ back, and the requests are claimed again, by this process or another: the
 engine's work is idempotent and its own transactions are durable. Should the
 claim's connection be lost, its row locks go with it and another worker may
 claim the same requests: the work in hand is cancelled at once, so that no
-request is ever worked by two workers at once.
+request is ever worked by two workers at once. Cancelled is not yet ended: the
+locks are gone the moment the server ends the session, while the cancelled work
+still unwinds (rolling back its transactions) for a while; a worker of this
+process that claims one of its repositories meanwhile waits for it to end
+(:class:`InHand`) before it starts the engine there. (Another process has no such
+guard: it relies on the cancellation arriving before its own claim and start.)
 
 Requests are re-validated here, when due (CONTRACT §2.1): a ``tag-expired``
 acts only while the tag still has the event's ``lifetime_end_ms`` (a
@@ -24,7 +29,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -82,6 +87,33 @@ async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
         conn.remove_termination_listener(on_lost)
 
 
+class InHand:
+    """The repositories this process's workers have engine work on, each until that
+    work has ended: cancelled (its claim lost), it may still be unwinding, with a
+    transaction open, while the server has released the claim's locks already."""
+
+    def __init__(self) -> None:
+        self._ended: dict[int, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def taking(self, repository_ids: Iterable[int]) -> AsyncIterator[None]:
+        """Hold ``repository_ids``, once the work in hand on any of them has ended."""
+        wanted = set(repository_ids)
+        while earlier := [self._ended[id_] for id_ in wanted if id_ in self._ended]:
+            log.info("repository_still_in_hand", repositories=sorted(wanted & set(self._ended)))
+            await earlier[0].wait()
+        # No await since the check: all of them or none, so no two takers wait on each other.
+        ended = asyncio.Event()
+        for id_ in wanted:
+            self._ended[id_] = ended
+        try:
+            yield
+        finally:
+            for id_ in wanted:
+                del self._ended[id_]
+            ended.set()
+
+
 @dataclass(frozen=True, slots=True)
 class Deferred:
     due_at_ms: int
@@ -108,6 +140,8 @@ class Workers:
         #: For requests refused only when their turn comes.
         self._dead_letters = DeadLetters(settings, self._stopping)
         self._wakeup = asyncio.Event()
+        #: Repositories whose engine work has not ended yet (claim lost or not).
+        self._in_hand = InHand()
         #: Requests being worked on right now.
         self.busy = 0
         #: Finished requests by outcome, and deferrals.
@@ -197,7 +231,7 @@ class Workers:
         transaction; return them, and the requests queued behind them made stale."""
         self.busy += len(items)
         try:
-            outcomes = await while_held(conn, self._handle_guarded(conn, items))
+            outcomes = await while_held(conn, self._handle_in_turn(conn, items))
             for item, outcome in zip(items, outcomes, strict=True):
                 assert item.id is not None  # claimed rows have one
                 if isinstance(outcome, Deferred):
@@ -227,6 +261,15 @@ class Workers:
                 duration_ms=round(seconds * 1000, 1),
                 **context,
             )
+
+    async def _handle_in_turn(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
+        """:meth:`_handle_guarded`, once the work of a lost claim on the same repositories
+        (the server released its locks at once, and this claim took them) has ended:
+        never two engine runs on a repository at once. Runs inside the task
+        :func:`while_held` cancels, so that the repositories are let go only when
+        this work has ended, however it ends."""
+        async with self._in_hand.taking(item.repository_id for item in items):
+            return await self._handle_guarded(conn, items)
 
     async def _handle_guarded(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
         """Each request's outcome, whatever a request does to the engine: when handling

@@ -96,3 +96,62 @@ async def test_a_lost_claim_stops_its_purge_before_another_worker_takes_it(
         "SELECT count(*) FROM gc.outbox WHERE event_type = 'registry.gc.repo-purged'"
     )
     assert purged == 1
+
+
+async def test_a_claim_taken_over_waits_for_the_lost_claims_purge_to_unwind(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    clock: FixedClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled is not yet ended: the server releases a lost claim's locks at once, while
+    its purge still unwinds (slowly, as on a loaded machine). Another worker claiming the
+    request meanwhile waits for that purge to end before it starts its own."""
+    acme = await registry.namespace("acme")
+    doomed = await registry.repository(acme, "doomed", state="marked_for_deletion")
+    for n in range(300):
+        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
+        await registry.tag(doomed, manifest, f"v{n}")
+    await produce(
+        settings.topic_requests,
+        [request(RepoDeleted(namespace="acme", repository="doomed", repository_id=doomed))],
+    )
+    running = 0
+    overlaps = 0
+    unwound = 0
+    original = Engine.purge
+
+    async def slow_to_unwind(self: Engine, repository_id: int, **kwargs: Any) -> Report:
+        nonlocal running, overlaps, unwound
+        running += 1
+        overlaps += running > 1
+        try:
+            return await original(self, repository_id, **kwargs)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1.0)  # longer than the workers' poll (0.2 s)
+            unwound += 1
+            raise
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(Engine, "purge", slow_to_unwind)
+    service = asyncio.create_task(
+        Service(settings, exit_when_idle_s=0.5, clock=clock).run(), name="service"
+    )
+    killed = False
+    async with asyncio.timeout(60):
+        while not killed:
+            await asyncio.sleep(0.01)
+            if await db.fetchval("SELECT count(*) FROM gc.outbox") >= 100:
+                pids = [row["pid"] for row in await db.fetch(CLAIMING)]
+                killed = bool(pids)
+                for pid in pids:
+                    await db.execute("SELECT pg_terminate_backend($1)", pid)
+        summary = await service
+
+    assert killed
+    assert unwound == 1, "the lost claim's purge must have been cancelled"
+    assert overlaps == 0
+    assert summary.outcomes == {"purged": 1}
+    assert await db.fetchval("SELECT count(*) FROM repository WHERE id = $1", doomed) == 0
