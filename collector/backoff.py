@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import ClassVar, TypeVar
@@ -40,36 +41,46 @@ class Outage:
     """One dependency's availability, for the logs and metrics: ``failed`` and
     ``recovered`` act only when it changes, so an outage is one warning and one info
     line however many retries it takes (``<what>_unavailable``, ``<what>_recovered``),
-    and counts once in ``registry_gc_unavailable`` while it lasts."""
+    and counts once in ``registry_gc_unavailable`` while it lasts. An outage whose
+    waiter is gone (a stage stopped, a loop left, while it lasted) stops counting."""
 
     #: How many outages of each dependency are being waited out now, in this process.
     _current: ClassVar[Counter[str]] = Counter()
 
     def __init__(self, what: str) -> None:
         self._what = what
-        self.down = False
+        self._ended: Callable[[], object] | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._ended is not None
 
     @classmethod
-    def unavailable(cls) -> set[str]:
-        """The dependencies some stage of this process finds unavailable right now."""
-        return {what for what, count in cls._current.items() if count > 0}
+    def available(cls, what: str) -> bool:
+        """Whether no stage of this process is waiting out an outage of ``what`` now."""
+        return cls._current[what] <= 0
 
     def failed(self, error: BaseException) -> None:
         if not self.down:
-            self.down = True
             Outage._current[self._what] += 1
             metrics.UNAVAILABLE.labels(self._what).inc()
+            # Run by recovered(), or when this object is collected while down.
+            self._ended = weakref.finalize(self, Outage._end, self._what)
             log.warning(f"{self._what}_unavailable", error=repr(error))
 
     def recovered(self) -> bool:
         """Log the end of an outage; True if there was one."""
-        if not self.down:
+        if self._ended is None:
             return False
-        self.down = False
-        Outage._current[self._what] -= 1
-        metrics.UNAVAILABLE.labels(self._what).dec()
+        ended, self._ended = self._ended, None
+        ended()
         log.info(f"{self._what}_recovered")
         return True
+
+    @staticmethod
+    def _end(what: str) -> None:
+        Outage._current[what] -= 1
+        metrics.UNAVAILABLE.labels(what).dec()
 
 
 async def reach(

@@ -1,4 +1,5 @@
-"""Prometheus metrics of `collector run`: one at every decision the service makes.
+"""Prometheus metrics of `collector run` and `collector sink blob-deleter`: one at every
+decision they make.
 
 Served at ``http://<COLLECTOR_METRICS_ADDRESS>:<COLLECTOR_METRICS_PORT>/metrics``
 (127.0.0.1 unless told otherwise) when a port is configured, beside the health
@@ -7,9 +8,10 @@ probes ``/healthz`` and ``/readyz`` (:mod:`collector.health`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -21,6 +23,8 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from collector.errors import ConfigError
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse, WSGIEnvironment
@@ -81,6 +85,23 @@ OUTBOX_PENDING = Gauge(
     "Removal events committed and not yet acknowledged by the broker, as the publishing"
     " relay last counted them.",
 )
+BLOBS_SETTLED = Counter(
+    "registry_gc_blob_deleter_blobs",
+    "Blob-removed events the blob deleter settled, by outcome: deleted, already_gone"
+    " (a deleter deleted the file before), missing (gone, never deleted by a deleter),"
+    " repushed (the digest was pushed again: bytes kept).",
+    ["outcome"],
+)
+BYTES_FREED = Counter(
+    "registry_gc_blob_deleter_freed_bytes",
+    "Bytes of the blob files the blob deleter deleted, as their blob-removed events size them.",
+)
+RECORDS_SKIPPED = Counter(
+    "registry_gc_blob_deleter_records_skipped",
+    "Records of the removals topic the blob deleter skipped, by reason: duplicate,"
+    " other_event (not blob-removed), invalid.",
+    ["reason"],
+)
 UNAVAILABLE = Gauge(
     "registry_gc_unavailable",
     "Stages that find a dependency unavailable right now, by dependency (database,"
@@ -89,19 +110,25 @@ UNAVAILABLE = Gauge(
 )
 
 
-def serve(address: str, port: int, health: Health) -> Callable[[], None]:
-    """Serve /metrics, /healthz and /readyz in a background thread; return the function
-    that stops it."""
-    server = make_server(address, port, _app(health), ThreadingWSGIServer, _QuietHandler)
+@contextlib.contextmanager
+def served(address: str, port: int | None, health: Health) -> Iterator[None]:
+    """Serve /metrics, /healthz and /readyz in a background thread while the block runs
+    (nothing without a port); a port that cannot be bound is a configuration error."""
+    if port is None:
+        yield
+        return
+    try:
+        server = make_server(address, port, _app(health), ThreadingWSGIServer, _QuietHandler)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
-
-    def stop() -> None:
+    try:
+        yield
+    finally:
         server.shutdown()
         server.server_close()
         thread.join()
-
-    return stop
 
 
 def _app(health: Health) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:

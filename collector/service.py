@@ -30,7 +30,7 @@ from collector.clock import Clock, SystemClock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
 from collector.engine import Callbacks, Engine, EngineConfig
-from collector.errors import CollectorError, ConfigError
+from collector.errors import CollectorError
 from collector.health import Health
 from collector.intake.consumer import Intake
 from collector.outbox import store as outbox
@@ -89,19 +89,9 @@ class Service:
         settings = self._settings
         health = self._health = Health(asyncio.get_running_loop())
         for dependency in ("database", "broker"):
-            health.require(dependency, functools.partial(_available, dependency))
-        if settings.metrics_port is None:
+            health.require(dependency, functools.partial(Outage.available, dependency))
+        with metrics.served(settings.metrics_address, settings.metrics_port, health):
             return await self._serve()
-        try:
-            stop_metrics = metrics.serve(settings.metrics_address, settings.metrics_port, health)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {settings.metrics_address}:{settings.metrics_port}: {exc}"
-            ) from exc
-        try:
-            return await self._serve()
-        finally:
-            stop_metrics()
 
     async def _serve(self) -> ServiceSummary:
         started = time.monotonic()
@@ -263,10 +253,6 @@ class Pruner:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PRUNE_EVERY_S):
                     await self._stopping.wait()
-
-
-def _available(dependency: str) -> bool:
-    return dependency not in Outage.unavailable()
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:

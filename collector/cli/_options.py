@@ -53,3 +53,14 @@ LogLevel = Annotated[
         envvar="COLLECTOR_LOG_LEVEL",
     ),
 ]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=65535,
+        metavar="PORT",
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics, and the probes /healthz"
+        " and /readyz (address: COLLECTOR_METRICS_ADDRESS)  [env var: COLLECTOR_METRICS_PORT]",
+        show_default=False,
+    ),
+]

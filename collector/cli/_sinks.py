@@ -22,6 +22,7 @@ def blob_deleter(
     storage_root: Path,
     exit_when_idle: float | None,
     max_missing: float | None,
+    metrics_port: int | None,
     as_json: bool,
     database_url: str | None,
     kafka_bootstrap: str | None,
@@ -29,7 +30,10 @@ def blob_deleter(
 ) -> None:
     configure_logging(log_level)
     settings = load_settings(
-        database_url=database_url, kafka_bootstrap=kafka_bootstrap, max_missing=max_missing
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+        max_missing=max_missing,
+        metrics_port=metrics_port,
     )
     storage = FilesystemStorage(storage_root)
     storage.check()

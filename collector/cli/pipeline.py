@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from collector.cli._app import app
-from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.cli._options import (
+    BatchSize,
+    Concurrency,
+    DatabaseUrl,
+    KafkaBootstrap,
+    LogLevel,
+    MetricsPort,
+)
 
 publish_app = typer.Typer(
     help="Put a request on the requests topic, reading ids from the database.",
@@ -158,17 +165,7 @@ def run(
             help="Exit after SECONDS with the topic read, no request due and the outbox empty.",
         ),
     ] = None,
-    metrics_port: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            max=65535,
-            metavar="PORT",
-            help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics (address:"
-            " COLLECTOR_METRICS_ADDRESS)  [env var: COLLECTOR_METRICS_PORT]",
-            show_default=False,
-        ),
-    ] = None,
+    metrics_port: MetricsPort = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The summary as one JSON object on stdout at exit.")
     ] = False,

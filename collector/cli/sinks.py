@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from collector.cli._app import app
-from collector.cli._options import DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.cli._options import DatabaseUrl, KafkaBootstrap, LogLevel, MetricsPort
 from collector.limits import MAX_MISSING
 
 sink_app = typer.Typer(help="Downstream consumers of the removals topic.", no_args_is_help=True)
@@ -46,6 +46,7 @@ def sink_blob_deleter(
             show_default=False,
         ),
     ] = None,
+    metrics_port: MetricsPort = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="The summary as one JSON object on stdout.")
     ] = False,
@@ -62,6 +63,7 @@ def sink_blob_deleter(
         storage_root=storage_root,
         exit_when_idle=exit_when_idle,
         max_missing=max_missing,
+        metrics_port=metrics_port,
         as_json=as_json,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,

@@ -46,11 +46,13 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from collector import metrics
 from collector.backoff import Backoff, Outage
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, create_pool
 from collector.db.queries import load_queries
 from collector.errors import CollectorError, StorageError
+from collector.health import Health
 from collector.kafka import client_options, reach_broker
 from collector.sinks.decode import InvalidRecord, decode_event, removal_of
 from collector.sinks.storage import (
@@ -156,6 +158,8 @@ class BlobDeleter:
         self._storage_outage = Outage("storage")
         #: When a record last came, or partitions were last assigned: the idle clock.
         self._active_at: float | None = None
+        #: Whether the group has given this member its (possibly no) partitions.
+        self._joined = False
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
         self.counts = Counts()
 
@@ -165,7 +169,19 @@ class BlobDeleter:
 
     async def run(self) -> None:
         """Delete what each ``blob-removed`` event names until stopped. Outages are
-        waited out; an error no wait can fix (say, a refused query) propagates."""
+        waited out; an error no wait can fix (say, a refused query) propagates. With a
+        metrics port, metrics and health probes are served meanwhile."""
+        settings = self._settings
+        health = Health(asyncio.get_running_loop())
+        health.require("database", lambda: not self._database.down)
+        health.require("broker", lambda: not self._broker.down)
+        health.require("storage", lambda: not self._storage_outage.down)
+        health.require("consumer", lambda: self._joined)
+        health.require("running", lambda: not self._stopping.is_set())
+        with metrics.served(settings.metrics_address, settings.metrics_port, health):
+            await self._run()
+
+    async def _run(self) -> None:
         settings = self._settings
         topic = settings.topic_removals
         log.info("blob_deleter_started", topic=topic, group_id=settings.sink_group_id)
@@ -270,6 +286,7 @@ class BlobDeleter:
             log.info("deletions_pruned", count=pruned)
 
     def _on_assigned(self, partitions: list[int]) -> None:
+        self._joined = True
         log.info("partitions_assigned", partitions=partitions)
         self._active_at = asyncio.get_running_loop().time()
 
@@ -306,20 +323,24 @@ class BlobDeleter:
                 removal = removal_of(event)
             except InvalidRecord as exc:
                 self.counts.invalid += 1
+                metrics.RECORDS_SKIPPED.labels("invalid").inc()
                 log.warning("record_skipped", reason=str(exc))
                 return True
             if not isinstance(removal, BlobRemoved):
                 self.counts.other += 1
+                metrics.RECORDS_SKIPPED.labels("other_event").inc()
                 return True
             with structlog.contextvars.bound_contextvars(event_id=event.id):
                 if event.id in self._seen:
                     self.counts.duplicates += 1
+                    metrics.RECORDS_SKIPPED.labels("duplicate").inc()
                     log.info("duplicate_skipped")
                     return True
                 try:
                     blob_key(removal.digest)
                 except InvalidDigest as exc:  # its message quotes the digest, cut short
                     self.counts.invalid += 1
+                    metrics.RECORDS_SKIPPED.labels("invalid").inc()
                     log.warning("digest_refused", reason=str(exc))
                     return True
                 with structlog.contextvars.bound_contextvars(digest=removal.digest):
@@ -327,12 +348,15 @@ class BlobDeleter:
                 if outcome is None:
                     return False
                 self._seen.add(event.id)
-                self._count(outcome, removal.digest)
+                self._count(outcome, removal)
                 return True
 
-    def _count(self, outcome: Outcome, digest: str) -> None:
+    def _count(self, outcome: Outcome, removal: BlobRemoved) -> None:
+        digest = removal.digest
+        metrics.BLOBS_SETTLED.labels(outcome.value).inc()
         if outcome is Outcome.DELETED:
             self.counts.deleted += 1
+            metrics.BYTES_FREED.inc(max(removal.size, 0))
             log.info("blob_deleted", digest=digest)
         elif outcome is Outcome.ALREADY_GONE:
             self.counts.already_gone += 1

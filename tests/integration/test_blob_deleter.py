@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -13,6 +16,7 @@ import asyncpg
 import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
 from structlog.typing import EventDict
 
 from collector.config import Settings
@@ -505,3 +509,66 @@ def test_recent_ids_forget_the_least_recently_seen_beyond_capacity() -> None:
     recent.add("c")
 
     assert ("a" in recent, "b" in recent, "c" in recent) == (True, False, True)
+
+
+async def test_metrics_and_probes_say_what_the_deleter_did_and_whether_it_is_ready(
+    settings: Settings, storage: FilesystemStorage
+) -> None:
+    """With a metrics port: blobs by outcome, bytes freed and skipped records on
+    /metrics; /readyz ready once in its group, every check named; /healthz alive."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stored(storage, digest(60))
+    before = {
+        "deleted": sample("registry_gc_blob_deleter_blobs_total", outcome="deleted"),
+        "bytes": sample("registry_gc_blob_deleter_freed_bytes_total"),
+        "other": sample("registry_gc_blob_deleter_records_skipped_total", reason="other_event"),
+    }
+    await produce(settings, [blob_removed(digest(60)), tag_removed()])
+    deleter = BlobDeleter(settings.model_copy(update={"metrics_port": port}), storage)
+    running = asyncio.create_task(deleter.run())
+    base = f"http://127.0.0.1:{port}"
+    readiness: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while deleter.counts.deleted + deleter.counts.other < 2 or not readiness.get("ready"):
+                await asyncio.sleep(0.1)
+                with contextlib.suppress(OSError):
+                    readiness = json.loads(await asyncio.to_thread(fetch, f"{base}/readyz"))
+        alive = json.loads(await asyncio.to_thread(fetch, f"{base}/healthz"))
+        page = await asyncio.to_thread(fetch, f"{base}/metrics")
+    finally:
+        deleter.stop()
+        await asyncio.wait_for(running, WAIT_S)
+
+    assert readiness == {
+        "ready": True,
+        "checks": {
+            "database": True,
+            "broker": True,
+            "storage": True,
+            "consumer": True,
+            "running": True,
+        },
+    }
+    assert alive == {"alive": True}
+    assert 'registry_gc_blob_deleter_blobs_total{outcome="deleted"}' in page
+    assert (
+        sample("registry_gc_blob_deleter_blobs_total", outcome="deleted") == before["deleted"] + 1
+    )
+    assert sample("registry_gc_blob_deleter_freed_bytes_total") == before["bytes"] + 10
+    assert (
+        sample("registry_gc_blob_deleter_records_skipped_total", reason="other_event")
+        == before["other"] + 1
+    )
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=2) as response:
+        body: bytes = response.read()
+        return body.decode()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
