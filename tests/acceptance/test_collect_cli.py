@@ -43,7 +43,8 @@ async def expired(create_database: CreateDatabase) -> str:
 
 
 async def test_collect_publishes_its_events_with_no_service_running(expired: str) -> None:
-    """Every removal event `collect` committed is on the removals topic when it exits."""
+    """Every removal event `collect` committed is on the removals topic when it exits,
+    and `audit` names `collector collect` as their cause."""
     async with topics(pipeline_settings(expired)) as settings:
         result = await asyncio.to_thread(
             run_collector, "collect", "acme/app", env=environment(settings, expired)
@@ -55,6 +56,15 @@ async def test_collect_publishes_its_events_with_no_service_running(expired: str
         assert "wait in gc.outbox" not in result.stderr
 
         published = [r.event["id"] for r in await read_topic(settings.topic_removals)]
+        audit = await asyncio.to_thread(
+            run_collector, "audit", "--json", env=environment(settings, expired)
+        )
+    # The audit names the command run behind each removal, with no request on the topic.
+    assert audit.returncode == 0, audit.stderr
+    *removals_seen, _ = map(json.loads, audit.stdout.splitlines())
+    assert sorted(line["id"] for line in removals_seen) == sorted(published)
+    assert {line["cause"]["type"] for line in removals_seen} == {"collector collect"}
+    assert all(line["causationid"].startswith("cli-") for line in removals_seen)
     conn = await asyncpg.connect(expired)
     try:
         committed = [event["id"] for event in await outbox(conn)]
