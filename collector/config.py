@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -153,9 +154,9 @@ def load_settings(**overrides: object) -> Settings:
     """
     if unknown := set(overrides) - set(Settings.model_fields):
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-    for variable, suggestion in unknown_variables(os.environ):
+    for unknown_name, suggestion in unknown_variables(os.environ):
         hint = f"; did you mean {suggestion}?" if suggestion else ""
-        log.warning("unknown_variable", variable=variable, hint=f"not a setting{hint}")
+        log.warning("unknown_variable", variable=unknown_name, hint=f"not a setting{hint}")
     update = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**update)  # type: ignore[arg-type]  # validated right here
@@ -164,10 +165,19 @@ def load_settings(**overrides: object) -> Settings:
         if not error["loc"]:  # a rule across settings: its message names them
             message = error["msg"].removeprefix("Value error, ")
             raise ConfigError(f"invalid settings: {message}") from exc
-        field = ".".join(str(part) for part in error["loc"])
-        raise ConfigError(f"invalid setting {field}: {error['msg']}") from exc
+        field = str(error["loc"][0])
+        # A flag's own bounds are checked before (naming the flag): the rest came from
+        # the flag's value as given, or from the variable.
+        source = f"setting {field}" if field in update else variable(field)
+        raise ConfigError(f"invalid {source}: {error['msg']}") from exc
     except SettingsError as exc:  # e.g. a list variable that is not JSON
-        raise ConfigError(f"invalid environment: {exc}") from exc
+        named = re.search(r'field "(\w+)"', str(exc))
+        if named is None:
+            raise ConfigError(f"invalid environment: {exc}") from exc
+        raise ConfigError(
+            f"invalid {variable(named.group(1))}: not valid JSON (lists and objects are"
+            ' given as JSON, e.g. ["a", "b"])'
+        ) from exc
 
 
 def variable(field: str) -> str:

@@ -154,7 +154,9 @@ async def test_bad_environment_exits_2(seeded: Seeded) -> None:
     finally:
         del os.environ["COLLECTOR_PROTECTED_DIGESTS"]
     assert result.returncode == 2
-    assert "protected_digests" in single_error_line(result.stderr)
+    assert single_error_line(result.stderr).startswith(
+        "collector: error: invalid COLLECTOR_PROTECTED_DIGESTS: not valid JSON"
+    )
 
 
 async def test_verify_clean_registry_lists_due_garbage_and_exits_0(seeded: Seeded) -> None:
