@@ -31,6 +31,7 @@ from collector.config import Settings
 from collector.errors import BrokerUnavailable, CollectorError, ConfigError
 
 log = structlog.get_logger(__name__)
+_STOP_TIMEOUT_S = 10.0
 
 #: Largest dead letter: a refused 1 MiB value, base64 encoded, in its envelope.
 #: The dead-letter topic is created to accept it (the broker default is 1 MB).
@@ -73,6 +74,38 @@ def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
     )
     _back_off_failed_metadata_updates(made.client)
     return made
+
+
+#: A record to send: key, value, headers.
+Record = tuple[bytes, bytes, list[tuple[str, bytes]]]
+
+
+async def send_all(settings: Settings, topic: str, records: Sequence[Record]) -> list[Any]:
+    """Send ``records`` in order through a producer of their own, for a command that
+    must know they arrived; return their aiokafka RecordMetadata once the broker
+    acknowledged every one, or raise BrokerUnavailable saying why not."""
+    made = producer(settings)
+    try:
+        await reach_broker(made.start, wait_s=settings.connect_wait_s)
+        deliveries = [
+            await made.send(topic, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        # The idempotent producer would retry an unacknowledged send forever.
+        async with asyncio.timeout(settings.kafka_produce_timeout_s):
+            return list(await asyncio.gather(*deliveries))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
+    except TimeoutError as exc:
+        raise BrokerUnavailable(
+            f"the broker did not acknowledge the records sent to {topic}"
+            f" within {settings.kafka_produce_timeout_s:g} s"
+        ) from exc
+    finally:
+        try:
+            await asyncio.wait_for(made.stop(), _STOP_TIMEOUT_S)  # flushes what is unsent
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("producer_stop_failed", error=repr(exc))
 
 
 def _back_off_failed_metadata_updates(client: Any) -> None:

@@ -7,13 +7,11 @@ against the database anyway (CONTRACT §2.1).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from collector import kafka
@@ -22,7 +20,7 @@ from collector.config import Settings
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import repositories
-from collector.errors import BrokerUnavailable, ConfigError
+from collector.errors import ConfigError
 from events import (
     CloudEvent,
     LegacyTagExpired,
@@ -130,35 +128,11 @@ async def publish(settings: Settings, requests: Sequence[RequestData]) -> list[C
     """Put the requests on the requests topic, keyed by repository; returns the events
     once the broker acknowledged every one."""
     events = [request_event(request, source=SOURCE) for request in requests]
-    producer = kafka.producer(settings)
-    try:
-        await kafka.reach_broker(producer.start, wait_s=settings.connect_wait_s)
-        deliveries = []
-        for request, event in zip(requests, events, strict=True):
-            value, headers = to_record(event)
-            deliveries.append(
-                await producer.send(
-                    settings.topic_requests,
-                    value,
-                    key=request.repository_path.encode(),
-                    headers=headers,
-                )
-            )
-        # The idempotent producer would retry an unacknowledged send forever.
-        async with asyncio.timeout(settings.kafka_produce_timeout_s):
-            await asyncio.gather(*deliveries)
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot publish to {settings.topic_requests}: {exc}") from exc
-    except TimeoutError as exc:
-        raise BrokerUnavailable(
-            f"the broker did not acknowledge the requests on {settings.topic_requests}"
-            f" within {settings.kafka_produce_timeout_s:g} s"
-        ) from exc
-    finally:
-        try:
-            await asyncio.wait_for(producer.stop(), 10)  # it flushes what is still unsent
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("producer_stop_failed", error=repr(exc))
+    records = [
+        (request.repository_path.encode(), *to_record(event))
+        for request, event in zip(requests, events, strict=True)
+    ]
+    await kafka.send_all(settings, settings.topic_requests, records)
     for event in events:
         log.info("request_published", event_id=event.id, type=event.type)
     return events

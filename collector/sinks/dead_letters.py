@@ -8,7 +8,6 @@ records read, so a listing is the same bytes every time.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,12 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from collector import kafka
 from collector.config import Settings
-from collector.errors import BrokerUnavailable
 from collector.sinks.audit import parse_since
 from collector.sinks.decode import InvalidRecord, decode_event
 from collector.sinks.replay import Record, replay
@@ -223,7 +220,9 @@ async def resubmit(settings: Settings, letters: Sequence[DeadLetter]) -> Resubmi
             case Skipped() as skipped:
                 result.skipped.append(skipped)
     if resends:
-        for resend, metadata in zip(resends, await _send(settings, resends), strict=True):
+        records = [(resend.key, resend.value, _HEADERS) for resend in resends]
+        sent = await kafka.send_all(settings, settings.topic_requests, records)
+        for resend, metadata in zip(resends, sent, strict=True):
             log.info(
                 "dead_letter_resubmitted",
                 dead_letter_id=resend.letter.event.id,
@@ -234,33 +233,6 @@ async def resubmit(settings: Settings, letters: Sequence[DeadLetter]) -> Resubmi
             )
             result.resubmitted.append(resend.letter)
     return result
-
-
-async def _send(settings: Settings, resends: Sequence[Resend]) -> list[Any]:
-    """Send the records in order; their aiokafka RecordMetadata once all are acknowledged."""
-    topic = settings.topic_requests
-    producer = kafka.producer(settings)
-    try:
-        await kafka.reach_broker(producer.start, wait_s=settings.connect_wait_s)
-        deliveries = [
-            await producer.send(topic, resend.value, key=resend.key, headers=_HEADERS)
-            for resend in resends
-        ]
-        # The idempotent producer would retry an unacknowledged send forever.
-        async with asyncio.timeout(settings.kafka_produce_timeout_s):
-            return list(await asyncio.gather(*deliveries))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot resubmit to {topic}: {exc}") from exc
-    except TimeoutError as exc:
-        raise BrokerUnavailable(
-            f"the broker did not acknowledge the resubmitted requests on {topic}"
-            f" within {settings.kafka_produce_timeout_s:g} s"
-        ) from exc
-    finally:
-        try:
-            await asyncio.wait_for(producer.stop(), 10)  # it flushes what is still unsent
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("producer_stop_failed", error=repr(exc))
 
 
 # -- output --------------------------------------------------------------------
