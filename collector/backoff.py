@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,8 @@ class Outage:
 
     #: How many outages of each dependency are being waited out now, in this process.
     _current: ClassVar[Counter[str]] = Counter()
+    #: The collector may end an outage in whatever thread it runs.
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, what: str) -> None:
         self._what = what
@@ -62,7 +65,8 @@ class Outage:
 
     def failed(self, error: BaseException) -> None:
         if not self.down:
-            Outage._current[self._what] += 1
+            with Outage._lock:
+                Outage._current[self._what] += 1
             metrics.UNAVAILABLE.labels(self._what).inc()
             # Run by recovered(), or when this object is collected while down.
             self._ended = weakref.finalize(self, Outage._end, self._what)
@@ -79,7 +83,8 @@ class Outage:
 
     @staticmethod
     def _end(what: str) -> None:
-        Outage._current[what] -= 1
+        with Outage._lock:
+            Outage._current[what] -= 1
         metrics.UNAVAILABLE.labels(what).dec()
 
 

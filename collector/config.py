@@ -110,7 +110,8 @@ class Settings(BaseSettings):
     #: The blob deleter stops, committing nothing, when more than this share of a
     #: batch's files are gone that no deleter deleted (its root is not the storage).
     max_missing: float = Field(default=0.1, ge=MAX_MISSING[0], le=MAX_MISSING[1])
-    #: Serve Prometheus metrics of `collector run` on this port (unset: not served).
+    #: Serve Prometheus metrics and the /healthz, /readyz probes of `collector run` and
+    #: `sink blob-deleter` on this port (unset: not served).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Where the metrics endpoint listens: loopback unless told otherwise.
     metrics_address: str = "127.0.0.1"

@@ -14,6 +14,10 @@ import concurrent.futures
 import threading
 from collections.abc import Callable, Mapping
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 #: How long the event loop may take to answer a probe.
 PROBE_TIMEOUT_S = 2.0
 
@@ -45,8 +49,13 @@ class Health:
         async def evaluate() -> dict[str, bool]:
             return {name: bool(check()) for name, check in self._checks.items()}
 
+        if self._loop.is_closed():
+            return dict.fromkeys(self._checks, False)
         try:
             future = asyncio.run_coroutine_threadsafe(evaluate(), self._loop)
             return future.result(PROBE_TIMEOUT_S)
-        except (RuntimeError, concurrent.futures.TimeoutError):
+        except concurrent.futures.TimeoutError:
+            return dict.fromkeys(self._checks, False)
+        except Exception as exc:  # a check that fails says "not ready", not a 500
+            log.warning("readiness_check_failed", error=repr(exc))
             return dict.fromkeys(self._checks, False)

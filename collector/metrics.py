@@ -8,10 +8,12 @@ probes ``/healthz`` and ``/readyz`` (:mod:`collector.health`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -110,25 +112,35 @@ UNAVAILABLE = Gauge(
 )
 
 
-@contextlib.contextmanager
-def served(address: str, port: int | None, health: Health) -> Iterator[None]:
+@contextlib.asynccontextmanager
+async def served(address: str, port: int | None, health: Health) -> AsyncIterator[None]:
     """Serve /metrics, /healthz and /readyz in a background thread while the block runs
     (nothing without a port); a port that cannot be bound is a configuration error."""
     if port is None:
         yield
         return
+    shown = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     try:
-        server = make_server(address, port, _app(health), ThreadingWSGIServer, _QuietHandler)
+        server = make_server(address, port, _app(health), _server_class(address, port), _Quiet)
     except OSError as exc:
-        raise ConfigError(f"cannot serve metrics on {address}:{port}: {exc}") from exc
+        raise ConfigError(f"cannot serve metrics on {shown}: {exc}") from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
     try:
         yield
     finally:
-        server.shutdown()
+        await asyncio.to_thread(server.shutdown)  # it polls: off the event loop
         server.server_close()
         thread.join()
+
+
+def _server_class(address: str, port: int) -> type[ThreadingWSGIServer]:
+    """The threading WSGI server for ``address``'s family (an IPv6 address needs one)."""
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot serve metrics on {address}: {exc}") from exc
+    return type("Server", (ThreadingWSGIServer,), {"address_family": family})
 
 
 def _app(health: Health) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
@@ -159,6 +171,6 @@ def _answer(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> li
     return [json.dumps(body).encode() + b"\n"]
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Probes every few seconds are not news: no access log on stderr."""

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -78,8 +78,9 @@ class Service:
         self._exit_when_idle_s = exit_when_idle_s
         self._clock = clock or SystemClock()
         self._stopping = asyncio.Event()
-        #: What /readyz checks (served with the metrics), made when the loop runs.
-        self._health: Health
+        #: What /readyz looks at, once there is something to look at.
+        self._intake: Intake | None = None
+        self._running: Callable[[], bool] | None = None
 
     def stop(self) -> None:
         """Ask for a clean shutdown (SIGTERM, SIGINT)."""
@@ -87,10 +88,13 @@ class Service:
 
     async def run(self) -> ServiceSummary:
         settings = self._settings
-        health = self._health = Health(asyncio.get_running_loop())
+        health = Health(asyncio.get_running_loop())
         for dependency in ("database", "broker"):
             health.require(dependency, functools.partial(Outage.available, dependency))
-        with metrics.served(settings.metrics_address, settings.metrics_port, health):
+        # Not ready until the stages run: the pool, the topics and the group come first.
+        health.require("consumer", lambda: self._intake is not None and self._intake.in_group)
+        health.require("stages", lambda: self._running is not None and self._running())
+        async with metrics.served(settings.metrics_address, settings.metrics_port, health):
             return await self._serve()
 
     async def _serve(self) -> ServiceSummary:
@@ -117,7 +121,7 @@ class Service:
             intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)
             relay = Relay(pool, settings)
             pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
-            self._health.require("consumer", lambda: intake.in_group)
+            self._intake = intake
             await self._supervise(pool, intake, workers, relay, pruner)
             return ServiceSummary(
                 received=intake.received,
@@ -151,7 +155,7 @@ class Service:
         }
         idle = _start(self._until_idle(pool, intake, workers), "idle-watch")
         stopping = _start(self._stopping.wait(), "signals")
-        self._health.require("stages", lambda: not any(task.done() for task in [*stages, stopping]))
+        self._running = lambda: not any(task.done() for task in [*stages, stopping])
         errors: list[BaseException] = []
         try:
             done, _ = await asyncio.wait(

@@ -375,7 +375,8 @@ async def drain(
         log.error("drain_failed", error=str(error))  # e.g. the topic refuses writes
     async with pool.acquire() as conn:
         waiting = await store.pending(conn, through=through)
-    set_aside = relay.undeliverable
+    # The relay may have set aside newer events too: count no more than left the outbox.
+    set_aside = min(relay.undeliverable, initially - waiting)
     return Drained(initially - waiting - set_aside, set_aside, waiting)
 
 

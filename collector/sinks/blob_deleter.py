@@ -178,7 +178,7 @@ class BlobDeleter:
         health.require("storage", lambda: not self._storage_outage.down)
         health.require("consumer", lambda: self._joined)
         health.require("running", lambda: not self._stopping.is_set())
-        with metrics.served(settings.metrics_address, settings.metrics_port, health):
+        async with metrics.served(settings.metrics_address, settings.metrics_port, health):
             await self._run()
 
     async def _run(self) -> None:
@@ -403,6 +403,8 @@ class BlobDeleter:
                 await self._pool.execute(_QUERIES["record_deletion"], digest)
             # Still under the lock: a registry finalizing this digest waits for our commit.
             if await self._storage.delete(digest):
+                if known:  # pushed again and removed again: the retention starts anew
+                    await self._pool.execute(_QUERIES["record_deletion"], digest)
                 return Outcome.DELETED
             if known:
                 return Outcome.ALREADY_GONE

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterable
 
 import pytest
 
 from collector import health as health_module
 from collector import metrics
+from collector.errors import ConfigError
 from collector.health import Health
 
 Answer = tuple[str, dict[str, str], bytes]
@@ -35,11 +38,12 @@ def get(health: Health, path: str) -> Answer:
 async def test_healthz_answers_while_the_loop_runs_and_not_when_it_is_blocked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(health_module, "PROBE_TIMEOUT_S", 0.2)
     health = Health(asyncio.get_running_loop())
 
     status, _, body = await asyncio.to_thread(get, health, "/healthz")
     assert (status, json.loads(body)) == ("200 OK", {"alive": True})
+
+    monkeypatch.setattr(health_module, "PROBE_TIMEOUT_S", 0.2)
 
     answers: list[Answer] = []
     probe = threading.Thread(target=lambda: answers.append(get(health, "/healthz")))
@@ -78,3 +82,48 @@ async def test_metrics_only_at_metrics_and_without_created_series() -> None:
     assert b"registry_gc_removals_total" in page
     assert b"_created" not in page
     assert missing == "404 Not Found"
+
+
+async def test_a_check_that_fails_or_a_closed_loop_means_not_ready() -> None:
+    def broken() -> bool:
+        raise LookupError("no such stage")
+
+    health = Health(asyncio.get_running_loop())
+    health.require("stages", broken)
+    status, _, body = await asyncio.to_thread(get, health, "/readyz")
+    assert (status, json.loads(body)) == (
+        "503 Service Unavailable",
+        {"ready": False, "checks": {"stages": False}},
+    )
+
+    closed = asyncio.new_event_loop()
+    closed.close()
+    gone = Health(closed)
+    gone.require("database", lambda: True)
+    assert dict(gone.readiness()) == {"database": False}
+    assert gone.alive() is False
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+async def test_the_listener_serves_on_an_ipv4_or_ipv6_address(address: str) -> None:
+    """The probes answer on the configured address, IPv6 included; a port already taken
+    is a configuration error naming the address."""
+    health = Health(asyncio.get_running_loop())
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family) as taken:
+        taken.bind((address, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match="cannot serve metrics on"):
+            async with metrics.served(address, port, health):
+                pass
+    host = f"[{address}]" if ":" in address else address
+    async with metrics.served(address, port, health):
+        body = await asyncio.to_thread(fetch, f"http://{host}:{port}/healthz")
+    assert json.loads(body) == {"alive": True}
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: bytes = response.read()
+        return text.decode()
