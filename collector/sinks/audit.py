@@ -19,20 +19,23 @@ from typing import Any
 
 from collector.config import Settings
 from collector.errors import ConfigError
-from collector.sinks.decode import InvalidRecord, causation_id, decode_event, removal_of
 from collector.sinks.replay import Record, replay
 from events import (
     TYPE_PREFIX,
     BlobRemoved,
     CloudEvent,
     DecodeError,
+    InvalidRecord,
     LegacyManifestRemoved,
     ManifestRemoved,
     Removal,
     RepositoryRemoval,
     TagRemoved,
+    causation_id,
     command_of,
+    decode_event,
     decode_request,
+    removal_of,
 )
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)

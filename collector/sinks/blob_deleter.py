@@ -54,7 +54,6 @@ from collector.db.queries import load_queries
 from collector.errors import CollectorError, StorageError
 from collector.health import Health
 from collector.kafka import client_options, reach_broker
-from collector.sinks.decode import InvalidRecord, decode_event, removal_of
 from collector.sinks.storage import (
     FilesystemStorage,
     InvalidDigest,
@@ -62,7 +61,7 @@ from collector.sinks.storage import (
     Storage,
     blob_key,
 )
-from events import BlobRemoved
+from events import BlobRemoved, InvalidRecord, decode_event, removal_of
 
 log = structlog.get_logger(__name__)
 

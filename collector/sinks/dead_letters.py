@@ -21,13 +21,14 @@ from pydantic import ValidationError
 from collector import kafka
 from collector.config import Settings
 from collector.sinks.audit import parse_since
-from collector.sinks.decode import InvalidRecord, decode_event
 from collector.sinks.replay import Record, replay
 from events import (
     CONTENT_TYPE,
     CloudEvent,
     DecodeError,
+    InvalidRecord,
     RequestRejected,
+    decode_event,
     decode_request,
     describe_invalid,
 )

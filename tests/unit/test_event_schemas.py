@@ -163,7 +163,8 @@ def committed() -> str:
 
 
 def test_asyncapi_document_is_current() -> None:
-    """events/asyncapi.yaml is what `python -m events.asyncapi` generates from the models now."""
+    """events/src/events/asyncapi.yaml is what `python -m events.asyncapi` generates from
+    the models now."""
     assert committed() == asyncapi.render(), "run `python -m events.asyncapi` and commit"
 
 

@@ -1,7 +1,8 @@
 """Event models of the registry collector: CloudEvents 1.0 envelopes and payloads.
 
-Importable on its own (no database or Kafka client needed) by every team that
-produces requests for the collector or consumes what it removed.
+Its own distribution (``registry-gc-events``, needing pydantic alone), for every
+team that produces requests for the collector or consumes what it removed:
+``pip install ./events``.
 """
 
 from events._commands import Command, command_causation_id, command_of
@@ -17,6 +18,8 @@ from events._envelope import (
     to_record,
 )
 from events._model import TYPE_PREFIX
+from events._reasons import RejectionReason
+from events._records import InvalidRecord, causation_id, decode_event, removal_of
 from events._removals import (
     REMOVAL_TYPES,
     BlobRemoved,
@@ -52,12 +55,14 @@ __all__ = [
     "Command",
     "DecodeError",
     "DecodeReason",
+    "InvalidRecord",
     "LabelRemoved",
     "LegacyImageRemoved",
     "LegacyManifestRemoved",
     "LegacyTagExpired",
     "LegacyTagRemoved",
     "ManifestRemoved",
+    "RejectionReason",
     "Removal",
     "RepoDeleted",
     "RepoPurged",
@@ -68,13 +73,16 @@ __all__ = [
     "RequestRejected",
     "TagExpired",
     "TagRemoved",
+    "causation_id",
     "command_causation_id",
     "command_of",
+    "decode_event",
     "decode_request",
     "describe_invalid",
     "json_schemas",
     "rejection_event",
     "removal_event",
+    "removal_of",
     "request_event",
     "to_record",
 ]

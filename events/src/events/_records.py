@@ -1,10 +1,13 @@
-"""Reading records of the removals topic: the CloudEvent, then the removal it reports."""
+"""Reading records of the removals topic (what a downstream consumer does): the
+CloudEvent, then the removal it reports."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
 
-from events import REMOVAL_TYPES, CloudEvent, Removal, describe_invalid
+from events._decode import describe_invalid
+from events._envelope import CloudEvent
+from events._removals import REMOVAL_TYPES, Removal
 
 
 class InvalidRecord(ValueError):
@@ -12,7 +15,7 @@ class InvalidRecord(ValueError):
 
 
 def decode_event(value: bytes | None) -> CloudEvent:
-    """The CloudEvent of a record value in structured mode (CONTRACT §2)."""
+    """The CloudEvent of a record value in structured mode (docs/events.md)."""
     if value is None:
         raise InvalidRecord("the record has no value")
     try:

@@ -1,4 +1,4 @@
-"""Write events/asyncapi.yaml, the AsyncAPI 3.0.0 document of the collector's topics.
+"""Write events/src/events/asyncapi.yaml, the AsyncAPI 3.0.0 document of the collector's topics.
 
 Run `python -m events.asyncapi` after changing an event model and commit the
 result; `--check` only says whether the committed file is current. The
@@ -115,7 +115,7 @@ def document() -> dict[str, Any]:
 
 
 def render() -> str:
-    """The document as the YAML text committed in events/asyncapi.yaml."""
+    """The document as the YAML text committed in events/src/events/asyncapi.yaml."""
     body = yaml.dump(document(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
     return HEADER + body
 
