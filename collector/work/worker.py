@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import socket
 import time
@@ -114,13 +115,31 @@ class InHand:
             ended.set()
 
 
+class Finished(enum.StrEnum):
+    """How a request ended: stored in ``gc.request.outcome``, counted by outcome in
+    ``registry_gc_requests_finished_total`` and logged, under these names."""
+
+    COLLECTED = "collected"
+    PURGED = "purged"
+    #: The tag was collected, deleted, restored or re-expired since the request.
+    STALE = "stale"
+    IMMUTABLE = "immutable"
+    #: The repository to purge is gone already.
+    GONE = "gone"
+    NOT_MARKED = "not-marked"
+    #: Handling it failed for a reason waiting will not change (dead-lettered).
+    FAILED = "failed"
+
+
 @dataclass(frozen=True, slots=True)
 class Deferred:
+    """Not finished: to be looked at again at ``due_at_ms``."""
+
     due_at_ms: int
     why: str
 
 
-Outcome = str | Deferred
+Outcome = Finished | Deferred
 
 
 class Workers:
@@ -219,7 +238,7 @@ class Workers:
             for item, outcome in zip(items, outcomes, strict=True):
                 self._record(item, outcome, seconds)
             for item in stale:
-                self._record(item, "stale", seconds)
+                self._record(item, Finished.STALE, seconds)
         # The repositories' next requests may be claimable now: idle workers, look.
         self.wake()
         return True
@@ -307,7 +326,7 @@ class Workers:
             exc_info=error,
         )
         await self._dead_letter(item, "unprocessable", detail)
-        return "failed"
+        return Finished.FAILED
 
     async def _dead_letter(self, item: WorkItem, reason: str, detail: str) -> None:
         """Refuse ``item`` on the dead-letter topic with its original record position
@@ -334,7 +353,7 @@ class Workers:
         for index, item in enumerate(items):
             if item.event_type == "repo-sweep":
                 collect[item.repository_id] = item.event_id
-                outcomes[index] = "collected"
+                outcomes[index] = Finished.COLLECTED
             elif item.event_type in ("tag-expired", "legacy-tag-expired"):
                 verdict = await self._check_expiry(conn, item)
                 if isinstance(verdict, ExpiringTag):
@@ -345,7 +364,9 @@ class Workers:
         # A stale expiry may be the redo of a run cut off midway (a crash, a lost claim)
         # after its tag went: what that run queued still waits. Collect it now.
         stale = {
-            items[i].repository_id: items[i].event_id for i, o in outcomes.items() if o == "stale"
+            items[i].repository_id: items[i].event_id
+            for i, o in outcomes.items()
+            if o == Finished.STALE
         }
         if stale:  # most batches have none: no query for them
             for repository_id in await queue.with_candidates(conn, list(stale)):
@@ -357,7 +378,7 @@ class Workers:
             if await queue.expiring_tag(conn, item, self._clock.now_ms()) is not None:
                 outcomes[index] = Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
             else:
-                outcomes[index] = "collected"
+                outcomes[index] = Finished.COLLECTED
         for index, item in enumerate(items):
             if item.event_type == "repo-deleted":
                 outcomes[index] = await self._purge(item)
@@ -367,9 +388,9 @@ class Workers:
         """Why a tag-expired request removes nothing, or its tag when it is due."""
         tag = await queue.expiring_tag(conn, item, self._clock.now_ms())
         if tag is None:
-            return "stale"  # collected, deleted, restored or re-expired since
+            return Finished.STALE  # collected, deleted, restored or re-expired since
         if tag.immutable:
-            return "immutable"
+            return Finished.IMMUTABLE
         if not tag.due:
             return Deferred(tag.due_at_ms, "inside the time-machine window")
         return tag
@@ -378,7 +399,7 @@ class Workers:
         try:
             report = await self._engine.purge(item.repository_id, causation_id=item.event_id)
         except RepositoryNotFound:
-            return "gone"  # purged already
+            return Finished.GONE  # purged already
         except RepositoryNotMarked:
             # Marked when admitted, live now: refused like a forged purge (CONTRACT §2.1).
             detail = (
@@ -387,10 +408,10 @@ class Workers:
             )
             log.warning("purge_refused", reason=detail, event_id=item.event_id)
             await self._dead_letter(item, "repository-not-marked", detail)
-            return "not-marked"
+            return Finished.NOT_MARKED
         if report.incomplete:
             return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")
-        return "purged"
+        return Finished.PURGED
 
     async def _idle(self) -> None:
         """Until woken, stopped, or the poll interval passed."""
