@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,6 +28,7 @@ from collector.backoff import Outage
 from collector.clock import Clock, SystemClock
 from collector.config import Settings
 from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
+from collector.dead_letters import DeadLetters
 from collector.engine import Callbacks, Engine, EngineConfig
 from collector.errors import CollectorError
 from collector.health import Health
@@ -78,6 +78,7 @@ class Service:
         self._exit_when_idle_s = exit_when_idle_s
         self._clock = clock or SystemClock()
         self._stopping = asyncio.Event()
+        self._shutting_down = asyncio.Event()
         #: What /readyz looks at, once there is something to look at.
         self._intake: Intake | None = None
         self._running: Callable[[], bool] | None = None
@@ -117,17 +118,29 @@ class Service:
                 clock=self._clock,
                 callbacks=callbacks,
             )
-            workers = Workers(pool, engine, self._clock, settings)
-            intake = Intake(settings, pool, clock=self._clock, on_admitted=workers.wake)
+            # One producer of dead letters for the intake and the workers; it stops
+            # waiting out a broker outage once the service shuts down.
+            dead_letters = DeadLetters(settings, self._shutting_down)
+            workers = Workers(pool, engine, self._clock, settings, dead_letters)
+            intake = Intake(
+                settings,
+                pool,
+                clock=self._clock,
+                on_admitted=workers.wake,
+                dead_letters=dead_letters,
+            )
             relay = Relay(pool, settings)
             pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
             self._intake = intake
-            await self._supervise(pool, intake, workers, relay, pruner)
+            try:
+                await self._supervise(pool, intake, workers, relay, pruner)
+            finally:
+                await dead_letters.stop()
             return ServiceSummary(
                 received=intake.received,
                 accepted=intake.accepted,
                 duplicates=intake.duplicates,
-                refused=dict(Counter(intake.refused) + Counter(workers.refused)),
+                refused=dict(dead_letters.sent),
                 outcomes=dict(workers.outcomes),
                 published=relay.published,
                 undeliverable=relay.undeliverable,
@@ -187,6 +200,7 @@ class Service:
     ) -> list[BaseException]:
         """Stop the stages in order; return the errors they ended with."""
         log.info("service_stopping")
+        self._shutting_down.set()
         by_stage = {stage: task for task, stage in stages.items()}
         timeout = self._settings.shutdown_timeout_s
         errors = []

@@ -58,6 +58,7 @@ class Intake:
         *,
         clock: Clock,
         on_admitted: Callable[[], None],
+        dead_letters: DeadLetters,
     ) -> None:
         self._settings = settings
         self._pool = pool
@@ -65,7 +66,7 @@ class Intake:
         self._on_admitted = on_admitted
         self._topic = settings.topic_requests
         self._stopping = asyncio.Event()
-        self._dead_letters = DeadLetters(settings, self._stopping)
+        self._dead_letters = dead_letters
         self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self._tasks: dict[TopicPartition, asyncio.Task[None]] = {}
         self._consumer: Any = None
@@ -76,11 +77,6 @@ class Intake:
         self.received = 0
         self.accepted = 0
         self.duplicates = 0
-
-    @property
-    def refused(self) -> dict[str, int]:
-        """Dead letters published, by reason."""
-        return dict(self._dead_letters.sent)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -324,7 +320,6 @@ class Intake:
         with contextlib.suppress(KafkaError, CollectorError):
             await self.hand_over(set(self._tasks))
             await self._commit(self._tracker.committable())
-        await self._dead_letters.stop()
         try:
             await asyncio.wait_for(consumer.stop(), _HANDOVER_S)
         except (KafkaError, TimeoutError) as exc:
@@ -335,7 +330,6 @@ class Intake:
             received=self.received,
             accepted=self.accepted,
             duplicates=self.duplicates,
-            refused=self.refused,
         )
 
 

@@ -146,7 +146,12 @@ class Workers:
     """``concurrency`` workers side by side; ``run()`` until ``stop()``."""
 
     def __init__(
-        self, pool: asyncpg.Pool[asyncpg.Record], engine: Engine, clock: Clock, settings: Settings
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        engine: Engine,
+        clock: Clock,
+        settings: Settings,
+        dead_letters: DeadLetters,
     ) -> None:
         self._pool = pool
         self._engine = engine
@@ -157,7 +162,7 @@ class Workers:
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._stopping = asyncio.Event()
         #: For requests refused only when their turn comes.
-        self._dead_letters = DeadLetters(settings, self._stopping)
+        self._dead_letters = dead_letters
         self._wakeup = asyncio.Event()
         #: Repositories whose engine work has not ended yet (claim lost or not).
         self._in_hand = InHand()
@@ -166,11 +171,6 @@ class Workers:
         #: Finished requests by outcome, and deferrals.
         self.outcomes: Counter[str] = Counter()
         self.deferred = 0
-
-    @property
-    def refused(self) -> dict[str, int]:
-        """Dead letters of requests refused when their turn came, by reason."""
-        return dict(self._dead_letters.sent)
 
     def wake(self) -> None:
         """New work may be due: look now rather than at the next poll."""
@@ -188,7 +188,6 @@ class Workers:
                 for number in range(self._concurrency):
                     group.create_task(self._loop(), name=f"worker-{number}")
         finally:
-            await self._dead_letters.stop()
             log.info("workers_stopped", outcomes=dict(self.outcomes), deferred=self.deferred)
 
     async def _loop(self) -> None:
