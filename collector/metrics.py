@@ -104,6 +104,17 @@ RECORDS_SKIPPED = Counter(
     " other_event (not blob-removed), invalid.",
     ["reason"],
 )
+OUTBOX_OLDEST_AGE = Gauge(
+    "registry_gc_outbox_oldest_age_seconds",
+    "How long the oldest removal event not yet acknowledged by the broker has waited, as"
+    " the publishing relay last saw it (0 once it drained the outbox).",
+)
+REMOVED_BYTES = Counter(
+    "registry_gc_removed_bytes",
+    "Bytes of the objects whose removal committed, by removal event type (blobs: their"
+    " size; what the blob deleter may free).",
+    ["type"],
+)
 UNAVAILABLE = Gauge(
     "registry_gc_unavailable",
     "Stages that find a dependency unavailable right now, by dependency (database,"

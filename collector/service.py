@@ -37,7 +37,7 @@ from collector.outbox import store as outbox
 from collector.outbox.relay import Relay
 from collector.work import queue
 from collector.work.worker import Workers
-from events import Removal
+from events import BlobRemoved, Removal
 
 log = structlog.get_logger(__name__)
 
@@ -275,6 +275,8 @@ class Pruner:
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:
     metrics.REMOVALS.labels(removal.event_type).inc()
+    if isinstance(removal, BlobRemoved):  # a registry row may hold any size: never < 0
+        metrics.REMOVED_BYTES.labels(removal.event_type).inc(max(removal.size, 0))
 
 
 def _start(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

@@ -199,11 +199,13 @@ class Relay:
                     backoff = Backoff()
                 if count < self._settings.batch_size:  # drained: wait for news
                     metrics.OUTBOX_PENDING.set(0)
+                    metrics.OUTBOX_OLDEST_AGE.set(0)
                     await self._wait(self._poll_s)
                     # Let a burst of commits land: one batch instead of one per commit.
                     await self._sleep(_LINGER_S)
-                else:  # a backlog: say how large
+                else:  # a backlog: say how large, and how late
                     metrics.OUTBOX_PENDING.set(await store.pending(conn))
+                    metrics.OUTBOX_OLDEST_AGE.set(await store.oldest_pending_age(conn))
         finally:
             if producer is not None:
                 await _stop_producer(producer)

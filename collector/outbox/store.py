@@ -41,6 +41,12 @@ async def pending(conn: Connection, *, through: int | None = None) -> int:
     return count
 
 
+async def oldest_pending_age(conn: Connection) -> float:
+    """Seconds the oldest event still waiting for the relay has waited (0: none)."""
+    age: float = await conn.fetchval(_QUERIES["oldest_pending_age"])
+    return age
+
+
 async def caused_by(conn: Connection, causation_id: str, *, after: int) -> int:
     """How many events the request (or command run) ``causation_id`` caused, among those
     after outbox id ``after``: what committed, whether or not its caller saw the commit."""

@@ -328,6 +328,27 @@ async def test_batches_larger_than_the_batch_size_drain_without_waiting_for_a_po
     assert_matches(await consume(settings, 50), await stored(registry.conn))
 
 
+async def test_the_age_of_the_oldest_unpublished_event_is_measured(
+    registry: Registry,
+) -> None:
+    """What registry_gc_outbox_oldest_age_seconds shows: the oldest event waiting, not
+    one published or set aside; 0 when none waits."""
+    assert await store.oldest_pending_age(registry.conn) == 0
+    await write_events(registry.conn, 3)
+    await registry.conn.execute(
+        "UPDATE gc.outbox SET created_at = now() - interval '120 seconds' WHERE id ="
+        " (SELECT min(id) FROM gc.outbox)"
+    )
+
+    assert 120 <= await store.oldest_pending_age(registry.conn) < 180
+    await registry.conn.execute(
+        "UPDATE gc.outbox SET published_at = now() WHERE id = (SELECT min(id) FROM gc.outbox)"
+    )
+    assert await store.oldest_pending_age(registry.conn) < 60
+    await registry.conn.execute("UPDATE gc.outbox SET undeliverable = 'too large'")
+    assert await store.oldest_pending_age(registry.conn) == 0
+
+
 async def test_prune_deletes_only_published_rows_past_the_retention(
     registry: Registry,
 ) -> None:

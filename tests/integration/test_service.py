@@ -627,6 +627,28 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
         _fetch(f"http://127.0.0.1:{port}/metrics")
 
 
+async def test_removed_bytes_and_the_outbox_age_are_counted(
+    registry: Registry, settings: Settings, clock: FixedClock
+) -> None:
+    """A blob's removal adds its size to registry_gc_removed_bytes_total; a drained
+    outbox shows an oldest age of 0."""
+    web = await registry.repository(await registry.namespace("acme"), "web")
+    manifest = await registry.manifest(web, blobs=(await registry.blob(size=4096),))
+    await registry.expired_tag(web, manifest)
+    await produce(
+        settings.topic_requests,
+        [request(RepoSweep(namespace="acme", repository="web", repository_id=web))],
+    )
+    before = sample("registry_gc_removed_bytes_total", type="registry.gc.blob-removed")
+
+    summary = await run_service(settings, clock, idle_s=1.0)
+
+    assert summary.published == 3  # tag, manifest, blob
+    after = sample("registry_gc_removed_bytes_total", type="registry.gc.blob-removed")
+    assert after == before + 4096
+    assert sample("registry_gc_outbox_oldest_age_seconds") == 0
+
+
 async def test_the_metrics_listener_answers_health_and_readiness_probes(
     settings: Settings, clock: FixedClock
 ) -> None:

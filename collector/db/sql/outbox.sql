@@ -40,6 +40,12 @@ WHERE gc.outbox.id = refused.id
 SELECT count(*) FROM gc.outbox
 WHERE published_at IS NULL AND undeliverable IS NULL AND (id <= $1::bigint OR $1 IS NULL)
 
+-- name: oldest_pending_age
+-- Seconds since the oldest event still waiting for publication was written (0: none).
+-- No parameters.
+SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM gc.outbox WHERE published_at IS NULL AND undeliverable IS NULL
+
 -- name: count_caused_by
 -- How many events one request (or command run) caused after an outbox id.
 -- $1 text the causation id, $2 bigint the last outbox id before it began
