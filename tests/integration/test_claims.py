@@ -35,6 +35,35 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
         yield settings
 
 
+async def doomed_repository(registry: Registry, settings: Settings, *, tags: int) -> int:
+    """acme/doomed, marked for deletion, with ``tags`` tagged manifests (each with a
+    blob): a purge of hundreds of transactions, long enough to be cut in the middle;
+    its `repo-deleted` is on the requests topic."""
+    acme = await registry.namespace("acme")
+    doomed = await registry.repository(acme, "doomed", state="marked_for_deletion")
+    for n in range(tags):
+        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
+        await registry.tag(doomed, manifest, f"v{n}")
+    await produce(
+        settings.topic_requests,
+        [request(RepoDeleted(namespace="acme", repository="doomed", repository_id=doomed))],
+    )
+    return doomed
+
+
+async def end_claims_once(db: asyncpg.Pool[asyncpg.Record], *, removed: int) -> bool:
+    """Once the outbox holds ``removed`` events, end the sessions holding claims (as a
+    server restart or a network cut would); True once one was ended."""
+    while True:
+        await asyncio.sleep(0.01)
+        if await db.fetchval("SELECT count(*) FROM gc.outbox") >= removed:
+            pids = [row["pid"] for row in await db.fetch(CLAIMING)]
+            for pid in pids:
+                await db.execute("SELECT pg_terminate_backend($1)", pid)
+            if pids:
+                return True
+
+
 async def test_a_lost_claim_stops_its_purge_before_another_worker_takes_it(
     db: asyncpg.Pool[asyncpg.Record],
     registry: Registry,
@@ -45,15 +74,7 @@ async def test_a_lost_claim_stops_its_purge_before_another_worker_takes_it(
     """The server ends the session holding a purge's claim midway. The purge in hand is
     cancelled, the request is claimed again and purged to the end: never two purges of
     the repository at once, and the request's outcome is `purged`, not `gone`."""
-    acme = await registry.namespace("acme")
-    doomed = await registry.repository(acme, "doomed", state="marked_for_deletion")
-    for n in range(600):
-        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
-        await registry.tag(doomed, manifest, f"v{n}")
-    await produce(
-        settings.topic_requests,
-        [request(RepoDeleted(namespace="acme", repository="doomed", repository_id=doomed))],
-    )
+    doomed = await doomed_repository(registry, settings, tags=600)
     running: Counter[int] = Counter()
     overlaps: list[int] = []
     started: list[int] = []
@@ -73,16 +94,8 @@ async def test_a_lost_claim_stops_its_purge_before_another_worker_takes_it(
     service = asyncio.create_task(
         Service(settings, exit_when_idle_s=0.5, clock=clock).run(), name="service"
     )
-    killed = False
     async with asyncio.timeout(60):
-        while not killed:
-            await asyncio.sleep(0.01)
-            removed = await db.fetchval("SELECT count(*) FROM gc.outbox")
-            if removed >= 300:  # the purge is well under way
-                pids = [row["pid"] for row in await db.fetch(CLAIMING)]
-                killed = bool(pids)
-                for pid in pids:
-                    await db.execute("SELECT pg_terminate_backend($1)", pid)
+        killed = await end_claims_once(db, removed=300)  # the purge is well under way
         summary = await service
 
     assert killed
@@ -108,15 +121,7 @@ async def test_a_claim_taken_over_waits_for_the_lost_claims_purge_to_unwind(
     """Cancelled is not yet ended: the server releases a lost claim's locks at once, while
     its purge still unwinds (slowly, as on a loaded machine). Another worker claiming the
     request meanwhile waits for that purge to end before it starts its own."""
-    acme = await registry.namespace("acme")
-    doomed = await registry.repository(acme, "doomed", state="marked_for_deletion")
-    for n in range(300):
-        manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
-        await registry.tag(doomed, manifest, f"v{n}")
-    await produce(
-        settings.topic_requests,
-        [request(RepoDeleted(namespace="acme", repository="doomed", repository_id=doomed))],
-    )
+    doomed = await doomed_repository(registry, settings, tags=300)
     running = 0
     overlaps = 0
     unwound = 0
@@ -139,15 +144,8 @@ async def test_a_claim_taken_over_waits_for_the_lost_claims_purge_to_unwind(
     service = asyncio.create_task(
         Service(settings, exit_when_idle_s=0.5, clock=clock).run(), name="service"
     )
-    killed = False
     async with asyncio.timeout(60):
-        while not killed:
-            await asyncio.sleep(0.01)
-            if await db.fetchval("SELECT count(*) FROM gc.outbox") >= 100:
-                pids = [row["pid"] for row in await db.fetch(CLAIMING)]
-                killed = bool(pids)
-                for pid in pids:
-                    await db.execute("SELECT pg_terminate_backend($1)", pid)
+        killed = await end_claims_once(db, removed=100)
         summary = await service
 
     assert killed
