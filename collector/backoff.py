@@ -1,8 +1,17 @@
-"""How the collector waits before trying again: capped, jittered, exponential."""
+"""How the collector waits and tries again, written once for every stage.
+
+- :class:`Backoff`: capped, jittered, exponential delays.
+- :class:`Outage`: one dependency's availability, logged and counted once per outage.
+- :class:`Retrying`: both together, for a stage that waits out what a later attempt
+  may not meet (an error of ours marked ``retriable``) and gives up on anything else.
+- :func:`sleep_until`: the one interruptible sleep; :func:`close_quietly`: the one
+  bounded close of a client on the way out.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import weakref
@@ -17,6 +26,36 @@ from collector.errors import CollectorError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
+
+#: How long closing a client (a Kafka producer or consumer) may take on the way out.
+CLOSE_TIMEOUT_S = 10.0
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a later attempt may not meet ``error``: an error of ours marked
+    ``retriable`` (a dependency away, a race lost too often). Driver errors are
+    translated into ours at the edges (``db.connector``, ``kafka``), so this is the
+    one test every stage applies."""
+    return isinstance(error, CollectorError) and error.retriable
+
+
+async def sleep_until(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds``, or less if ``event`` is set meanwhile; whether it is set."""
+    if not event.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await event.wait()
+    return event.is_set()
+
+
+async def close_quietly(closing: Awaitable[object], what: str) -> None:
+    """Await ``closing`` (a client's ``stop()``) for at most :data:`CLOSE_TIMEOUT_S`.
+    A failure is logged as ``<what>_stop_failed``, not raised: closing on the way out
+    must not hide the error that led there."""
+    try:
+        await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+    except Exception as exc:  # TimeoutError included
+        log.warning(f"{what}_stop_failed", error=repr(exc))
 
 
 class Backoff:
@@ -109,3 +148,42 @@ async def reach(
             log.warning(event, error=str(exc), retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
             waited += delay
+
+
+class Retrying:
+    """How one stage waits out one dependency (``what``: database, broker, storage).
+
+    :meth:`failed` marks the outage (one warning, see :class:`Outage`) and sleeps the
+    next backoff delay, cut short by ``stopping``; :meth:`succeeded` ends the outage
+    and starts the delays over. :meth:`call` does both around one attempt.
+    """
+
+    def __init__(self, what: str, stopping: asyncio.Event | None = None) -> None:
+        self.outage = Outage(what)
+        self._stopping = stopping or asyncio.Event()
+        self._backoff = Backoff()
+
+    async def failed(self, error: BaseException) -> bool:
+        """Record ``error`` and wait before the next attempt; whether the stage is
+        stopping (then the caller gives up, and says why)."""
+        self.outage.failed(error)
+        return await sleep_until(self._stopping, self._backoff.next())
+
+    def succeeded(self) -> bool:
+        """End an outage in progress; whether there was one."""
+        if recovered := self.outage.recovered():
+            self._backoff = Backoff()
+        return recovered
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` until it returns, waiting out :func:`transient` errors; any
+        other error, and a transient one met while stopping, is raised."""
+        while True:
+            try:
+                result = await attempt()
+            except CollectorError as exc:
+                if not transient(exc) or await self.failed(exc):
+                    raise
+                continue
+            self.succeeded()
+            return result

@@ -32,6 +32,16 @@ class DatabaseUnavailable(StorageError):
     retriable = True
 
 
+class Unstorable(StorageError):
+    """The database refused a value (too long, out of range, malformed)."""
+
+
+class Conflict(StorageError):
+    """A transaction lost a race with another writer (serialization, deadlock)."""
+
+    retriable = True
+
+
 class Contention(StorageError):
     """Transactions kept losing races with other writers."""
 
@@ -42,6 +52,10 @@ class BrokerUnavailable(CollectorError):
     """The Kafka broker cannot be reached."""
 
     retriable = True
+
+
+class RecordTooLarge(CollectorError):
+    """The broker takes no record that large."""
 
 
 class RepositoryNotFound(CollectorError):

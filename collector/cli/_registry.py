@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collector import kafka
+from collector.backoff import transient
 from collector.cli import _signals as signals
 from collector.cli._output import json_line, tables
 from collector.clock import SystemClock
@@ -28,7 +29,6 @@ from collector.db.connector import (
     PoolDatabase,
     RollbackDatabase,
     create_pool,
-    waiting_changes,
 )
 from collector.db.migrations import migrate as apply_migrations
 from collector.demo.run import print_summary, run_demo
@@ -200,7 +200,7 @@ class _Collection:
                         concurrency=settings.repository_concurrency,
                     )
                 except Exception as exc:
-                    if waiting_changes(exc):
+                    if transient(exc):
                         raise
                     # Something in the registry fails the registry-wide pass: find what.
                     # The run fails whatever the search finds (the orphan sweep's
@@ -261,7 +261,7 @@ class _Collection:
                     raise
                 log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
             except Exception as exc:
-                if waiting_changes(exc):
+                if transient(exc):
                     raise
                 self.skipped.append(name)
                 typer.echo(f"collect: {name} skipped, it cannot be collected: {exc!r}", err=True)

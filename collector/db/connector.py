@@ -1,17 +1,21 @@
-"""The seam between the engine and PostgreSQL.
+"""The seam between the collector and PostgreSQL, where asyncpg's errors become ours.
 
-The engine asks a :class:`Database` for transactions. :class:`PoolDatabase`
-gives each one its own pooled connection; :class:`RollbackDatabase` runs
-every transaction as a savepoint inside one outer transaction that is rolled
-back at the end, which is how ``--dry-run`` shows exactly what a real run
-would remove while changing nothing.
+Every stage asks a :class:`Database` for transactions (or a plain connection);
+whatever asyncpg raises inside one leaves it translated once, by :func:`translated`:
+a lost server is :class:`DatabaseUnavailable`, a lost race :class:`Conflict` (both
+retriable), a refused value :class:`Unstorable`, anything else :class:`StorageError`.
+
+:class:`PoolDatabase` gives each transaction its own pooled connection;
+:class:`RollbackDatabase` runs every transaction as a savepoint inside one outer
+transaction that is rolled back at the end, which is how ``--dry-run`` shows exactly
+what a real run would remove while changing nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from typing import Protocol, TypeAlias
 
 import asyncpg
@@ -19,7 +23,13 @@ from asyncpg.pool import PoolConnectionProxy
 
 from collector.backoff import reach
 from collector.db.migrations import require_current
-from collector.errors import CollectorError, ConfigError, DatabaseUnavailable
+from collector.errors import (
+    ConfigError,
+    Conflict,
+    DatabaseUnavailable,
+    StorageError,
+    Unstorable,
+)
 
 #: Errors that mean "the server is not there (yet)": worth waiting for.
 CONNECT_ERRORS = (OSError, asyncio.TimeoutError, asyncpg.CannotConnectNowError)
@@ -37,11 +47,32 @@ DISCONNECTS = (
 )
 
 
-def waiting_changes(error: BaseException) -> bool:
-    """A lost database, or an error of ours marked retriable (a broker away, a race
-    lost too often): what a later attempt may not meet. Anything else is a reason to
-    give up on the work in hand, and only on it."""
-    return isinstance(error, DISCONNECTS) or (isinstance(error, CollectorError) and error.retriable)
+#: Lost a race with another transaction: replaying it decides afresh. A foreign key
+#: violation is a push that raced a deletion (or the other way round).
+CONFLICTS = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.ForeignKeyViolationError,
+)
+#: The database refused a value: no retry will store it.
+UNSTORABLE = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """asyncpg's errors raised inside, as ours (``raise ... from``, the original kept)."""
+    try:
+        yield
+    except CONFLICTS as exc:
+        raise_if_cancelled(exc)
+        raise Conflict(f"lost a race with another transaction: {exc}") from exc
+    except UNSTORABLE as exc:
+        raise Unstorable(f"the database refused a value: {exc}") from exc
+    except DISCONNECTS as exc:
+        raise_if_cancelled(exc)
+        raise DatabaseUnavailable(f"lost the database: {exc!r}") from exc
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"the database failed: {exc!r}") from exc
 
 
 def raise_if_cancelled(error: BaseException) -> None:
@@ -68,8 +99,16 @@ class PoolDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection outside any transaction (each statement its own)."""
+        with translated():
+            async with self.pool.acquire() as conn:
+                yield conn
 
 
 class RollbackDatabase:
@@ -81,8 +120,9 @@ class RollbackDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self._lock, self._conn.transaction():
-            yield self._conn
+        with translated():
+            async with self._lock, self._conn.transaction():
+                yield self._conn
 
     @classmethod
     @asynccontextmanager

@@ -28,12 +28,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
-import asyncpg
 import structlog
 
 from collector.backoff import Backoff
 from collector.clock import Clock, SystemClock, ms_to_datetime
-from collector.db.connector import DISCONNECTS, Connection, Database, raise_if_cancelled
+from collector.db.connector import Connection, Database
 from collector.engine import (
     candidates,
     images,
@@ -59,6 +58,7 @@ from collector.engine.images import ImageCollector
 from collector.engine.labels import LabelCollector
 from collector.engine.manifests import ManifestCollector
 from collector.errors import (
+    Conflict,
     Contention,
     DatabaseUnavailable,
     RepositoryNotFound,
@@ -70,12 +70,6 @@ from collector.outbox.store import Removed
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-#: Lost a race with another transaction: replaying it decides afresh.
-_CONFLICTS = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.ForeignKeyViolationError,
-)
 _MAX_ATTEMPTS = 10
 
 RootsBatch = Callable[..., Awaitable[StepResult]]
@@ -408,15 +402,15 @@ class Engine:
             try:
                 async with self._db.transaction() as conn:
                     return await work(conn)
-            except _CONFLICTS as exc:
-                raise_if_cancelled(exc)
+            except Conflict as exc:
                 if attempt == _MAX_ATTEMPTS:
-                    raise Contention(f"transaction kept conflicting: {exc}") from exc
-                log.info("transaction_retried", reason=type(exc).__name__, attempt=attempt)
-            except DISCONNECTS as exc:
-                raise_if_cancelled(exc)
+                    raise Contention(f"transaction kept conflicting: {exc.__cause__}") from exc
+                log.info(
+                    "transaction_retried", reason=type(exc.__cause__).__name__, attempt=attempt
+                )
+            except DatabaseUnavailable as exc:
                 if attempt == _MAX_ATTEMPTS:
-                    raise DatabaseUnavailable(f"lost the database: {exc}") from exc
+                    raise
                 log.warning("database_lost", error=str(exc), attempt=attempt)
                 backoff.at_least(0.5)
             await asyncio.sleep(backoff.next())

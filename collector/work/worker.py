@@ -38,10 +38,10 @@ import asyncpg
 import structlog
 
 from collector import metrics
-from collector.backoff import Backoff, Outage
+from collector.backoff import Backoff, Outage, transient
 from collector.clock import Clock
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, Connection, waiting_changes
+from collector.db.connector import DISCONNECTS, Connection
 from collector.dead_letters import DeadLetters, Origin
 from collector.engine import Engine
 from collector.errors import (
@@ -298,7 +298,7 @@ class Workers:
             async with conn.transaction():  # a savepoint: a failed statement spares the claim
                 return await self._handle(conn, items)
         except Exception as exc:
-            if waiting_changes(exc):
+            if transient(exc) or isinstance(exc, DISCONNECTS):
                 raise
             if len(items) == 1:
                 return [await self._unprocessable(items[0], exc)]
@@ -309,7 +309,7 @@ class Workers:
                 async with conn.transaction():
                     outcomes.extend(await self._handle(conn, [item]))
             except Exception as exc:
-                if waiting_changes(exc):
+                if transient(exc) or isinstance(exc, DISCONNECTS):
                     raise
                 outcomes.append(await self._unprocessable(item, exc))
         return outcomes

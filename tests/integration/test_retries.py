@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from collector.db.connector import Connection, PoolDatabase
+from collector.db.connector import Connection, PoolDatabase, translated
 from collector.engine import Engine, EngineConfig
 from collector.engine.context import StepResult
 from collector.errors import StorageError
@@ -18,7 +18,8 @@ from tests.registry import FixedClock, Registry, outbox
 
 class FailoverDatabase:
     """A pool whose every ``every``-th transaction loses its server session right after
-    BEGIN, the way a failover or an operator's pg_terminate_backend would cut it."""
+    BEGIN, the way a failover or an operator's pg_terminate_backend would cut it. Like
+    every Database, it hands asyncpg's errors to the edge's translation."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], admin: asyncpg.Connection, every: int):
         self.pool, self.admin, self.every = pool, admin, every
@@ -26,13 +27,14 @@ class FailoverDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            self.transactions += 1
-            if self.transactions % self.every == 0:
-                pid = conn.get_server_pid()
-                terminate = "SELECT pg_terminate_backend($1)::int"
-                self.killed += await self.admin.fetchval(terminate, pid)
-            yield conn
+        with translated():
+            async with self.pool.acquire() as conn, conn.transaction():
+                self.transactions += 1
+                if self.transactions % self.every == 0:
+                    pid = conn.get_server_pid()
+                    terminate = "SELECT pg_terminate_backend($1)::int"
+                    self.killed += await self.admin.fetchval(terminate, pid)
+                yield conn
 
 
 async def test_connections_killed_mid_collection_are_retried(

@@ -10,13 +10,15 @@ from typing import Any
 
 import asyncpg
 
+from collector.db.connector import translated
 from collector.engine import Engine, EngineConfig
 
 
 class LostDatabase:
     """Its queries hang (the server went away mid-query) until ``closed``, and its
     transactions end as asyncpg's do on a lost connection: the rollback on the way out
-    raises InterfaceError, which takes the place of a CancelledError."""
+    raises InterfaceError, which takes the place of a CancelledError. Like every
+    Database, it hands asyncpg's errors to the edge's translation."""
 
     def __init__(self) -> None:
         self.transactions = 0
@@ -29,10 +31,11 @@ class LostDatabase:
             raise RuntimeError("closed by the test")
         self.transactions += 1
         self.entered.set()
-        try:
-            yield self
-        except BaseException:
-            raise asyncpg.InterfaceError("cannot perform operation: connection is closed") from None
+        with translated():
+            try:
+                yield self
+            except BaseException:
+                raise asyncpg.InterfaceError("connection is closed") from None
 
     def __getattr__(self, name: str) -> Any:  # the connection's query methods
         async def hang(*args: object, **kwargs: object) -> None:
