@@ -1,4 +1,5 @@
-"""Kafka plumbing shared by every client the collector runs: options and topics."""
+"""Kafka plumbing shared by every client the collector runs: options, topics, and the
+edge where aiokafka's errors become ours (:func:`translated`)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    InvalidProducerEpoch,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     UnsupportedSaslMechanismError,
@@ -28,7 +32,7 @@ from aiokafka.helpers import create_ssl_context
 
 from collector.backoff import Outage, reach
 from collector.config import Settings
-from collector.errors import BrokerUnavailable, CollectorError, ConfigError
+from collector.errors import BrokerUnavailable, CollectorError, ConfigError, RecordTooLarge
 
 log = structlog.get_logger(__name__)
 _STOP_TIMEOUT_S = 10.0
@@ -36,6 +40,32 @@ _STOP_TIMEOUT_S = 10.0
 #: Largest dead letter: a refused 1 MiB value, base64 encoded, in its envelope.
 #: The dead-letter topic is created to accept it (the broker default is 1 MB).
 DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+
+
+#: Broker errors that a later attempt (with a fresh client) may not meet again, besides
+#: those aiokafka marks retriable.
+_TRANSIENT = (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+)
+
+
+@contextmanager
+def translated(doing: str) -> Iterator[None]:
+    """aiokafka's errors raised inside, as ours: a broker away (or a request that timed
+    out) is :class:`BrokerUnavailable`, which is retriable; a record larger than the
+    broker takes is :class:`RecordTooLarge`; any other is a :class:`CollectorError`
+    saying what we were ``doing`` (publish to X, consume X)."""
+    try:
+        yield
+    except MessageSizeTooLargeError as exc:
+        raise RecordTooLarge(f"cannot {doing}: {exc}") from exc
+    except KafkaError as exc:
+        if exc.retriable or isinstance(exc, _TRANSIENT):
+            raise BrokerUnavailable(f"cannot {doing}: {exc!r}") from exc
+        raise CollectorError(f"cannot {doing}: {exc!r}") from exc
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
