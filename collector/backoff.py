@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import threading
 import weakref
@@ -158,10 +159,18 @@ class Retrying:
     and starts the delays over. :meth:`call` does both around one attempt.
     """
 
-    def __init__(self, what: str, stopping: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        stopping: asyncio.Event | None = None,
+        *,
+        first: float = 0.2,
+        cap: float = 5.0,
+    ) -> None:
         self.outage = Outage(what)
         self._stopping = stopping or asyncio.Event()
-        self._backoff = Backoff()
+        self._delays = functools.partial(Backoff, first, cap)
+        self._backoff = self._delays()
 
     async def failed(self, error: BaseException) -> bool:
         """Record ``error`` and wait before the next attempt; whether the stage is
@@ -172,7 +181,7 @@ class Retrying:
     def succeeded(self) -> bool:
         """End an outage in progress; whether there was one."""
         if recovered := self.outage.recovered():
-            self._backoff = Backoff()
+            self._backoff = self._delays()
         return recovered
 
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from collector import kafka, metrics
-from collector.backoff import Backoff, Outage
+from collector.backoff import Retrying, close_quietly
 from collector.config import Settings
-from collector.errors import BrokerUnavailable
+from collector.errors import BrokerUnavailable, RecordTooLarge
 from collector.kafka import DEAD_LETTER_MAX_BYTES
 from events import CloudEvent, rejection_event, to_record
 
@@ -59,7 +58,7 @@ class DeadLetters:
         letter = self._letter(record, reason, detail, causation_id)
         try:
             await self._publish(record, letter)
-        except MessageSizeTooLargeError:
+        except RecordTooLarge:
             size = len(record.value or b"")
             detail += (
                 f"; the value ({size} bytes) is not kept here, it exceeds the dead-letter"
@@ -118,24 +117,26 @@ class DeadLetters:
         )
 
     async def _publish(self, record: Any, letter: CloudEvent) -> None:
-        """Send until the broker acknowledges; a letter too large is the caller's."""
+        """Send until the broker acknowledges, waiting out its outages; a letter too
+        large is the caller's."""
         value, headers = to_record(letter)
-        backoff, broker = Backoff(), Outage("broker")
+        broker = Retrying("broker", self._stopping)
         while True:
             try:
-                producer = await self._started()
-                delivery = await producer.send(self._topic, value, key=record.key, headers=headers)
-                await kafka.acknowledged([delivery], settings=self._settings, broker=broker)
-            except MessageSizeTooLargeError:
-                raise
-            except KafkaError as exc:
-                broker.failed(exc)
+                with kafka.translated(f"publish a dead letter to {self._topic}"):
+                    producer = await self._started()
+                    delivery = await producer.send(
+                        self._topic, value, key=record.key, headers=headers
+                    )
+                    await kafka.acknowledged(
+                        [delivery], settings=self._settings, broker=broker.outage
+                    )
+            except BrokerUnavailable as exc:
                 await self._reset()
-                if self._stopping.is_set():
-                    raise BrokerUnavailable(f"cannot publish a dead letter: {exc!r}") from exc
-                await asyncio.sleep(backoff.next())
+                if await broker.failed(exc):
+                    raise
             else:
-                broker.recovered()
+                broker.succeeded()
                 return
 
     async def stop(self) -> None:
@@ -152,7 +153,7 @@ class DeadLetters:
             try:
                 await producer.start()
             except BaseException:
-                await producer.stop()
+                await close_quietly(producer.stop(), "producer")
                 raise
             self._producer = producer
         return self._producer
@@ -160,7 +161,4 @@ class DeadLetters:
     async def _reset(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 10)
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("producer_stop_failed", error=repr(exc))
+            await close_quietly(producer.stop(), "producer")

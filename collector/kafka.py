@@ -30,12 +30,11 @@ from aiokafka.errors import (
 )
 from aiokafka.helpers import create_ssl_context
 
-from collector.backoff import Outage, reach
+from collector.backoff import Outage, close_quietly, reach
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, CollectorError, ConfigError, RecordTooLarge
 
 log = structlog.get_logger(__name__)
-_STOP_TIMEOUT_S = 10.0
 
 #: Largest dead letter: a refused 1 MiB value, base64 encoded, in its envelope.
 #: The dead-letter topic is created to accept it (the broker default is 1 MB).
@@ -117,25 +116,21 @@ async def send_all(settings: Settings, topic: str, records: Sequence[Record]) ->
     made = producer(settings)
     try:
         await reach_broker(made.start, wait_s=settings.connect_wait_s)
-        deliveries = [
-            await made.send(topic, value, key=key, headers=headers)
-            for key, value, headers in records
-        ]
-        # The idempotent producer would retry an unacknowledged send forever.
-        async with asyncio.timeout(settings.kafka_produce_timeout_s):
-            return list(await asyncio.gather(*deliveries))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot publish to {topic}: {exc}") from exc
+        with translated(f"publish to {topic}"):
+            deliveries = [
+                await made.send(topic, value, key=key, headers=headers)
+                for key, value, headers in records
+            ]
+            # The idempotent producer would retry an unacknowledged send forever.
+            async with asyncio.timeout(settings.kafka_produce_timeout_s):
+                return list(await asyncio.gather(*deliveries))
     except TimeoutError as exc:
         raise BrokerUnavailable(
             f"the broker did not acknowledge the records sent to {topic}"
             f" within {settings.kafka_produce_timeout_s:g} s"
         ) from exc
     finally:
-        try:
-            await asyncio.wait_for(made.stop(), _STOP_TIMEOUT_S)  # flushes what is unsent
-        except (KafkaError, TimeoutError) as exc:
-            log.warning("producer_stop_failed", error=repr(exc))
+        await close_quietly(made.stop(), "producer")  # flushes what is unsent
 
 
 def _back_off_failed_metadata_updates(client: Any) -> None:
@@ -255,36 +250,35 @@ async def ensure_topics(settings: Settings, *, wait_s: float = 30.0) -> list[str
     admin = AIOKafkaAdminClient(**client_options(settings))
     await reach_broker(admin.start, wait_s=wait_s)
     try:
-        missing = sorted(set(wanted) - set(await admin.list_topics()))
-        created: list[str] = []
-        if missing:
-            factor = settings.topic_replication_factor
-            # aiokafka accepts the broker-default factor (-1) only with an
-            # explicit, empty replica assignment.
-            assignments: dict[int, list[int]] | None = {} if factor == -1 else None
-            configs = {
-                settings.topic_dead_letter: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
-            }
-            response = await admin.create_topics(
-                [
-                    NewTopic(name, wanted[name], factor, assignments, configs.get(name))
-                    for name in missing
-                ]
-            )
-            # The broker answers per topic, and aiokafka raises for none of them.
-            for topic, code, *message in response.topic_errors:
-                if code == 0:
-                    created.append(topic)
-                elif code != TopicAlreadyExistsError.errno:  # a concurrent migrate won
-                    error = for_code(code).__name__
-                    detail = f" ({message[0]})" if message and message[0] else ""
-                    raise CollectorError(f"cannot create topic {topic}: {error}{detail}")
-            log.info("topics_created", topics=sorted(created))
-        if settings.topic_dead_letter not in missing:
-            await _check_dead_letter_limit(admin, settings.topic_dead_letter)
-        return sorted(created)
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot create topics: {exc}") from exc
+        with translated("create topics"):
+            missing = sorted(set(wanted) - set(await admin.list_topics()))
+            created: list[str] = []
+            if missing:
+                factor = settings.topic_replication_factor
+                # aiokafka accepts the broker-default factor (-1) only with an
+                # explicit, empty replica assignment.
+                assignments: dict[int, list[int]] | None = {} if factor == -1 else None
+                configs = {
+                    settings.topic_dead_letter: {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
+                }
+                response = await admin.create_topics(
+                    [
+                        NewTopic(name, wanted[name], factor, assignments, configs.get(name))
+                        for name in missing
+                    ]
+                )
+                # The broker answers per topic, and aiokafka raises for none of them.
+                for topic, code, *message in response.topic_errors:
+                    if code == 0:
+                        created.append(topic)
+                    elif code != TopicAlreadyExistsError.errno:  # a concurrent migrate won
+                        error = for_code(code).__name__
+                        detail = f" ({message[0]})" if message and message[0] else ""
+                        raise CollectorError(f"cannot create topic {topic}: {error}{detail}")
+                log.info("topics_created", topics=sorted(created))
+            if settings.topic_dead_letter not in missing:
+                await _check_dead_letter_limit(admin, settings.topic_dead_letter)
+            return sorted(created)
     finally:
         await admin.close()
 

@@ -11,7 +11,6 @@ time), then stop the relay (what it has not published stays in the outbox).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import Callable, Coroutine
@@ -24,13 +23,13 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
-from collector.backoff import Outage
+from collector.backoff import Outage, sleep_until
 from collector.clock import Clock, SystemClock
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, PoolDatabase, create_pool
+from collector.db.connector import PoolDatabase, create_pool
 from collector.dead_letters import DeadLetters
 from collector.engine import Callbacks, Engine, EngineConfig
-from collector.errors import CollectorError
+from collector.errors import CollectorError, StorageError
 from collector.health import Health
 from collector.intake.consumer import Intake
 from collector.outbox import store as outbox
@@ -240,10 +239,10 @@ class Service:
         except KafkaError:  # a partition went in a rebalance while we looked
             return False
         try:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 due = await queue.count_due(conn, self._clock.now_ms())
                 return due == 0 and await outbox.pending(conn) == 0
-        except (*DISCONNECTS, asyncpg.PostgresError):
+        except StorageError:
             return False
 
 
@@ -251,7 +250,7 @@ class Pruner:
     """Forgets finished requests and published events older than the retention."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
-        self._pool = pool
+        self._database = PoolDatabase(pool)
         self._retention = retention
         self._stopping = asyncio.Event()
 
@@ -261,16 +260,14 @@ class Pruner:
     async def run(self) -> None:
         while not self._stopping.is_set():
             try:
-                async with self._pool.acquire() as conn:
+                async with self._database.connection() as conn:
                     requests = await queue.prune(conn, self._retention)
                     events = await outbox.prune(conn, self._retention)
                 if requests or events:
                     log.info("pruned", requests=requests, events=events)
-            except (*DISCONNECTS, asyncpg.PostgresError) as exc:
+            except StorageError as exc:
                 log.warning("prune_failed", error=repr(exc))  # the next round retries
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PRUNE_EVERY_S):
-                    await self._stopping.wait()
+            await sleep_until(self._stopping, _PRUNE_EVERY_S)
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:

@@ -14,22 +14,20 @@ import structlog
 import typer
 
 from collector import publish
-from collector.backoff import Backoff
+from collector.backoff import Backoff, transient
 from collector.cli import _signals as signals
 from collector.cli._output import json_line
 from collector.clock import SystemClock
 from collector.config import load_settings
-from collector.db.connector import DISCONNECTS, Connection, PoolDatabase, create_pool
+from collector.db.connector import Connection, PoolDatabase, create_pool
 from collector.engine import Engine, EngineConfig
 from collector.engine import sweep as sweeps
-from collector.errors import BrokerUnavailable, DatabaseUnavailable
+from collector.errors import CollectorError
 from collector.logging import configure_logging
 from collector.service import Service, ServiceSummary
 from events import CloudEvent, RequestData, command_causation_id
 
 log = structlog.get_logger(__name__)
-#: What `scan --every` waits out instead of exiting: lost database, unreachable broker.
-_OUTAGES = (DatabaseUnavailable, BrokerUnavailable, *DISCONNECTS)
 
 
 def publish_one(
@@ -45,7 +43,7 @@ def publish_one(
     async def main() -> list[CloudEvent]:
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
         try:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 request = await build(conn)
         finally:
             await pool.close()
@@ -93,8 +91,10 @@ def scan(
                 try:
                     skipped = await scan_once(pool)
                     passes += 1
-                except _OUTAGES as exc:
-                    if every is None:
+                except CollectorError as exc:
+                    # What `scan --every` waits out instead of exiting: a lost database,
+                    # an unreachable broker.
+                    if every is None or not transient(exc):
                         raise
                     # Kept going: the next scan finds whatever this one missed.
                     delay = backoff.next()
@@ -110,7 +110,7 @@ def scan(
     async def scan_once(pool: asyncpg.Pool[asyncpg.Record]) -> int:
         """Publish what is found; return how many repositories could not be requested."""
         nonlocal published
-        async with pool.acquire() as conn:
+        async with PoolDatabase(pool).connection() as conn:
             found = await publish.scan(conn, SystemClock().now_ms())
         requests = found.requests
         events = await publish.publish(settings, requests) if requests else []
@@ -131,7 +131,7 @@ def scan(
             )
         sweep = None
         if orphans:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 due = await sweeps.is_due(conn, sweep_every)
             if due:
                 sweep = await sweep_once(pool)

@@ -24,7 +24,6 @@ from collector.cli._output import json_line, tables
 from collector.clock import SystemClock
 from collector.config import Settings, load_settings
 from collector.db.connector import (
-    DISCONNECTS,
     Database,
     PoolDatabase,
     RollbackDatabase,
@@ -35,7 +34,7 @@ from collector.demo.run import print_summary, run_demo
 from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report
 from collector.engine import repositories as repository_rows
-from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked
+from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked, StorageError
 from collector.logging import configure_logging
 from collector.outbox import relay, store
 from collector.outbox.store import Removed
@@ -66,7 +65,7 @@ def migrate(
             settings.database_url, max_size=1, wait_s=settings.connect_wait_s, migrated=False
         )
         try:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 applied = [migration.name for migration in await apply_migrations(conn)]
         finally:
             await pool.close()
@@ -181,7 +180,7 @@ class _Collection:
             wait_s=settings.connect_wait_s,
         )
         try:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 targets = [await repository_rows.find(conn, path) for path in paths]
                 self.outbox_before = await store.last_id(conn)
             if purge and (live := [r.path for r in targets if not r.marked_for_deletion]):
@@ -211,7 +210,7 @@ class _Collection:
                         " collecting repository by repository",
                         err=True,
                     )
-                async with pool.acquire() as conn:
+                async with PoolDatabase(pool).connection() as conn:
                     due = await repository_rows.with_due_work(conn, SystemClock().now_ms())
                     marked = await repository_rows.marked(conn) if purge else []
                 work = [(r, f"repository {r}", False) for r in due if r not in marked]
@@ -231,7 +230,7 @@ class _Collection:
                 self.drained = await relay.drain(pool, settings, stall_s=self.stall_s)
                 self.waiting = self.drained.waiting
             else:
-                async with pool.acquire() as conn:
+                async with PoolDatabase(pool).connection() as conn:
                     self.waiting = await store.pending(conn)
             return report
         finally:
@@ -272,12 +271,12 @@ class _Collection:
         short in its COMMIT may have committed without the engine hearing of it."""
 
         async def count() -> int:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 return await store.caused_by(conn, self.causation_id, after=self.outbox_before)
 
         try:
             self.committed = await asyncio.wait_for(count(), _COUNT_TIMEOUT_S)
-        except (*DISCONNECTS, asyncpg.PostgresError, TimeoutError) as exc:
+        except (StorageError, TimeoutError) as exc:
             log.warning("committed_count_failed", error=repr(exc))
 
     def interrupted(self, signal_name: str) -> str:
@@ -373,7 +372,7 @@ def verify(*, database_url: str | None, as_json: bool, log_level: str) -> None:
     async def main() -> Verification:
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
         try:
-            async with pool.acquire() as conn:
+            async with PoolDatabase(pool).connection() as conn:
                 return await verify_registry(
                     conn,
                     now_ms=SystemClock().now_ms(),

@@ -29,21 +29,20 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-)
 from asyncpg.transaction import Transaction
 
 from collector import kafka, metrics
-from collector.backoff import Backoff, Outage
+from collector.backoff import CLOSE_TIMEOUT_S, Retrying, close_quietly, sleep_until
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, Connection
+from collector.db.connector import Connection, PoolDatabase, translated
 from collector.db.queries import load_queries
-from collector.errors import CollectorError
+from collector.errors import (
+    BrokerUnavailable,
+    CollectorError,
+    DatabaseUnavailable,
+    RecordTooLarge,
+    StorageError,
+)
 from collector.outbox import store
 from events import CONTENT_TYPE
 
@@ -57,9 +56,6 @@ LOCK_KEY = 0x6763_7265_6C61
 CHANNEL = "gc_outbox"
 _HEADERS = [("content-type", CONTENT_TYPE.encode())]
 
-#: Broker errors that a later attempt with a fresh producer may not meet again.
-_TRANSIENT_KAFKA = (KafkaTimeoutError, OutOfOrderSequenceNumber, InvalidProducerEpoch)
-_CLOSE_TIMEOUT_S = 10.0
 _LINGER_S = 0.05
 #: How often `drain` looks at what is left.
 _DRAIN_POLL_S = 0.2
@@ -90,7 +86,7 @@ class Relay:
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], settings: Settings) -> None:
         #: For ``pending()``; the relay's own session uses ``settings.database_url``.
-        self._pool = pool
+        self._database = PoolDatabase(pool)
         self._settings = settings
         self._topic = settings.topic_removals
         self._poll_s = settings.relay_poll_interval_s
@@ -106,11 +102,11 @@ class Relay:
         self.publish_failures = 0
         #: Events set aside because no broker takes one that large.
         self.undeliverable = 0
-        self._broker = Outage("broker")
+        self._broker = Retrying("broker", self._stopping)
 
     async def pending(self) -> int:
         """How many events still wait for publication (by any relay)."""
-        async with self._pool.acquire() as conn:
+        async with self._database.connection() as conn:
             return await store.pending(conn)
 
     def stop(self) -> None:
@@ -122,40 +118,37 @@ class Relay:
         """Stand by or publish until stopped. Database and broker outages are waited
         out; any other error propagates."""
         log.info("relay_started", topic=self._topic)
-        backoff, database = Backoff(), Outage("database")
+        database = Retrying("database", self._stopping)
         try:
             while not self._stopping.is_set():
-                self.state = State.CONNECTING
                 try:
-                    conn = await asyncpg.connect(
-                        self._settings.database_url,
-                        command_timeout=_COMMAND_TIMEOUT_S,
-                        server_settings=_SESSION_SETTINGS,
-                    )
-                except DISCONNECTS as exc:
-                    database.failed(exc)
-                    await self._sleep(backoff.next())
-                    continue
-                try:
-                    database.recovered()
-                    backoff = Backoff()
-                    await self._session(conn)
-                except DISCONNECTS as exc:
-                    database.failed(exc)
-                    delay = backoff.next()
-                else:
-                    delay = 0.0  # stopping
-                finally:
-                    self.state = State.CONNECTING
-                    await _close(conn)
-                await self._sleep(delay)
+                    await self._session(database)
+                except DatabaseUnavailable as exc:
+                    await database.failed(exc)
         finally:
             self.state = State.STOPPED
             log.info("relay_stopped", published=self.published)
 
     # -- one database session ------------------------------------------------
 
-    async def _session(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    async def _session(self, database: Retrying) -> None:
+        """Connect, then lead (or stand by) until stopped or the connection is lost."""
+        self.state = State.CONNECTING
+        with translated():
+            conn = await asyncpg.connect(
+                self._settings.database_url,
+                command_timeout=_COMMAND_TIMEOUT_S,
+                server_settings=_SESSION_SETTINGS,
+            )
+        try:
+            database.succeeded()
+            with translated():
+                await self._lead(conn)
+        finally:
+            self.state = State.CONNECTING
+            await _close(conn)
+
+    async def _lead(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
         """Take the relay lock (or stand by for it), then publish until stopped."""
         conn.add_termination_listener(lambda _conn: self._wakeup.set())
         while not self._stopping.is_set():
@@ -164,7 +157,7 @@ class Relay:
             if self.state is not State.STANDING_BY:
                 self.state = State.STANDING_BY
                 log.info("relay_standing_by")
-            await self._sleep(self._poll_s)
+            await sleep_until(self._stopping, self._poll_s)
         else:
             return
         await conn.add_listener(CHANNEL, self._on_notify)
@@ -177,45 +170,41 @@ class Relay:
 
     async def _publish_loop(self, conn: Connection) -> None:
         producer: Any = None
-        backoff, broker = Backoff(), self._broker
         try:
             while not self._stopping.is_set():
                 self._wakeup.clear()
                 try:
-                    if producer is None:
-                        producer = await self._start_producer()
-                    count = await self._publish_batch(conn, producer)
-                except KafkaError as exc:
-                    if not (exc.retriable or isinstance(exc, _TRANSIENT_KAFKA)):
-                        raise CollectorError(f"cannot publish to {self._topic}: {exc!r}") from exc
+                    with kafka.translated(f"publish to {self._topic}"):
+                        if producer is None:
+                            producer = await self._start_producer()
+                        count = await self._publish_batch(conn, producer)
+                except BrokerUnavailable as exc:
                     self.publish_failures += 1
-                    broker.failed(exc)
                     if producer is not None:
-                        await _stop_producer(producer)
+                        await close_quietly(producer.stop(), "producer")
                         producer = None
-                    await self._sleep(backoff.next())
+                    await self._broker.failed(exc)
                     continue
-                if broker.recovered():
-                    backoff = Backoff()
+                self._broker.succeeded()
                 if count < self._settings.batch_size:  # drained: wait for news
                     metrics.OUTBOX_PENDING.set(0)
                     metrics.OUTBOX_OLDEST_AGE.set(0)
-                    await self._wait(self._poll_s)
+                    await sleep_until(self._wakeup, self._poll_s)  # a NOTIFY, or stop()
                     # Let a burst of commits land: one batch instead of one per commit.
-                    await self._sleep(_LINGER_S)
+                    await sleep_until(self._stopping, _LINGER_S)
                 else:  # a backlog: say how large, and how late
                     metrics.OUTBOX_PENDING.set(await store.pending(conn))
                     metrics.OUTBOX_OLDEST_AGE.set(await store.oldest_pending_age(conn))
         finally:
             if producer is not None:
-                await _stop_producer(producer)
+                await close_quietly(producer.stop(), "producer")
 
     async def _start_producer(self) -> Any:
         producer = kafka.producer(self._settings)
         try:
             await producer.start()
         except BaseException:
-            await _stop_producer(producer)
+            await close_quietly(producer.stop(), "producer")
             raise
         return producer
 
@@ -242,7 +231,7 @@ class Relay:
         finally:
             if not settled:
                 # Rows stay pending; the error that got us here is what counts.
-                with contextlib.suppress(asyncpg.PostgresError, *DISCONNECTS):
+                with contextlib.suppress(StorageError), translated():
                     await transaction.rollback()
         for row in rows:  # counted once set aside for good, not on every attempt
             if row["id"] in refused:
@@ -267,21 +256,22 @@ class Relay:
         try:
             for row in rows:
                 try:
-                    delivery = await producer.send(
-                        self._topic,
-                        row["event"].encode(),
-                        key=row["key"].encode(),
-                        headers=_HEADERS,
-                    )
-                except MessageSizeTooLargeError as exc:
-                    refused[row["id"]] = str(exc)
+                    with kafka.translated(f"publish to {self._topic}"):
+                        delivery = await producer.send(
+                            self._topic,
+                            row["event"].encode(),
+                            key=row["key"].encode(),
+                            headers=_HEADERS,
+                        )
+                except RecordTooLarge as exc:
+                    refused[row["id"]] = str(exc.__cause__)
                     continue
                 deliveries.append(delivery)
         except BaseException:
             # Nothing of this batch may still be on its way when the error is handled.
             await asyncio.gather(*deliveries, return_exceptions=True)
             raise
-        await kafka.acknowledged(deliveries, settings=self._settings, broker=self._broker)
+        await kafka.acknowledged(deliveries, settings=self._settings, broker=self._broker.outage)
         return refused
 
     def _set_aside(self, row: asyncpg.Record, reason: str) -> None:
@@ -313,20 +303,6 @@ class Relay:
     async def _mark(self, conn: Connection, ids: list[int]) -> None:
         await conn.execute(_QUERIES["mark_published"], ids)
 
-    # -- waiting ---------------------------------------------------------------
-
-    async def _wait(self, seconds: float) -> None:
-        """Until a NOTIFY, ``stop()`` or ``seconds``, whichever comes first."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._wakeup.wait()
-
-    async def _sleep(self, seconds: float) -> None:
-        """Until ``stop()`` or ``seconds`` (a NOTIFY does not cut a backoff short)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-
 
 @dataclass(frozen=True, slots=True)
 class Drained:
@@ -346,7 +322,8 @@ async def drain(
     service's relay keeps the lock (one publisher at a time) and publishes them
     instead, which counts the same. Gives up after ``stall_s`` seconds in which none
     left the outbox (broker or topic unavailable); they wait for the next relay."""
-    async with pool.acquire() as conn:
+    database = PoolDatabase(pool)
+    async with database.connection() as conn:
         through = await store.last_id(conn)
         waiting = initially = await store.pending(conn, through=through)
     if not waiting:
@@ -358,7 +335,7 @@ async def drain(
     try:
         while waiting and loop.time() - progress_at < stall_s and not running.done():
             await asyncio.sleep(_DRAIN_POLL_S)
-            async with pool.acquire() as conn:
+            async with database.connection() as conn:
                 left = await store.pending(conn, through=through)
             if left < waiting:
                 waiting, progress_at = left, loop.time()
@@ -368,32 +345,26 @@ async def drain(
         raise
     relay.stop()
     # A batch waiting for the broker's acknowledgement would wait through the outage.
-    if not (await asyncio.wait([running], timeout=_CLOSE_TIMEOUT_S))[0]:
+    if not (await asyncio.wait([running], timeout=CLOSE_TIMEOUT_S))[0]:
         running.cancel()
         await asyncio.wait([running])
     if not running.cancelled() and (error := running.exception()) is not None:
         if not isinstance(error, CollectorError):
             raise error
         log.error("drain_failed", error=str(error))  # e.g. the topic refuses writes
-    async with pool.acquire() as conn:
+    async with database.connection() as conn:
         waiting = await store.pending(conn, through=through)
     # The relay may have set aside newer events too: count no more than left the outbox.
     set_aside = min(relay.undeliverable, initially - waiting)
     return Drained(initially - waiting - set_aside, set_aside, waiting)
 
 
-async def _stop_producer(producer: Any) -> None:
-    try:
-        await asyncio.wait_for(producer.stop(), _CLOSE_TIMEOUT_S)
-    except (KafkaError, TimeoutError) as exc:
-        log.warning("producer_stop_failed", error=repr(exc))
-
-
 async def _close(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     """Close the session (which releases the lock); terminate it when that fails."""
     try:
-        await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT_S)
-    except (*DISCONNECTS, asyncpg.PostgresError):
+        with translated():
+            await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+    except StorageError:
         conn.terminate()
     except BaseException:
         conn.terminate()

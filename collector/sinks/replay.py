@@ -14,20 +14,16 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import (
-    KafkaError,
-    UnknownTopicOrPartitionError,
-    for_code,
-)
+from aiokafka.errors import UnknownTopicOrPartitionError, for_code
 
+from collector.backoff import close_quietly
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, ConfigError
-from collector.kafka import client_options, reach_broker
+from collector.kafka import client_options, reach_broker, translated
 
 log = structlog.get_logger(__name__)
 
 _POLL_MS = 200
-_CLOSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +40,7 @@ class Record:
 async def replay(settings: Settings, topic: str, *, since: datetime | None = None) -> list[Record]:
     """Every record of ``topic`` (from the first one produced at or after ``since``) up to
     the end offsets observed at start, ordered by partition and offset."""
-    try:
+    with translated(f"replay {topic}"):
         partitions = await _partitions(settings, topic)
         consumer = AIOKafkaConsumer(
             group_id=None, enable_auto_commit=False, **client_options(settings)
@@ -53,12 +49,7 @@ async def replay(settings: Settings, topic: str, *, since: datetime | None = Non
             await reach_broker(consumer.start, wait_s=settings.connect_wait_s)
             records = await _read(consumer, topic, partitions, since, settings.connect_wait_s)
         finally:
-            try:
-                await asyncio.wait_for(consumer.stop(), _CLOSE_TIMEOUT_S)
-            except (KafkaError, TimeoutError) as exc:
-                log.warning("consumer_stop_failed", error=repr(exc))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"cannot replay {topic}: {exc!r}") from exc
+            await close_quietly(consumer.stop(), "consumer")
     log.info("topic_replayed", topic=topic, records=len(records))
     return records
 
