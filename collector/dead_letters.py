@@ -14,7 +14,7 @@ from collector.backoff import Retrying, close_quietly
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, RecordTooLarge
 from collector.kafka import DEAD_LETTER_MAX_BYTES
-from events import CloudEvent, rejection_event, to_record
+from events import CloudEvent, RejectionReason, rejection_event, to_record
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +47,9 @@ class DeadLetters:
         #: Dead letters the broker acknowledged, by reason.
         self.sent: dict[str, int] = {}
 
-    async def send(self, record: Any, reason: str, detail: str, causation_id: str | None) -> None:
+    async def send(
+        self, record: Any, reason: RejectionReason, detail: str, causation_id: str | None
+    ) -> None:
         """Publish the dead letter of ``record`` (an aiokafka ConsumerRecord) and wait for
         the broker's acknowledgement; raise BrokerUnavailable only when stopping.
 
@@ -70,7 +72,9 @@ class DeadLetters:
         metrics.REQUESTS_RECEIVED.labels("refused").inc()
         self._sent(record, reason, detail, letter)
 
-    async def send_later(self, origin: Origin, reason: str, detail: str, event_id: str) -> None:
+    async def send_later(
+        self, origin: Origin, reason: RejectionReason, detail: str, event_id: str
+    ) -> None:
         """Publish the dead letter of a request admitted earlier and refused only when its
         turn came. Its value is not kept in the database: the letter says where it stays."""
         detail += (
@@ -81,7 +85,7 @@ class DeadLetters:
         await self._publish(origin, letter)
         self._sent(origin, reason, detail, letter)
 
-    def _sent(self, record: Any, reason: str, detail: str, letter: CloudEvent) -> None:
+    def _sent(self, record: Any, reason: RejectionReason, detail: str, letter: CloudEvent) -> None:
         self.sent[reason] = self.sent.get(reason, 0) + 1
         metrics.DEAD_LETTERS.labels(reason).inc()
         log.warning(
@@ -96,7 +100,7 @@ class DeadLetters:
     def _letter(
         self,
         record: Any,
-        reason: str,
+        reason: RejectionReason,
         detail: str,
         causation_id: str | None,
         *,

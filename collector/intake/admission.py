@@ -16,14 +16,14 @@ from typing import Any, Literal
 from collector.db.connector import Connection
 from collector.work import queue
 from collector.work.queue import RepositoryState, WorkItem
-from events import Request
+from events import AdmissionReason, Request
 
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A request the database contradicts; it goes to the dead-letter topic."""
 
-    reason: Literal["unknown-repository", "repository-not-marked"]
+    reason: AdmissionReason
     detail: str
 
 

@@ -53,6 +53,7 @@ from collector.errors import (
 )
 from collector.work import queue
 from collector.work.queue import ExpiringTag, WorkItem
+from events import RejectionReason
 
 log = structlog.get_logger(__name__)
 
@@ -327,7 +328,7 @@ class Workers:
         await self._dead_letter(item, "unprocessable", detail)
         return Finished.FAILED
 
-    async def _dead_letter(self, item: WorkItem, reason: str, detail: str) -> None:
+    async def _dead_letter(self, item: WorkItem, reason: RejectionReason, detail: str) -> None:
         """Refuse ``item`` on the dead-letter topic with its original record position
         (requests admitted before migration 0008 have none, and get a log line only)."""
         if item.record_topic is None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import get_args, get_type_hints
 
 import pytest
+from pydantic import ValidationError
 
 from collector.config import Settings
 from collector.intake.admission import Refusal
 from collector.kafka import DEAD_LETTER_MAX_BYTES
 from events import REMOVAL_TYPES, REQUEST_TYPES, DecodeReason, RequestRejected, reference
 from events._model import EventData
-from events._reasons import RejectionReason
+from events._reasons import DESCRIPTIONS, REJECTION_REASONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,13 +75,13 @@ def test_topic_defaults_are_the_collectors() -> None:
 def test_reasons_list_every_code_decoding_gives() -> None:
     """RejectionReason names every code of `DecodeReason`, first and in its order."""
     decoding = list(get_args(DecodeReason))
-    assert [str(reason) for reason in RejectionReason][: len(decoding)] == decoding
+    assert list(REJECTION_REASONS)[: len(decoding)] == decoding
 
 
 def test_reasons_list_every_code_admission_gives() -> None:
     """RejectionReason names every code the intake's admission can refuse with."""
     hint = get_type_hints(Refusal)["reason"]
-    assert set(get_args(hint)) <= set(RejectionReason)
+    assert set(get_args(hint)) <= set(REJECTION_REASONS)
 
 
 def test_reasons_list_every_code_the_service_sends() -> None:
@@ -91,12 +93,29 @@ def test_reasons_list_every_code_the_service_sends() -> None:
         for path in (ROOT / "collector").rglob("*.py")
         for match in sent.findall(path.read_text(encoding="utf-8"))
     }
-    assert found <= set(RejectionReason)
+    assert found <= set(REJECTION_REASONS)
 
 
 def test_every_reason_is_described() -> None:
     """Each reason has a one-paragraph description in the reference."""
     text = reference.render()
-    for reason in RejectionReason:
-        assert reason.description
+    for reason in REJECTION_REASONS:
+        assert DESCRIPTIONS[reason]
         assert f"| `{reason}` |" in text
+
+
+def test_a_dead_letter_holds_only_a_listed_reason() -> None:
+    """The model is the list's enforcement: a letter cannot be built, or read, with a
+    reason no consumer can look up."""
+    record = functools.partial(
+        RequestRejected.of_record,
+        detail="d",
+        topic="t",
+        partition=0,
+        offset=0,
+        key=None,
+        value=None,
+    )
+    assert record(reason="unstorable").reason == "unstorable"
+    with pytest.raises(ValidationError, match="reason"):
+        record(reason="made-up")  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from collector.sinks.dead_letters import (
 )
 from collector.sinks.replay import Record
 from events import (
+    RejectionReason,
     RepoDeleted,
     RepoPurged,
     rejection_event,
@@ -44,7 +45,7 @@ PURGE, _ = to_record(
 
 def letter_record(
     offset: int,
-    reason: str = "repository-not-marked",
+    reason: RejectionReason = "repository-not-marked",
     *,
     key: bytes | None = b"acme/web",
     value: bytes | None = PURGE,
@@ -68,7 +69,9 @@ def letter_record(
     return Record(0, offset, key, payload, tuple(headers))
 
 
-def letter(offset: int, reason: str = "repository-not-marked", **fields: Any) -> DeadLetter:
+def letter(
+    offset: int, reason: RejectionReason = "repository-not-marked", **fields: Any
+) -> DeadLetter:
     return read(letter_record(offset, reason, **fields))
 
 

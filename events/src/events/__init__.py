@@ -7,7 +7,7 @@ team that produces requests for the collector or consumes what it removed:
 
 from events._commands import Command, command_causation_id, command_of
 from events._dead_letter import RequestRejected, rejection_event
-from events._decode import DecodeError, DecodeReason, Request, decode_request, describe_invalid
+from events._decode import DecodeError, Request, decode_request, describe_invalid
 from events._envelope import (
     COLLECTOR_SOURCE,
     CONTENT_TYPE,
@@ -18,7 +18,12 @@ from events._envelope import (
     to_record,
 )
 from events._model import TYPE_PREFIX
-from events._reasons import RejectionReason
+from events._reasons import (
+    REJECTION_REASONS,
+    AdmissionReason,
+    DecodeReason,
+    RejectionReason,
+)
 from events._records import InvalidRecord, causation_id, decode_event, removal_of
 from events._removals import (
     REMOVAL_TYPES,
@@ -46,10 +51,12 @@ from events._schemas import json_schemas
 __all__ = [
     "COLLECTOR_SOURCE",
     "CONTENT_TYPE",
+    "REJECTION_REASONS",
     "REMOVAL_TYPES",
     "REQUEST_TYPES",
     "SPECVERSION",
     "TYPE_PREFIX",
+    "AdmissionReason",
     "BlobRemoved",
     "CloudEvent",
     "Command",

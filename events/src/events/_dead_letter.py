@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from events._envelope import COLLECTOR_SOURCE, CloudEvent, envelope
 from events._model import TYPE_PREFIX, EventData
+from events._reasons import RejectionReason
 
 Encoding = Literal["utf-8", "base64"]
 
@@ -25,9 +26,9 @@ class RequestRejected(EventData):
 
     event_type: ClassVar[str] = TYPE_PREFIX + "request-rejected"
 
-    reason: str = Field(
-        min_length=1,
-        description="Why the record was refused: a stable machine code such as `malformed-json`.",
+    reason: RejectionReason = Field(
+        description="Why the record was refused: a stable machine code (see the reason"
+        " codes).",
     )
     detail: str = Field(description="What exactly was wrong, in one line for a human.")
     topic: str = Field(description="The topic the refused record was read from.")
@@ -68,7 +69,7 @@ class RequestRejected(EventData):
     def of_record(
         cls,
         *,
-        reason: str,
+        reason: RejectionReason,
         detail: str,
         topic: str,
         partition: int,
@@ -104,7 +105,7 @@ class RequestRejected(EventData):
 
 def rejection_event(
     *,
-    reason: str,
+    reason: RejectionReason,
     detail: str,
     topic: str,
     partition: int,

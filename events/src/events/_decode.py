@@ -13,22 +13,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from pydantic import ValidationError
 
 from events._envelope import CloudEvent
+from events._reasons import DecodeReason
 from events._requests import REQUEST_TYPES, RequestData
-
-DecodeReason = Literal[
-    "oversized-value",
-    "invalid-key",
-    "malformed-json",
-    "invalid-envelope",
-    "unknown-type",
-    "invalid-field",
-    "key-mismatch",
-]
 
 MAX_VALUE_BYTES = 1_048_576
 

@@ -8,41 +8,37 @@ database, when it arrives or when its turn comes.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from typing import Literal, get_args
 
+#: Found by decoding a record, checked in this order.
+DecodeReason = Literal[
+    "oversized-value",
+    "invalid-key",
+    "malformed-json",
+    "invalid-envelope",
+    "unknown-type",
+    "invalid-field",
+    "key-mismatch",
+]
+#: Found when a decoded request is admitted, against the registry.
+AdmissionReason = Literal["unknown-repository", "repository-not-marked"]
+#: The `reason` of a `registry.gc.request-rejected` event.
+RejectionReason = Literal[DecodeReason, AdmissionReason, "unstorable", "unprocessable"]
+#: Every reason, in the order above.
+REJECTION_REASONS: tuple[RejectionReason, ...] = get_args(RejectionReason)
 
-class RejectionReason(StrEnum):
-    """The `reason` of a `registry.gc.request-rejected` event."""
-
-    OVERSIZED_VALUE = "oversized-value"
-    INVALID_KEY = "invalid-key"
-    MALFORMED_JSON = "malformed-json"
-    INVALID_ENVELOPE = "invalid-envelope"
-    UNKNOWN_TYPE = "unknown-type"
-    INVALID_FIELD = "invalid-field"
-    KEY_MISMATCH = "key-mismatch"
-    UNKNOWN_REPOSITORY = "unknown-repository"
-    REPOSITORY_NOT_MARKED = "repository-not-marked"
-    UNSTORABLE = "unstorable"
-    UNPROCESSABLE = "unprocessable"
-
-    @property
-    def description(self) -> str:
-        """When the collector refuses a record for this reason."""
-        return _DESCRIPTIONS[self]
-
-
-_DESCRIPTIONS: dict[RejectionReason, str] = {
-    RejectionReason.OVERSIZED_VALUE: (
+#: When the collector refuses a record for each reason.
+DESCRIPTIONS: dict[RejectionReason, str] = {
+    "oversized-value": (
         "The record's value is larger than the size limit (1 MiB by default;"
         " `COLLECTOR_MAX_REQUEST_BYTES` in the service)."
     ),
-    RejectionReason.INVALID_KEY: "The record has no key, or a key that is not UTF-8.",
-    RejectionReason.MALFORMED_JSON: (
+    "invalid-key": "The record has no key, or a key that is not UTF-8.",
+    "malformed-json": (
         "The value is missing, not UTF-8, not JSON, not a JSON object, names a member"
         " twice, or escapes a lone UTF-16 surrogate."
     ),
-    RejectionReason.INVALID_ENVELOPE: (
+    "invalid-envelope": (
         "Not a CloudEvents 1.0 event: an attribute missing or wrong (`specversion`,"
         " `id`, `source`, `type`, `time` not RFC 3339), a record that is neither"
         " structured (a CloudEvents JSON value, under `application/cloudevents+json` or"
@@ -50,25 +46,25 @@ _DESCRIPTIONS: dict[RejectionReason, str] = {
         " header given"
         " twice, or an `id` or `source` over 256 characters or holding a NUL character."
     ),
-    RejectionReason.UNKNOWN_TYPE: "The `type` is not one of the request types.",
-    RejectionReason.INVALID_FIELD: (
+    "unknown-type": "The `type` is not one of the request types.",
+    "invalid-field": (
         "`data` lacks a field, has one of the wrong type or out of range, or one too"
         " many; a name that is empty, over 1024 characters or holds a NUL character."
     ),
-    RejectionReason.KEY_MISMATCH: ("The record key is not the data's `<namespace>/<repository>`."),
-    RejectionReason.UNKNOWN_REPOSITORY: (
+    "key-mismatch": ("The record key is not the data's `<namespace>/<repository>`."),
+    "unknown-repository": (
         "No repository has the data's `repository_id`, or that repository is not the"
         " one the data names."
     ),
-    RejectionReason.REPOSITORY_NOT_MARKED: (
+    "repository-not-marked": (
         "A `repo-deleted` request for a repository that is not marked for deletion:"
         " when it arrives, or when its turn comes (the mark was lifted since)."
     ),
-    RejectionReason.UNSTORABLE: (
+    "unstorable": (
         "The request decoded, but the database refused to store it (a data exception"
         " or a size limit)."
     ),
-    RejectionReason.UNPROCESSABLE: (
+    "unprocessable": (
         "Handling the request failed for a reason waiting will not change; the"
         " request ends `failed` and the collector goes on with the others."
     ),

@@ -20,10 +20,9 @@ from typing import Any, TypeVar, cast, get_args
 
 from events._commands import _PREFIXES
 from events._dead_letter import RequestRejected
-from events._decode import DecodeReason
 from events._envelope import COLLECTOR_SOURCE, CONTENT_TYPE, SPECVERSION
 from events._model import NO_NUL, EventData
-from events._reasons import RejectionReason
+from events._reasons import DESCRIPTIONS, REJECTION_REASONS, DecodeReason
 from events._removals import REMOVAL_TYPES, Removal
 from events._requests import REQUEST_TYPES, RequestData
 from events._schemas import json_schemas
@@ -307,7 +306,7 @@ def _reasons() -> Iterator[str]:
     yield ""
     yield _wrap(
         "The `reason` of a dead letter is one of these stable codes"
-        " (`events._reasons.RejectionReason`). Decoding (`events.decode_request`) checks"
+        " (`events.RejectionReason`). Decoding (`events.decode_request`) checks"
         " its codes in the order listed; the service finds the others against the"
         " database, when a request arrives or when its turn comes."
     )
@@ -315,9 +314,9 @@ def _reasons() -> Iterator[str]:
     decoding = set(get_args(DecodeReason))
     yield "| `reason` | found by | when |"
     yield "|---|---|---|"
-    for reason in RejectionReason:
+    for reason in REJECTION_REASONS:
         found = "decoding" if reason in decoding else "the service"
-        yield f"| `{reason}` | {found} | {_cell(reason.description)} |"
+        yield f"| `{reason}` | {found} | {_cell(DESCRIPTIONS[reason])} |"
     yield ""
 
 
