@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 
 from collector.logging import RepeatFilter, configure_logging
 
@@ -110,3 +112,22 @@ def test_reconfiguring_keeps_one_library_handler(capsys: pytest.CaptureFixture[s
     logging.getLogger("asyncpg").warning("once")
 
     assert [line["event"] for line in json_lines(capsys.readouterr().err)] == ["once"]
+
+
+async def test_aiokafka_failing_to_reach_a_broker_logs_json_lines_only(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """aiokafka itself, failing to bootstrap (nothing listens on port 1), logs its
+    `Unable connect to "127.0.0.1:1"` through our handler: JSON, nothing in plain text
+    in between, and the reason in the line."""
+    configure_logging("info")
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", request_timeout_ms=1000)
+    with pytest.raises(KafkaConnectionError):
+        await producer.start()
+    await producer.stop()
+
+    lines = json_lines(capsys.readouterr().err)
+    connects = [line for line in lines if line["logger"].startswith("aiokafka")]
+    assert connects, lines
+    assert any('Unable connect to "127.0.0.1:1"' in line["event"] for line in connects)
+    assert {line["level"] for line in connects} <= {"warning", "error"}
