@@ -44,6 +44,7 @@ from collector.demo.seed import (
     write,
 )
 from collector.engine import Engine, EngineConfig
+from collector.limits import engine_pool_size
 from collector.logging import configure_logging
 
 ADMIN_URL = os.environ.get(
@@ -87,7 +88,7 @@ async def collect(
 
 async def throughput(repositories: int, batch_size: int, concurrency: int, pre_oci: bool) -> None:
     await fresh_database()
-    async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
+    async with asyncpg.create_pool(URL, min_size=2, max_size=engine_pool_size(concurrency)) as pool:
         async with pool.acquire() as conn:
             now = SystemClock().now_ms()
             shape = Shape(repositories=repositories, pre_oci=pre_oci)
@@ -118,7 +119,9 @@ async def garbage_vs_size(
     timings = []
     for live_repositories in (repositories, repositories * scale):
         await fresh_database()
-        async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
+        async with asyncpg.create_pool(
+            URL, min_size=2, max_size=engine_pool_size(concurrency)
+        ) as pool:
             async with pool.acquire() as conn:
                 now = SystemClock().now_ms()
                 live_shape = Shape(repositories=live_repositories, pre_oci=pre_oci)
@@ -147,7 +150,7 @@ async def garbage_vs_size(
 async def sweep_cost(repositories: int, batch_size: int, concurrency: int, pre_oci: bool) -> None:
     """One registry-wide orphan sweep: rows judged per second, and what it collected."""
     await fresh_database()
-    async with asyncpg.create_pool(URL, min_size=2, max_size=4 * concurrency + 2) as pool:
+    async with asyncpg.create_pool(URL, min_size=2, max_size=engine_pool_size(concurrency)) as pool:
         async with pool.acquire() as conn:
             now = SystemClock().now_ms()
             shape = Shape(repositories=repositories, pre_oci=pre_oci)

@@ -7,24 +7,29 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Self
 
 import structlog
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from collector.errors import ConfigError
-from collector.limits import BATCH_SIZE, MAX_MISSING, REPOSITORY_CONCURRENCY
+from collector.limits import (
+    BATCH_SIZE,
+    LOG_LEVELS,
+    MAX_MISSING,
+    POLL_RECORDS,
+    RELAY_BATCH_SIZE,
+    REPOSITORY_CONCURRENCY,
+)
 
 log = structlog.get_logger(__name__)
 
-#: COLLECTOR_ variables that are not settings: read by one command, or by the
-#: project's scripts and tests.
+#: COLLECTOR_ variables that are not settings: read by the project's scripts and tests.
 OTHER_VARIABLES = frozenset(
     f"COLLECTOR_{name}"
     for name in (
-        "LOG_LEVEL",  # every command's --log-level
-        "STORAGE_ROOT",  # sink blob-deleter's --storage-root
         "SERVICES_DIR",  # scripts/services
         "KAFKA_PORT",
         "KAFKA_CONTROLLER_PORT",
@@ -57,6 +62,9 @@ class Settings(BaseSettings):
     group_id: str = "registry-collector"
     #: The consumer group of `collector sink blob-deleter` on the removals topic.
     sink_group_id: str = "registry-gc-blob-deleter"
+    #: The blob storage `collector sink blob-deleter` deletes from: DIR/sha256/ab/abcdef…
+    #: (checked by that command alone).
+    storage_root: Path | None = None
     topic_partitions: int = Field(default=12, ge=1)
     #: -1: the broker's default.replication.factor.
     topic_replication_factor: int = Field(default=-1, ge=-1)
@@ -79,7 +87,16 @@ class Settings(BaseSettings):
     #: it gives up with a one-line error (retrying with backoff meanwhile).
     connect_wait_s: float = Field(default=30.0, ge=0)
 
+    #: Objects the engine decides per transaction (candidates claimed, roots taken).
     batch_size: int = Field(default=500, ge=BATCH_SIZE[0], le=BATCH_SIZE[1])
+    #: Records the intake of `collector run` fetches per poll; each partition's share is
+    #: admitted in one transaction.
+    intake_poll_records: int = Field(default=500, ge=POLL_RECORDS[0], le=POLL_RECORDS[1])
+    #: Records the blob deleter fetches per poll; each partition's share is one batch,
+    #: deleted and committed together (``max_missing`` is a share of it).
+    sink_poll_records: int = Field(default=500, ge=POLL_RECORDS[0], le=POLL_RECORDS[1])
+    #: Outbox events the relay claims, publishes and marks published in one transaction.
+    relay_batch_size: int = Field(default=500, ge=RELAY_BATCH_SIZE[0], le=RELAY_BATCH_SIZE[1])
     repository_concurrency: int = Field(
         default=4, ge=REPOSITORY_CONCURRENCY[0], le=REPOSITORY_CONCURRENCY[1]
     )
@@ -118,6 +135,21 @@ class Settings(BaseSettings):
     #: On SIGTERM, how long requests in hand may take before they are abandoned
     #: (rolled back, and redone by the next run).
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    #: debug, info, warning or error, in any case (`demo` is quieter: warning).
+    log_level: str = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _known_log_level(cls, value: object) -> object:
+        if isinstance(value, str) and value.lower() in LOG_LEVELS:
+            return value.lower()
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, not {value!r}")
+
+    @field_validator("storage_root", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable names no root: it is not the current directory.
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Self:
@@ -150,27 +182,23 @@ def load_settings(**overrides: object) -> Settings:
     """Settings from the environment, with the given non-None overrides (flags win).
 
     A flag replaces its environment variable before validation, so a good flag
-    repairs a bad variable. A COLLECTOR_ variable that names no setting (a typo
-    would otherwise be ignored in silence) is warned about by name.
+    repairs a bad variable.
     """
     if unknown := set(overrides) - set(Settings.model_fields):
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-    for unknown_name, suggestion in unknown_variables(os.environ):
-        hint = f"; did you mean {suggestion}?" if suggestion else ""
-        log.warning("unknown_variable", variable=unknown_name, hint=f"not a setting{hint}")
     update = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**update)  # type: ignore[arg-type]  # validated right here
     except ValidationError as exc:
         error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
         if not error["loc"]:  # a rule across settings: its message names them
-            message = error["msg"].removeprefix("Value error, ")
             raise ConfigError(f"invalid settings: {message}") from exc
         field = str(error["loc"][0])
         # A flag's own bounds are checked before (naming the flag): the rest came from
         # the flag's value as given, or from the variable.
         source = f"setting {field}" if field in update else variable(field)
-        raise ConfigError(f"invalid {source}: {error['msg']}") from exc
+        raise ConfigError(f"invalid {source}: {message}") from exc
     except SettingsError as exc:  # e.g. a list variable that is not JSON
         named = re.search(r'field "(\w+)"', str(exc))
         if named is None:
@@ -184,6 +212,15 @@ def load_settings(**overrides: object) -> Settings:
 def variable(field: str) -> str:
     """The environment variable of a setting."""
     return f"COLLECTOR_{field.upper()}"
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Warn about each COLLECTOR_ variable of ``environ`` that names no setting (a typo
+    would otherwise be ignored in silence), by name. Called once logging is configured,
+    so that the warning is rendered like every log line."""
+    for unknown_name, suggestion in unknown_variables(environ):
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        log.warning("unknown_variable", variable=unknown_name, hint=f"not a setting{hint}")
 
 
 def unknown_variables(environ: Mapping[str, str]) -> Iterator[tuple[str, str | None]]:
@@ -213,16 +250,19 @@ def effective(settings: Settings) -> list[Effective]:
         Effective(
             name,
             variable(name),
-            _masked(getattr(settings, name)),
+            _shown(getattr(settings, name)),
             "environment" if variable(name) in os.environ else "default",
         )
         for name in Settings.model_fields
     ]
 
 
-def _masked(value: object) -> object:
+def _shown(value: object) -> object:
+    """``value`` as `config show` prints it (JSON): secrets masked, paths as text."""
     if isinstance(value, SecretStr):
         return MASK
+    if isinstance(value, Path):
+        return str(value)
     if isinstance(value, str) and "://" in value:
         return mask_url(value)
     return value

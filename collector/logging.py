@@ -17,8 +17,8 @@ from collections.abc import Callable
 import structlog
 
 from collector.errors import ConfigError
+from collector.limits import LOG_LEVELS
 
-LEVELS = ("debug", "info", "warning", "error")
 #: A library's repeated message is shown at most once per this many seconds.
 REPEAT_INTERVAL_S = 10.0
 
@@ -52,8 +52,8 @@ class _LibraryHandler(logging.StreamHandler):  # type: ignore[type-arg]  # gener
 
 
 def configure_logging(level: str = "info") -> None:
-    if level.lower() not in LEVELS:
-        raise ConfigError(f"invalid log level {level!r}: expected one of {', '.join(LEVELS)}")
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"invalid log level {level!r}: expected one of {', '.join(LOG_LEVELS)}")
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,

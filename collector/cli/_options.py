@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from collector.limits import BATCH_SIZE, REPOSITORY_CONCURRENCY
+from collector.limits import BATCH_SIZE, LOG_LEVELS, REPOSITORY_CONCURRENCY
+
+#: The log level of `demo` unless the flag or COLLECTOR_LOG_LEVEL says otherwise: its
+#: progress is what it shows.
+DEMO_LOG_LEVEL = "warning"
 
 DatabaseUrl = Annotated[
     str | None,
@@ -45,14 +49,29 @@ Concurrency = Annotated[
         max=REPOSITORY_CONCURRENCY[1],
     ),
 ]
-LogLevel = Annotated[
-    str,
-    typer.Option(
+
+
+def _known_log_level(value: str | None) -> str | None:
+    # The flag's own check, naming the flag; the settings check COLLECTOR_LOG_LEVEL.
+    if value is not None and value.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(
+            f"invalid log level {value!r}: expected one of {', '.join(LOG_LEVELS)}"
+        )
+    return value
+
+
+def _log_level(default: str) -> Any:
+    """--log-level, its help naming the command's default."""
+    return typer.Option(
         metavar="LEVEL",
-        help="debug, info, warning or error",
-        envvar="COLLECTOR_LOG_LEVEL",
-    ),
-]
+        help=f"debug, info, warning or error (default {default})  [env var: COLLECTOR_LOG_LEVEL]",
+        show_default=False,
+        callback=_known_log_level,
+    )
+
+
+LogLevel = Annotated[str | None, _log_level("info")]
+DemoLogLevel = Annotated[str | None, _log_level(DEMO_LOG_LEVEL)]
 MetricsPort = Annotated[
     int | None,
     typer.Option(

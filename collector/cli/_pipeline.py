@@ -17,13 +17,13 @@ from collector import publish
 from collector.backoff import Backoff, transient
 from collector.cli import _signals as signals
 from collector.cli._output import json_line
+from collector.cli._settings import configured
 from collector.clock import SystemClock
-from collector.config import load_settings
 from collector.db.connector import Connection, PoolDatabase, create_pool
 from collector.engine import Engine, EngineConfig
 from collector.engine import sweep as sweeps
 from collector.errors import CollectorError
-from collector.logging import configure_logging
+from collector.limits import engine_pool_size
 from collector.service import Service, ServiceSummary
 from events import CloudEvent, RequestData, command_causation_id
 
@@ -33,12 +33,13 @@ log = structlog.get_logger(__name__)
 def publish_one(
     database_url: str | None,
     kafka_bootstrap: str | None,
-    log_level: str,
+    log_level: str | None,
     as_json: bool,
     build: Callable[[Connection], Awaitable[RequestData]],
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    settings = configured(
+        log_level=log_level, database_url=database_url, kafka_bootstrap=kafka_bootstrap
+    )
 
     async def main() -> list[CloudEvent]:
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
@@ -65,10 +66,10 @@ def scan(
     concurrency: int | None,
     database_url: str | None,
     kafka_bootstrap: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(
+    settings = configured(
+        log_level=log_level,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         repository_concurrency=concurrency,
@@ -82,7 +83,7 @@ def scan(
         nonlocal passes
         pool = await create_pool(
             settings.database_url,
-            max_size=4 * settings.repository_concurrency + 2 if orphans else 1,
+            max_size=engine_pool_size(settings.repository_concurrency) if orphans else 1,
             wait_s=settings.connect_wait_s,
         )
         backoff = Backoff(first=1.0, cap=60.0)
@@ -185,10 +186,10 @@ def run(
     batch_size: int | None,
     database_url: str | None,
     kafka_bootstrap: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(
+    settings = configured(
+        log_level=log_level,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         repository_concurrency=concurrency,

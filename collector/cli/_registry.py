@@ -20,9 +20,11 @@ from rich.table import Table
 from collector import kafka
 from collector.backoff import transient
 from collector.cli import _signals as signals
+from collector.cli._options import DEMO_LOG_LEVEL
 from collector.cli._output import json_line, tables
+from collector.cli._settings import configured
 from collector.clock import SystemClock
-from collector.config import Settings, load_settings
+from collector.config import Settings
 from collector.db.connector import (
     Database,
     PoolDatabase,
@@ -35,7 +37,7 @@ from collector.demo.seed import Shape
 from collector.engine import Callbacks, Engine, EngineConfig, Report
 from collector.engine import repositories as repository_rows
 from collector.errors import ConfigError, RepositoryNotFound, RepositoryNotMarked, StorageError
-from collector.logging import configure_logging
+from collector.limits import engine_pool_size
 from collector.outbox import relay, store
 from collector.outbox.store import Removed
 from collector.verify import Verification
@@ -55,10 +57,11 @@ def migrate(
     kafka_bootstrap: str | None,
     skip_topics: bool,
     as_json: bool,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    settings = configured(
+        log_level=log_level, database_url=database_url, kafka_bootstrap=kafka_bootstrap
+    )
 
     async def main() -> tuple[list[str], list[str] | None]:
         pool = await create_pool(
@@ -97,12 +100,12 @@ def collect(
     kafka_bootstrap: str | None,
     batch_size: int | None,
     concurrency: int | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
     if bool(repositories) == all_repositories:
         raise ConfigError("name repositories or give --all (not both)")
-    settings = load_settings(
+    settings = configured(
+        log_level=log_level,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         batch_size=batch_size,
@@ -176,7 +179,7 @@ class _Collection:
         config = EngineConfig.from_settings(settings)
         pool = await create_pool(
             settings.database_url,
-            max_size=4 * settings.repository_concurrency + 2,
+            max_size=engine_pool_size(settings.repository_concurrency),
             wait_s=settings.connect_wait_s,
         )
         try:
@@ -365,9 +368,8 @@ def _print_report(report: Report, *, dry_run: bool) -> None:
         )
 
 
-def verify(*, database_url: str | None, as_json: bool, log_level: str) -> None:
-    configure_logging(log_level)
-    settings = load_settings(database_url=database_url)
+def verify(*, database_url: str | None, as_json: bool, log_level: str | None) -> None:
+    settings = configured(log_level=log_level, database_url=database_url)
 
     async def main() -> Verification:
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
@@ -408,10 +410,14 @@ def demo(
     database_url: str | None,
     kafka_bootstrap: str | None,
     as_json: bool,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(database_url=database_url, kafka_bootstrap=kafka_bootstrap)
+    settings = configured(
+        default_log_level=DEMO_LOG_LEVEL,
+        log_level=log_level,
+        database_url=database_url,
+        kafka_bootstrap=kafka_bootstrap,
+    )
     # With --json the progress goes to stderr, and stdout holds the summary alone.
     console = Console(highlight=False, stderr=as_json)
     with contextlib.ExitStack() as stack:

@@ -10,8 +10,8 @@ import typer
 
 from collector.cli import _signals as signals
 from collector.cli._output import json_line
-from collector.config import load_settings
-from collector.logging import configure_logging
+from collector.cli._settings import configured
+from collector.errors import ConfigError
 from collector.sinks import audit as audit_replay
 from collector.sinks.blob_deleter import BlobDeleter
 from collector.sinks.storage import FilesystemStorage
@@ -19,23 +19,26 @@ from collector.sinks.storage import FilesystemStorage
 
 def blob_deleter(
     *,
-    storage_root: Path,
+    storage_root: Path | None,
     exit_when_idle: float | None,
     max_missing: float | None,
     metrics_port: int | None,
     as_json: bool,
     database_url: str | None,
     kafka_bootstrap: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
-    settings = load_settings(
+    settings = configured(
+        log_level=log_level,
+        storage_root=storage_root,
         database_url=database_url,
         kafka_bootstrap=kafka_bootstrap,
         max_missing=max_missing,
         metrics_port=metrics_port,
     )
-    storage = FilesystemStorage(storage_root)
+    if settings.storage_root is None:
+        raise ConfigError("no storage root: give --storage-root DIR or COLLECTOR_STORAGE_ROOT")
+    storage = FilesystemStorage(settings.storage_root.resolve())
     storage.check()
     deleter = BlobDeleter(settings, storage, exit_when_idle=exit_when_idle)
     received: list[int] = []
@@ -71,11 +74,10 @@ def audit(
     digests: list[str],
     as_json: bool,
     kafka_bootstrap: str | None,
-    log_level: str,
+    log_level: str | None,
 ) -> None:
-    configure_logging(log_level)
     query = audit_replay.Query.parse(since, repositories or [], digests or [])
-    settings = load_settings(kafka_bootstrap=kafka_bootstrap)
+    settings = configured(log_level=log_level, kafka_bootstrap=kafka_bootstrap)
     try:
         report = signals.run(audit_replay.audit(settings, query))
     except signals.Interrupted as exc:

@@ -20,17 +20,18 @@ def show(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per setting on stdout.")
     ] = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Print every setting in effect: its environment variable, its value (passwords
     masked) and whether the environment or the default set it. A COLLECTOR_ variable
     that is no setting is warned about. A command's flags win over what is shown."""
     from rich.table import Table
 
+    from collector.cli._settings import configured
     from collector.config import effective, load_settings
-    from collector.logging import configure_logging
 
-    configure_logging(log_level)
+    configured(log_level=log_level)
+    # What the environment sets: this command's own --log-level is no setting shown.
     rows = effective(load_settings())
     if as_json:
         for row in rows:

@@ -46,18 +46,16 @@ def dead_letters(
         ),
     ] = False,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """List the records the collector refused (the dead-letter topic): one line each, then
     counts by reason on stderr. Records on that topic that are no dead letter are listed
     as unreadable. Uses no consumer group."""
-    from collector.config import load_settings
-    from collector.logging import configure_logging
+    from collector.cli._settings import configured
     from collector.sinks import dead_letters as letters
 
-    configure_logging(log_level)
     query = letters.Query.parse(since, reasons or [])
-    settings = load_settings(kafka_bootstrap=kafka_bootstrap)
+    settings = configured(log_level=log_level, kafka_bootstrap=kafka_bootstrap)
 
     async def main() -> tuple[letters.Listing, letters.Resubmission | None]:
         listing = await letters.dead_letters(settings, query)

@@ -36,7 +36,7 @@ def publish_tag_expired(
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     as_json: PublishedJson = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Ask for the latest ended tag of that name to be collected once it is due."""
     from collector import publish
@@ -58,7 +58,7 @@ def publish_legacy_tag_expired(
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     as_json: PublishedJson = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Ask for the latest ended pre-OCI tag of that name to be collected once it is due."""
     from collector import publish
@@ -79,7 +79,7 @@ def publish_repo_deleted(
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     as_json: PublishedJson = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Ask for a repository marked for deletion to be purged."""
     from collector import publish
@@ -100,7 +100,7 @@ def publish_repo_sweep(
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
     as_json: PublishedJson = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Ask for everything due in a repository to be collected."""
     from collector import publish
@@ -138,7 +138,7 @@ def scan(
     concurrency: Concurrency = None,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Find work no event announced (tags past their window, expired uploads, repositories
     marked for deletion) and publish requests for it: the safety net of the pipeline."""
@@ -173,7 +173,7 @@ def run(
     batch_size: BatchSize = None,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """The service: consume requests, collect, publish removals. Stops cleanly on
     SIGTERM/SIGINT (exit 0: stopping is how a service ends)."""

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from collector.cli._app import app
-from collector.cli._options import BatchSize, Concurrency, DatabaseUrl, KafkaBootstrap, LogLevel
+from collector.cli._options import (
+    BatchSize,
+    Concurrency,
+    DatabaseUrl,
+    DemoLogLevel,
+    KafkaBootstrap,
+    LogLevel,
+)
 
 
 @app.command()
@@ -22,7 +29,7 @@ def migrate(
     as_json: Annotated[
         bool, typer.Option("--json", help="What was applied and created, as one JSON object.")
     ] = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Create or upgrade the registry schema, the gc schema and the topics. Idempotent."""
     from collector.cli import _registry
@@ -79,7 +86,7 @@ def collect(
     kafka_bootstrap: KafkaBootstrap = None,
     batch_size: BatchSize = None,
     concurrency: Concurrency = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Collect what is due, without Kafka, and print what was removed.
 
@@ -110,7 +117,7 @@ def collect(
 def verify(
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Check integrity: exit 1 on any dangling reference; list garbage due but not collected."""
     from collector.cli import _registry
@@ -141,7 +148,7 @@ def demo(
     ] = False,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "warning",
+    log_level: DemoLogLevel = None,
 ) -> None:
     """Seed a realistic registry and its blob storage, expire and delete part of it,
     collect it over Kafka with `collector run`, delete the removed blobs' files, verify.

@@ -19,17 +19,16 @@ app.add_typer(sink_app, name="sink")
 @sink_app.command("blob-deleter")
 def sink_blob_deleter(
     storage_root: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             exists=True,
             file_okay=False,
             resolve_path=True,
             metavar="DIR",
-            help="Blob storage: DIR/sha256/ab/abcdef…",
-            envvar="COLLECTOR_STORAGE_ROOT",
+            help="Blob storage, required: DIR/sha256/ab/abcdef…  [env var: COLLECTOR_STORAGE_ROOT]",
             show_default=False,
         ),
-    ],
+    ] = None,
     exit_when_idle: Annotated[
         float | None,
         typer.Option(min=0.0, metavar="SECONDS", help="Exit after SECONDS without a new record."),
@@ -52,7 +51,7 @@ def sink_blob_deleter(
     ] = False,
     database_url: DatabaseUrl = None,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Delete the bytes of every removed blob, idempotently; keep those of a digest pushed
     again since. Group: COLLECTOR_SINK_GROUP_ID. On SIGTERM/SIGINT it finishes the batch
@@ -103,7 +102,7 @@ def audit(
         bool, typer.Option("--json", help="JSON lines on stdout, the summary last.")
     ] = False,
     kafka_bootstrap: KafkaBootstrap = None,
-    log_level: LogLevel = "info",
+    log_level: LogLevel = None,
 ) -> None:
     """Replay the removals topic into a report: what was removed, when, and which request
     caused it (read from the requests topic). Uses no consumer group."""

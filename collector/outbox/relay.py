@@ -186,7 +186,7 @@ class Relay:
                     await self._broker.failed(exc)
                     continue
                 self._broker.succeeded()
-                if count < self._settings.batch_size:  # drained: wait for news
+                if count < self._settings.relay_batch_size:  # drained: wait for news
                     metrics.OUTBOX_PENDING.set(0)
                     metrics.OUTBOX_OLDEST_AGE.set(0)
                     await sleep_until(self._wakeup, self._poll_s)  # a NOTIFY, or stop()
@@ -216,7 +216,7 @@ class Relay:
         await transaction.start()
         settled = False
         try:
-            rows = await conn.fetch(_QUERIES["claim"], self._settings.batch_size)
+            rows = await conn.fetch(_QUERIES["claim"], self._settings.relay_batch_size)
             self.claims += 1
             refused = await self._produce(producer, rows) if rows else {}
             # The broker has every row: persist that, whatever cancels us meanwhile.

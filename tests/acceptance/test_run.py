@@ -28,6 +28,10 @@ from tests.acceptance.conftest import (
 )
 from tests.pipeline import pipeline_settings, read_topic, topics
 
+#: With --batch-size 25 (the engine's), small batches in the intake and the relay too:
+#: more commits for a kill to fall between.
+SMALL_BATCHES = {"COLLECTOR_INTAKE_POLL_RECORDS": "25", "COLLECTOR_RELAY_BATCH_SIZE": "25"}
+
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -91,7 +95,9 @@ async def test_sigkill_during_run_then_restart_publishes_every_deletion_and_equa
 
     # The uninterrupted run: the same requests, its own group and removals topic.
     async with topics(pipeline_settings(straight)) as clean:
-        env = environment(clean, straight, COLLECTOR_TOPIC_REQUESTS=settings.topic_requests)
+        env = environment(
+            clean, straight, COLLECTOR_TOPIC_REQUESTS=settings.topic_requests, **SMALL_BATCHES
+        )
         done = run(env, "run", "--exit-when-idle", "1", "--batch-size", "25")
         assert done.returncode == 0, done.stderr
     expected = await removals(straight)
@@ -99,7 +105,7 @@ async def test_sigkill_during_run_then_restart_publishes_every_deletion_and_equa
     assert total > 2000
 
     rng = random.Random(os.environ.get("CRASH_SEED", "run-sigkill"))
-    env = environment(settings, crashed, COLLECTOR_LOG_LEVEL="warning")
+    env = environment(settings, crashed, COLLECTOR_LOG_LEVEL="warning", **SMALL_BATCHES)
     kills = 0
     for share in sorted(rng.uniform(0.05, 0.9) for _ in range(3)):
         process = await asyncio.create_subprocess_exec(

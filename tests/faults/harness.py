@@ -229,6 +229,10 @@ async def pipeline(
         settings.database_url,
         COLLECTOR_RELAY_POLL_INTERVAL_S="0.2",
         COLLECTOR_KAFKA_PRODUCE_TIMEOUT_S=str(settings.kafka_produce_timeout_s),
+        # Small batches everywhere, as RUN_ARGS's --batch-size gives the engine: more
+        # commits for a kill to fall between.
+        COLLECTOR_INTAKE_POLL_RECORDS="25",
+        COLLECTOR_RELAY_BATCH_SIZE="25",
     )
     return Pipeline(workload, name, settings, logs, env)
 

@@ -33,7 +33,7 @@ KEYS = ("acme/a", "acme/b", "acme/c", "other/d")
 @pytest.fixture
 async def settings(database_url: str) -> AsyncIterator[Settings]:
     """Settings on the test database and fresh topics (3 partitions), deleted afterwards."""
-    async with topics(pipeline_settings(database_url, batch_size=7)) as settings:
+    async with topics(pipeline_settings(database_url, relay_batch_size=7)) as settings:
         yield settings
 
 

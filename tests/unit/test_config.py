@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import structlog
 
 from collector.config import (
     EMPTY_LAYER_DIGEST,
@@ -14,6 +16,7 @@ from collector.config import (
     load_settings,
     mask_url,
     unknown_variables,
+    warn_unknown_variables,
 )
 from collector.errors import ConfigError
 
@@ -83,6 +86,67 @@ def test_environment_integers_are_parsed(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = load_settings()
     assert settings.batch_size == 250
     assert settings.topic_partitions == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "variable"),
+    [
+        ("intake_poll_records", "COLLECTOR_INTAKE_POLL_RECORDS"),
+        ("sink_poll_records", "COLLECTOR_SINK_POLL_RECORDS"),
+        ("relay_batch_size", "COLLECTOR_RELAY_BATCH_SIZE"),
+    ],
+)
+def test_each_size_has_its_own_variable_and_the_engine_s_batch_size_sets_none_of_them(
+    monkeypatch: pytest.MonkeyPatch, field: str, variable: str
+) -> None:
+    """The intake's and the blob deleter's records per poll and the relay's events per
+    transaction default to 500, as when COLLECTOR_BATCH_SIZE sized them too; now each is
+    set by its own variable, and COLLECTOR_BATCH_SIZE sizes the engine's transactions
+    alone."""
+    assert getattr(load_settings(), field) == 500
+    monkeypatch.setenv("COLLECTOR_BATCH_SIZE", "7")
+    assert getattr(load_settings(), field) == 500
+    monkeypatch.setenv(variable, "9")
+    settings = load_settings()
+    assert (getattr(settings, field), settings.batch_size) == (9, 7)
+
+
+def test_log_level_is_read_in_any_case_and_a_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COLLECTOR_LOG_LEVEL sets the log level (info by default), as the flag does, which
+    wins over it; any case is taken and kept lower case."""
+    assert load_settings().log_level == "info"
+    monkeypatch.setenv("COLLECTOR_LOG_LEVEL", "WARNING")
+    assert load_settings().log_level == "warning"
+    assert load_settings(log_level="Debug").log_level == "debug"
+
+
+@pytest.mark.parametrize("value", ["loud", "", "warn"])
+def test_an_unknown_log_level_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """A COLLECTOR_LOG_LEVEL that is no level is refused by name, with the levels."""
+    monkeypatch.setenv("COLLECTOR_LOG_LEVEL", value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    assert str(refused.value) == (
+        f"invalid COLLECTOR_LOG_LEVEL: expected one of debug, info, warning, error, not {value!r}"
+    )
+
+
+def test_storage_root_is_read_and_a_flag_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COLLECTOR_STORAGE_ROOT names the blob deleter's storage (unset by default); the
+    flag wins over it. Nothing checks it here: a command that deletes nothing never
+    fails on it."""
+    assert load_settings().storage_root is None
+    monkeypatch.setenv("COLLECTOR_STORAGE_ROOT", "/no/such/storage")
+    assert load_settings().storage_root == Path("/no/such/storage")
+    assert load_settings(storage_root=Path("/srv/blobs")).storage_root == Path("/srv/blobs")
+
+
+def test_an_empty_storage_root_variable_names_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COLLECTOR_STORAGE_ROOT="" is unset, not the current directory."""
+    monkeypatch.setenv("COLLECTOR_STORAGE_ROOT", "")
+    assert load_settings().storage_root is None
 
 
 def test_environment_list_is_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,6 +282,10 @@ def test_falsy_override_is_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
         ("topic_partitions", 0),
         ("topic_replication_factor", -2),
         ("batch_size", "abc"),
+        ("intake_poll_records", 0),
+        ("sink_poll_records", 50_001),
+        ("relay_batch_size", 0),
+        ("log_level", "loud"),
     ],
 )
 def test_invalid_override_is_config_error(field: str, value: object) -> None:
@@ -233,6 +301,9 @@ def test_invalid_override_is_config_error(field: str, value: object) -> None:
         ("COLLECTOR_BATCH_SIZE", "batch_size", "0"),
         ("COLLECTOR_REPOSITORY_CONCURRENCY", "repository_concurrency", "65"),
         ("COLLECTOR_TOPIC_PARTITIONS", "topic_partitions", "many"),
+        ("COLLECTOR_INTAKE_POLL_RECORDS", "intake_poll_records", "0"),
+        ("COLLECTOR_SINK_POLL_RECORDS", "sink_poll_records", "50001"),
+        ("COLLECTOR_RELAY_BATCH_SIZE", "relay_batch_size", "many"),
     ],
 )
 def test_invalid_environment_is_config_error(
@@ -298,12 +369,18 @@ def test_effective_settings_mask_secrets_and_name_their_source(
 ) -> None:
     monkeypatch.setenv("COLLECTOR_DATABASE_URL", "postgresql://gc:pw@db/registry")
     monkeypatch.setenv("COLLECTOR_KAFKA_SASL_PASSWORD", "sasl")
+    monkeypatch.setenv("COLLECTOR_STORAGE_ROOT", "/srv/blobs")
     rows = {row.name: row for row in effective(load_settings())}
 
     assert rows["database_url"].value == "postgresql://gc:********@db/registry"
     assert rows["database_url"].source == "environment"
     assert rows["kafka_sasl_password"].value == "********"
     assert rows["batch_size"] == Effective("batch_size", "COLLECTOR_BATCH_SIZE", 500, "default")
+    # A path is shown as text: `config show` prints JSON.
+    assert rows["storage_root"] == Effective(
+        "storage_root", "COLLECTOR_STORAGE_ROOT", "/srv/blobs", "environment"
+    )
+    assert rows["log_level"] == Effective("log_level", "COLLECTOR_LOG_LEVEL", "info", "default")
     assert set(rows) == set(Settings.model_fields)
 
 
@@ -312,6 +389,8 @@ def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
         "COLLECTOR_DATABSE_URL": "x",
         "COLLECTOR_BATCH_SIZE": "1",
         "COLLECTOR_LOG_LEVEL": "info",
+        "COLLECTOR_STORAGE_ROOT": "/srv/blobs",
+        "COLLECTOR_RELAY_BATCH_SIZE": "100",
         "COLLECTOR_TEST_DATABASE": "t",
         "COLLECTOR_WHATEVER": "y",
         "PATH": "/bin",
@@ -321,3 +400,33 @@ def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
         ("COLLECTOR_DATABSE_URL", "COLLECTOR_DATABASE_URL"),
         ("COLLECTOR_WHATEVER", None),
     ]
+
+
+def test_unknown_variables_are_warned_about_by_name() -> None:
+    """Loading the settings logs nothing (logging is not configured yet then): the
+    warnings come from warn_unknown_variables, one per unknown variable."""
+    environ = {"COLLECTOR_DATABSE_URL": "x", "COLLECTOR_BATCH_SIZE": "1"}
+
+    with structlog.testing.capture_logs() as logs:
+        load_settings()
+        warn_unknown_variables(environ)
+
+    assert logs == [
+        {
+            "event": "unknown_variable",
+            "log_level": "warning",
+            "variable": "COLLECTOR_DATABSE_URL",
+            "hint": "not a setting; did you mean COLLECTOR_DATABASE_URL?",
+        }
+    ]
+
+
+def test_every_setting_is_in_the_readme_s_configuration_table() -> None:
+    """The README's table lists every setting's variable, so that a new one is documented
+    where operators look for it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("### Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1] for line in table.splitlines() if line.startswith("| `")}
+    listed = {name.strip(" `") for row in rows for name in row.split(",")}
+
+    assert {f"COLLECTOR_{field.upper()}" for field in Settings.model_fields} <= listed
