@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaError
 
 from collector import kafka, metrics
 from collector.backoff import Outage, sleep_until
@@ -32,6 +31,7 @@ from collector.engine import Callbacks, Engine, EngineConfig
 from collector.errors import CollectorError, StorageError
 from collector.health import Health
 from collector.intake.consumer import Intake
+from collector.limits import service_pool_size
 from collector.outbox import store as outbox
 from collector.outbox.relay import Relay
 from collector.work import queue
@@ -103,7 +103,7 @@ class Service:
         # Per worker: its claim connection and the engine's concurrent collectors.
         pool = await create_pool(
             settings.database_url,
-            max_size=6 * settings.repository_concurrency + 4,
+            max_size=service_pool_size(settings.repository_concurrency),
             wait_s=settings.connect_wait_s,
         )
         try:
@@ -236,7 +236,7 @@ class Service:
         try:
             if workers.busy or not await intake.idle():
                 return False
-        except KafkaError:  # a partition went in a rebalance while we looked
+        except CollectorError:  # a partition went in a rebalance while we looked
             return False
         try:
             async with PoolDatabase(pool).connection() as conn:

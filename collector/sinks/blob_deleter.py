@@ -14,15 +14,18 @@ for the object store and keep everything else. What makes it safe:
 * **Idempotent delete.** Bytes a deleter deleted before (remembered in
   ``gc.blob_deletion`` for the retention, written before the bytes go) count
   as done: redelivery and a second deleter are harmless. Bytes gone that no
-  deleter deleted are *missing*: more of them in a batch than
-  ``settings.max_missing`` stops the deleter with that batch uncommitted (its
-  root is likely not the storage). A replay older than the retention finds
-  its files missing too: let it through with ``max_missing`` 1.
+  deleter deleted are *missing*: more of them in a batch (one partition's
+  records of a poll) than ``settings.max_missing`` stops the deleter with that
+  batch uncommitted (its root is likely not the storage). A replay older than
+  the retention finds its files missing too: let it through with
+  ``max_missing`` 1.
 * **Dedupe by event id.** The relay publishes at least once; a re-publication
   carries the same id, so recent ids are remembered.
-* **Commit after delete.** Offsets are committed per batch, explicitly per
-  partition, and only up to records whose delete is done; before partitions
-  move to another member the batch in hand finishes and commits.
+* **Commit after delete.** The partitioned consumer hands over each
+  partition's batches in order and commits, per partition, only up to records
+  whose delete is done; before partitions move to another member the batches in
+  hand finish and commit (or, after 10 s, are abandoned uncommitted: the next
+  owner finds their files deleted before).
 * **Never stall on a bad record.** A record that is not a CloudEvent, or a
   digest that is not ``<algorithm>:<hex>`` (which could name a path outside the
   storage), is logged with its topic, partition and offset and skipped. An
@@ -32,28 +35,24 @@ for the object store and keep everything else. What makes it safe:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import TopicPartition
 
 from collector import metrics
-from collector.backoff import Backoff, Outage
+from collector.backoff import Retrying, transient
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, create_pool
+from collector.db.connector import PoolDatabase, create_pool
 from collector.db.queries import load_queries
 from collector.errors import CollectorError, StorageError
 from collector.health import Health
-from collector.kafka import client_options, reach_broker
+from collector.partitioned_consumer import PartitionedConsumer
 from collector.sinks.storage import (
     FilesystemStorage,
     InvalidDigest,
@@ -67,9 +66,6 @@ log = structlog.get_logger(__name__)
 
 _QUERIES = load_queries("sinks.sql")
 
-_POLL_MS = 200
-_COMMIT_TIMEOUT_S = 10.0
-_CLOSE_TIMEOUT_S = 10.0
 #: Enough to cover any redelivery window the relay can produce (a batch or two).
 DEDUPE_CAPACITY = 100_000
 _PRUNE_EVERY_S = 3600.0
@@ -148,22 +144,26 @@ class BlobDeleter:
         self._exit_when_idle = exit_when_idle
         self._seen = RecentIds(dedupe_capacity)
         self._stopping = asyncio.Event()
-        #: Held while a batch is processed and committed; a revocation waits for it.
-        self._in_hand = asyncio.Lock()
-        #: Next offset to commit, per partition, of records whose delete is done.
-        self._done: dict[TopicPartition, int] = {}
-        self._broker = Outage("broker")
-        self._database = Outage("database")
-        self._storage_outage = Outage("storage")
-        #: When a record last came, or partitions were last assigned: the idle clock.
-        self._active_at: float | None = None
-        #: Whether the group has given this member its (possibly no) partitions.
-        self._joined = False
-        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._database_outage = Retrying("database", self._stopping)
+        self._storage_outage = Retrying("storage", self._stopping)
+        #: A delete holds two of the pool's two connections (the digest's lock, and
+        #: the deletion recorded on its own): one delete at a time, whatever partition.
+        self._one_delete = asyncio.Lock()
+        self._consumer = PartitionedConsumer(
+            settings,
+            topic=settings.topic_removals,
+            group_id=settings.sink_group_id,
+            handle=self._handle_batch,
+            stopping=self._stopping,
+            name="blob-deleter",
+            max_records=settings.sink_poll_records,
+            exit_when_idle=exit_when_idle,
+        )
+        self._database: PoolDatabase | None = None
         self.counts = Counts()
 
     def stop(self) -> None:
-        """Ask ``run()`` to finish the batch in hand, commit it and return."""
+        """Ask ``run()`` to finish the batches in hand, commit them and return."""
         self._stopping.set()
 
     async def run(self) -> None:
@@ -172,94 +172,56 @@ class BlobDeleter:
         metrics port, metrics and health probes are served meanwhile."""
         settings = self._settings
         health = Health(asyncio.get_running_loop())
-        health.require("database", lambda: not self._database.down)
-        health.require("broker", lambda: not self._broker.down)
-        health.require("storage", lambda: not self._storage_outage.down)
-        health.require("consumer", lambda: self._joined)
+        health.require("database", lambda: not self._database_outage.outage.down)
+        health.require("broker", lambda: self._consumer.broker_available)
+        health.require("storage", lambda: not self._storage_outage.outage.down)
+        health.require("consumer", lambda: self._consumer.in_group)
         health.require("running", lambda: not self._stopping.is_set())
         async with metrics.served(settings.metrics_address, settings.metrics_port, health):
             await self._run()
 
     async def _run(self) -> None:
         settings = self._settings
-        topic = settings.topic_removals
-        log.info("blob_deleter_started", topic=topic, group_id=settings.sink_group_id)
-        self._pool = await create_pool(
-            settings.database_url, max_size=2, wait_s=settings.connect_wait_s
+        log.info(
+            "blob_deleter_started", topic=settings.topic_removals, group_id=settings.sink_group_id
         )
+        pool = await create_pool(settings.database_url, max_size=2, wait_s=settings.connect_wait_s)
+        self._database = PoolDatabase(pool)
         try:
-            consumer = AIOKafkaConsumer(
-                group_id=settings.sink_group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                **client_options(settings),
-            )
-            consumer.subscribe(
-                [topic], listener=_Rebalance(lambda: self._settle(consumer), self._on_assigned)
-            )
-            try:
-                await reach_broker(consumer.start, wait_s=settings.connect_wait_s)
-                await self._consume(consumer)
-                await self._commit(consumer)  # whatever a failed commit left
-            finally:
-                await _stop_consumer(consumer)
+            await self._consumer.run()
+            if not self._stopping.is_set():
+                log.info("blob_deleter_idle", idle_s=self._exit_when_idle)
         finally:
-            await self._pool.close()
+            await pool.close()
             log.info("blob_deleter_stopped", **vars(self.counts))
 
-    # -- the consumer loop -----------------------------------------------------
+    # -- one partition's batch -------------------------------------------------
 
-    async def _consume(self, consumer: Any) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = Backoff()
-        while not self._stopping.is_set():
+    async def _handle_batch(self, partition: TopicPartition, records: list[Any]) -> None:
+        """Settle a partition's records in order; they count as completed together,
+        once the files found missing are within ``max_missing``. Stopped during an
+        outage, the records settled before it are completed, the rest redelivered."""
+        settled: list[int] = []
+        found = missing = 0
+        for record in records:
             try:
-                batches = await consumer.getmany(
-                    timeout_ms=_POLL_MS, max_records=self._settings.batch_size
-                )
-            except KafkaError as exc:
-                if not exc.retriable:
-                    raise CollectorError(
-                        f"cannot consume {self._settings.topic_removals}: {exc!r}"
-                    ) from exc
-                self._broker.failed(exc)
-                await self._pause(backoff.next())
-                continue
-            if self._broker.recovered():
-                backoff = Backoff()
-            if batches:
-                self._active_at = loop.time()
-                async with self._in_hand:
-                    done, before = dict(self._done), replace(self.counts)
-                    await self._process(batches.items())
-                    try:
-                        self._check_missing(before)
-                    except TooManyMissing:
-                        self._done = done  # nothing of this batch may be committed
-                        raise
-                    await self._commit(consumer)
-                await self._prune_now_and_then()
-            elif (
-                self._exit_when_idle is not None
-                and self._active_at is not None  # not idle before the group assigned us
-                and loop.time() - self._active_at >= self._exit_when_idle
-            ):
-                log.info("blob_deleter_idle", idle_s=self._exit_when_idle)
-                return
+                outcome = await self._handle(record)
+            except CollectorError as exc:
+                if not transient(exc):
+                    raise
+                break  # stopping while a dependency is away
+            if outcome is not None and outcome is not Outcome.REPUSHED:
+                found += 1
+                missing += outcome is Outcome.MISSING
+            settled.append(record.offset)
+        self._check_missing(found, missing)
+        self._consumer.completed(partition, settled)
+        await self._prune_now_and_then()
 
-    async def _process(self, batches: Iterable[tuple[TopicPartition, list[Any]]]) -> None:
-        for tp, records in batches:
-            for record in records:
-                if not await self._handle(record):
-                    return  # stopped during an outage: the rest is redelivered
-                self._done[tp] = record.offset + 1
-
-    def _check_missing(self, before: Counts) -> None:
-        """Stop if, since ``before``, more of the files found were missing (gone, and
-        no deleter deleted them) than ``settings.max_missing`` allows."""
-        missing = self.counts.missing - before.missing
-        deleted = self.counts.deleted - before.deleted
-        found = deleted + self.counts.already_gone - before.already_gone
+    def _check_missing(self, found: int, missing: int) -> None:
+        """Stop if more of the files ``found`` by a batch were ``missing`` (gone, and no
+        deleter deleted them) than ``settings.max_missing`` allows: nothing of that
+        batch is committed."""
         if missing > self._max_missing * found:
             raise TooManyMissing(
                 f"{missing} of the {found} blob files of a batch are not in {self._storage}"
@@ -270,50 +232,25 @@ class BlobDeleter:
 
     async def _prune_now_and_then(self) -> None:
         """Forget deletions older than the retention, once an hour."""
-        assert self._pool is not None  # set by run()
+        assert self._database is not None  # set by run()
         now = asyncio.get_running_loop().time()
         if self._pruned_at is not None and now - self._pruned_at < _PRUNE_EVERY_S:
             return
         self._pruned_at = now
         try:
-            async with self._pool.acquire() as conn:
+            async with self._database.connection() as conn:
                 pruned = await conn.fetchval(_QUERIES["prune_deletions"], self._retention)
-        except (*DISCONNECTS, asyncpg.PostgresError) as exc:
+        except StorageError as exc:
             log.warning("prune_failed", error=repr(exc))  # the next round retries
             return
         if pruned:
             log.info("deletions_pruned", count=pruned)
 
-    def _on_assigned(self, partitions: list[int]) -> None:
-        self._joined = True
-        log.info("partitions_assigned", partitions=partitions)
-        self._active_at = asyncio.get_running_loop().time()
-
-    async def _settle(self, consumer: Any) -> None:
-        """Before partitions move: let the batch in hand finish, and commit it."""
-        async with self._in_hand:
-            await self._commit(consumer)
-
-    async def _commit(self, consumer: Any) -> None:
-        # A partition revoked meanwhile is another member's now: it redoes that work.
-        for tp in set(self._done) - consumer.assignment():
-            del self._done[tp]
-        if not self._done:
-            return
-        offsets = dict(self._done)
-        try:
-            await asyncio.wait_for(asyncio.shield(consumer.commit(offsets)), _COMMIT_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            # Kept for the next commit; a rebalance meanwhile redelivers, harmlessly.
-            log.warning("offsets_commit_failed", error=repr(exc))
-            return
-        self._done.clear()
-        log.debug("offsets_committed", offsets={str(tp.partition): o for tp, o in offsets.items()})
-
     # -- one record ------------------------------------------------------------
 
-    async def _handle(self, record: Any) -> bool:
-        """Settle one record; False when stopped before its delete could be done."""
+    async def _handle(self, record: Any) -> Outcome | None:
+        """Settle one record: what its delete came to, None when it is skipped. A
+        dependency away while stopping raises its (transient) error."""
         with structlog.contextvars.bound_contextvars(
             topic=record.topic, partition=record.partition, offset=record.offset
         ):
@@ -324,31 +261,29 @@ class BlobDeleter:
                 self.counts.invalid += 1
                 metrics.RECORDS_SKIPPED.labels("invalid").inc()
                 log.warning("record_skipped", reason=str(exc))
-                return True
+                return None
             if not isinstance(removal, BlobRemoved):
                 self.counts.other += 1
                 metrics.RECORDS_SKIPPED.labels("other_event").inc()
-                return True
+                return None
             with structlog.contextvars.bound_contextvars(event_id=event.id):
                 if event.id in self._seen:
                     self.counts.duplicates += 1
                     metrics.RECORDS_SKIPPED.labels("duplicate").inc()
                     log.info("duplicate_skipped")
-                    return True
+                    return None
                 try:
                     blob_key(removal.digest)
                 except InvalidDigest as exc:  # its message quotes the digest, cut short
                     self.counts.invalid += 1
                     metrics.RECORDS_SKIPPED.labels("invalid").inc()
                     log.warning("digest_refused", reason=str(exc))
-                    return True
+                    return None
                 with structlog.contextvars.bound_contextvars(digest=removal.digest):
                     outcome = await self._retrying(removal.digest)
-                if outcome is None:
-                    return False
                 self._seen.add(event.id)
                 self._count(outcome, removal)
-                return True
+                return outcome
 
     def _count(self, outcome: Outcome, removal: BlobRemoved) -> None:
         digest = removal.digest
@@ -368,29 +303,30 @@ class BlobDeleter:
             self.counts.repushed += 1
             log.info("blob_repushed", digest=digest)
 
-    async def _retrying(self, digest: str) -> Outcome | None:
-        """``_delete`` until it succeeds; None when stopped meanwhile."""
-        backoff = Backoff()
+    async def _retrying(self, digest: str) -> Outcome:
+        """``_delete`` until it succeeds, waiting out database and storage outages; the
+        outage's error is raised when stopping meanwhile."""
         while True:
             try:
-                outcome = await self._delete(digest)
-            except DISCONNECTS as exc:
-                self._database.failed(exc)
+                async with self._one_delete:
+                    outcome = await self._delete(digest)
             except ObjectStorageError as exc:
-                self._storage_outage.failed(exc)
-            except asyncpg.PostgresError as exc:
-                raise StorageError(f"cannot check blob {digest}: {exc}") from exc
+                if await self._storage_outage.failed(exc):
+                    raise
+            except StorageError as exc:
+                if not transient(exc):
+                    raise StorageError(f"cannot check blob {digest}: {exc}") from exc
+                if await self._database_outage.failed(exc):
+                    raise
             else:
-                self._database.recovered()
-                self._storage_outage.recovered()
+                self._database_outage.succeeded()
+                self._storage_outage.succeeded()
                 return outcome
-            if await self._pause(backoff.next()):
-                return None
 
     async def _delete(self, digest: str) -> Outcome:
         """Lock the digest, re-check the database, delete the bytes, commit."""
-        assert self._pool is not None  # set by run()
-        async with self._pool.acquire() as conn, conn.transaction():
+        assert self._database is not None  # set by run()
+        async with self._database.transaction() as conn:
             await conn.execute(_QUERIES["lock_digest"], digest)
             if await conn.fetchval(_QUERIES["blob_exists"], digest):
                 return Outcome.REPUSHED
@@ -399,46 +335,20 @@ class BlobDeleter:
                 # Committed on its own before the bytes go: a crash or a lost connection
                 # between the delete and our commit must not make the redelivered
                 # record find them missing.
-                await self._pool.execute(_QUERIES["record_deletion"], digest)
+                await self._on_its_own("record_deletion", digest)
             # Still under the lock: a registry finalizing this digest waits for our commit.
             if await self._storage.delete(digest):
                 if known:  # pushed again and removed again: the retention starts anew
-                    await self._pool.execute(_QUERIES["record_deletion"], digest)
+                    await self._on_its_own("record_deletion", digest)
                 return Outcome.DELETED
             if known:
                 return Outcome.ALREADY_GONE
-            await self._pool.execute(_QUERIES["forget_deletion"], digest)  # nothing was there
+            await self._on_its_own("forget_deletion", digest)  # nothing was there
             return Outcome.MISSING
 
-    # -- waiting ---------------------------------------------------------------
-
-    async def _pause(self, seconds: float) -> bool:
-        """Wait ``seconds`` or until ``stop()``; True when stopping."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        return self._stopping.is_set()
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
-    """Runs ``settle`` before the group takes partitions away from this member, and
-    ``assigned`` once it has given this member its (possibly no) partitions."""
-
-    def __init__(
-        self, settle: Callable[[], Awaitable[None]], assigned: Callable[[list[int]], None]
-    ) -> None:
-        self._settle = settle
-        self._assigned = assigned
-
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        await self._settle()
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self._assigned(sorted(tp.partition for tp in assigned))
-
-
-async def _stop_consumer(consumer: Any) -> None:
-    try:
-        await asyncio.wait_for(consumer.stop(), _CLOSE_TIMEOUT_S)
-    except (KafkaError, TimeoutError) as exc:
-        log.warning("consumer_stop_failed", error=repr(exc))
+    async def _on_its_own(self, query: str, digest: str) -> None:
+        """Run ``query`` on a connection of its own: it commits at once, whatever
+        becomes of the transaction that holds the digest's lock."""
+        assert self._database is not None  # set by run()
+        async with self._database.connection() as conn:
+            await conn.execute(_QUERIES[query], digest)

@@ -131,11 +131,14 @@ def logged(entries: list[EventDict], event: str) -> list[EventDict]:
 async def test_removed_blobs_are_deleted_and_other_bytes_left_alone(
     settings: Settings, storage: FilesystemStorage, db: asyncpg.Pool[asyncpg.Record]
 ) -> None:
-    """Each removed digest's file goes; a file already gone is fine (one in four, within
-    max_missing); files of other blobs and events of other types are left alone."""
+    """Each removed digest's file goes; a file already gone is fine (one in four of a
+    partition's batch, within max_missing); files of other blobs and events of other
+    types are left alone."""
     removed = stored(storage, digest(1), digest(2), digest(3))
     kept = stored(storage, digest(10), digest(11))
-    await produce(settings, [*map(blob_removed, map(digest, (1, 2, 3, 4))), tag_removed()])
+    await produce(
+        settings, [*map(blob_removed, map(digest, (1, 2, 3, 4))), tag_removed()], partition=0
+    )
 
     deleter = await drain(settings, storage, max_missing=0.25)
 
@@ -153,11 +156,12 @@ async def test_files_gone_that_no_deleter_deleted_stop_it_with_nothing_committed
 ) -> None:
     """A root with the layout but not the files (another volume): more files missing
     than max_missing allows stops the deleter, offsets uncommitted, so the deleter
-    pointed at the right storage later deletes every one of them."""
+    pointed at the right storage later deletes every one of them. (One partition: the
+    batch judged is one partition's.)"""
     right = FilesystemStorage(tmp_path / "right")
     files = stored(right, *map(digest, range(20, 30)))
     stored(storage, digest(99))  # the wrong root has a sha256/ directory, and one file
-    await produce(settings, [*map(blob_removed, map(digest, range(20, 30)))])
+    await produce(settings, [*map(blob_removed, map(digest, range(20, 30)))], partition=0)
 
     with pytest.raises(TooManyMissing, match=r"10 of the 10 blob files of a batch"):
         await drain(settings, storage)
@@ -322,7 +326,7 @@ async def test_two_deleters_in_one_group_share_the_work_without_redoing_any(
     """A second deleter joining mid-work makes the group rebalance; the first finishes and
     commits its batch in hand before letting its partitions go, so every blob is deleted
     exactly once and none is found already gone."""
-    small_batches = settings.model_copy(update={"batch_size": 2})
+    small_batches = settings.model_copy(update={"sink_poll_records": 2})
     digests = [digest(n) for n in range(100, 160)]
     paths = stored(storage, *digests)
     await produce(settings, map(blob_removed, digests))

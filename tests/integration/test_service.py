@@ -552,7 +552,12 @@ async def test_a_backlog_of_due_work_pauses_the_intake_until_workers_catch_up(
     sweeps = [request(s) for s in await expired_repositories(registry, 30)]
     await produce(settings.topic_requests, sweeps)
     throttled = settings.model_copy(
-        update={"intake_max_backlog": 4, "repository_concurrency": 1, "batch_size": 5}
+        update={
+            "intake_max_backlog": 4,
+            "repository_concurrency": 1,
+            "batch_size": 5,
+            "intake_poll_records": 5,
+        }
     )
 
     with structlog.testing.capture_logs() as logs:

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"config", "logging", "metrics", "clock"},
     {"backoff"},
     {"db", "kafka"},
+    {"partitioned_consumer"},
     {"outbox", "dead_letters"},
     {"engine"},
     {"work"},
