@@ -115,6 +115,23 @@ REMOVED_BYTES = Counter(
     " size; what the blob deleter may free).",
     ["type"],
 )
+CONSUMER_LAG = Gauge(
+    "registry_gc_consumer_lag",
+    "Records of a partition this process consumes that its group has not committed yet"
+    " (the partition's end offset minus the committed one), by topic and partition.",
+    ["topic", "partition"],
+)
+CANDIDATES = Gauge(
+    "registry_gc_candidates",
+    "Objects queued in gc.candidate and not decided yet, by kind (manifest, label, image,"
+    " blob), as the service last counted them.",
+    ["kind"],
+)
+CANDIDATE_OLDEST_AGE = Gauge(
+    "registry_gc_candidate_oldest_age_seconds",
+    "How long the oldest undecided candidate of each kind has waited (0 when none).",
+    ["kind"],
+)
 UNAVAILABLE = Gauge(
     "registry_gc_unavailable",
     "Stages that find a dependency unavailable right now, by dependency (database,"

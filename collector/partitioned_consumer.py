@@ -27,6 +27,7 @@ them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -35,6 +36,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError
 
+from collector import metrics
 from collector.backoff import Retrying, close_quietly, transient
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, CollectorError
@@ -176,6 +178,7 @@ class PartitionedConsumer:
             self._reap()
             await self._commit(self._tracker.committable())
             await self._regulate()
+            await self._observe_lag()
             if not batches and self._idle():
                 return
 
@@ -243,6 +246,23 @@ class PartitionedConsumer:
             )
         self._tracker.committed(positions)
 
+    async def _observe_lag(self) -> None:
+        """Each assigned partition's lag: its end offset (as the last fetch saw it) minus
+        the offset this member committed, or the one it started reading from."""
+        for partition in self._client.assignment():
+            end = self._client.highwater(partition)
+            if end is None:  # not fetched yet: no end known
+                continue
+            done = self._tracker.committed_at(partition)
+            if done is None:
+                try:
+                    with translated(f"read the position in {self._topic}"):
+                        done = await self._client.position(partition)  # known once fetched
+                except CollectorError:  # revoked meanwhile: the next poll tells
+                    continue
+            lag = metrics.CONSUMER_LAG.labels(self._topic, str(partition.partition))
+            lag.set(max(end - done, 0))
+
     async def _regulate(self) -> None:
         """Pause every partition while the stage's backpressure says so."""
         if self._backpressure is None:
@@ -265,6 +285,9 @@ class PartitionedConsumer:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._commit(self._tracker.committable(revoked))
         self._tracker.forget(revoked)
+        for partition in revoked:  # another member reports it now
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(self._topic, str(partition.partition))
         if revoked:
             log.info("partitions_revoked", partitions=sorted(p.partition for p in revoked))
 
@@ -352,6 +375,11 @@ class OffsetTracker(Generic[P]):
             if position is not None and position != state.committed:
                 positions[partition] = position
         return positions
+
+    def committed_at(self, partition: P) -> int | None:
+        """The position last committed for ``partition`` (or first read), if any."""
+        state = self._partitions.get(partition)
+        return None if state is None else state.committed
 
     def committed(self, positions: dict[P, int]) -> None:
         for partition, position in positions.items():

@@ -27,7 +27,7 @@ from collector.clock import Clock, SystemClock
 from collector.config import Settings
 from collector.db.connector import PoolDatabase, create_pool
 from collector.dead_letters import DeadLetters
-from collector.engine import Callbacks, Engine, EngineConfig
+from collector.engine import Callbacks, Engine, EngineConfig, candidates
 from collector.errors import CollectorError, StorageError
 from collector.health import Health
 from collector.intake.consumer import Intake
@@ -44,6 +44,8 @@ log = structlog.get_logger(__name__)
 _IDLE_CHECK_S = 0.25
 #: How often old requests and published events are pruned.
 _PRUNE_EVERY_S = 3600.0
+#: How often the candidate backlog is counted for the metrics.
+_BACKLOG_EVERY_S = 15.0
 
 
 class Stage(Protocol):
@@ -130,9 +132,10 @@ class Service:
             )
             relay = Relay(pool, settings)
             pruner = Pruner(pool, timedelta(seconds=settings.retention_s))
+            backlog = Backlog(pool)
             self._intake = intake
             try:
-                await self._supervise(pool, intake, workers, relay, pruner)
+                await self._supervise(pool, intake, workers, relay, pruner, backlog)
             finally:
                 await dead_letters.stop()
             return ServiceSummary(
@@ -155,6 +158,7 @@ class Service:
         workers: Workers,
         relay: Relay,
         pruner: Pruner,
+        backlog: Backlog,
     ) -> None:
         stages: dict[asyncio.Task[None], Stage] = {
             _start(stage.run(), name): stage
@@ -163,6 +167,7 @@ class Service:
                 ("workers", workers),
                 ("relay", relay),
                 ("pruner", pruner),
+                ("backlog", backlog),
             )
         }
         idle = _start(self._until_idle(pool, intake, workers), "idle-watch")
@@ -183,7 +188,7 @@ class Service:
         finally:
             idle.cancel()
             stopping.cancel()
-            errors += await self._shut_down(stages, intake, workers, relay, pruner)
+            errors += await self._shut_down(stages, intake, workers, relay, pruner, backlog)
         if errors:
             if isinstance(errors[0], CollectorError):
                 raise errors[0]
@@ -196,6 +201,7 @@ class Service:
         workers: Workers,
         relay: Relay,
         pruner: Pruner,
+        backlog: Backlog,
     ) -> list[BaseException]:
         """Stop the stages in order; return the errors they ended with."""
         log.info("service_stopping")
@@ -203,7 +209,8 @@ class Service:
         by_stage = {stage: task for task, stage in stages.items()}
         timeout = self._settings.shutdown_timeout_s
         errors = []
-        for stage, wait_s in ((intake, timeout), (workers, timeout), (relay, timeout), (pruner, 1)):
+        order = ((intake, timeout), (workers, timeout), (relay, timeout), (pruner, 1), (backlog, 1))
+        for stage, wait_s in order:
             stage.stop()
             if (error := await _finish(by_stage[stage], wait_s)) is not None:
                 errors.append(error)
@@ -268,6 +275,31 @@ class Pruner:
             except StorageError as exc:
                 log.warning("prune_failed", error=repr(exc))  # the next round retries
             await sleep_until(self._stopping, _PRUNE_EVERY_S)
+
+
+class Backlog:
+    """Counts the undecided candidates for the metrics, every ``_BACKLOG_EVERY_S``: work
+    the engine queued and has not decided (a collection cut short leaves some)."""
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
+        self._database = PoolDatabase(pool)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                async with self._database.connection() as conn:
+                    waiting = await candidates.backlog(conn)
+            except StorageError as exc:
+                log.warning("backlog_unread", error=repr(exc))  # the next round reads it
+            else:
+                for kind, (count, oldest_s) in waiting.items():
+                    metrics.CANDIDATES.labels(kind).set(count)
+                    metrics.CANDIDATE_OLDEST_AGE.labels(kind).set(oldest_s)
+            await sleep_until(self._stopping, _BACKLOG_EVERY_S)
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:

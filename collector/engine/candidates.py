@@ -11,6 +11,8 @@ _QUERIES = load_queries("candidates.sql")
 
 #: object id -> id of the request that made it a candidate, in claim order.
 Batch = dict[int, str]
+#: The kinds of object a candidate may be.
+KINDS = ("manifest", "label", "image", "blob")
 
 
 async def claim(conn: Connection, scope: list[int] | None, kind: str, limit: int) -> Batch:
@@ -43,3 +45,12 @@ async def queue(conn: Connection, kind: str, objects: Mapping[int, tuple[int, st
         [repository_id for repository_id, _ in objects.values()],
         [causation_id for _, causation_id in objects.values()],
     )
+
+
+async def backlog(conn: Connection) -> dict[str, tuple[int, float]]:
+    """kind -> (candidates waiting, seconds the oldest has waited), for every kind."""
+    waiting = {
+        row["kind"]: (row["waiting"], row["oldest_s"])
+        for row in await conn.fetch(_QUERIES["backlog"])
+    }
+    return {kind: waiting.get(kind, (0, 0.0)) for kind in KINDS}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client import REGISTRY
 
 from collector import partitioned_consumer
 from collector.config import Settings
@@ -33,6 +34,8 @@ class FakeClient:
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
         self.committed = asyncio.Event()
+        self.end: int | None = None
+        self.assigned = {TP}
 
     def subscribe(self, topics: list[str], listener: Any) -> None:
         self.listener = listener
@@ -45,10 +48,17 @@ class FakeClient:
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict[Any, Any]:
         await asyncio.sleep(0.01)
-        return self.batches.pop(0) if self.batches else {}
+        batch = self.batches.pop(0) if self.batches else {}
+        for records in batch.values():
+            self.end = max(self.end or 0, records[-1].offset + 1)
+        return batch
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's end offset, as the last fetch saw it: past the last record."""
+        return self.end
 
     def assignment(self) -> set[TopicPartition]:
-        return {TP}
+        return set(self.assigned)
 
     def pause(self, *partitions: TopicPartition) -> None:
         self.paused.update(partitions)
@@ -201,3 +211,36 @@ def test_a_partition_is_tracked_from_its_first_fetch_until_forgotten() -> None:
     assert tracker.committable() == {}
     tracker.forget(["p0"])
     assert "p0" not in tracker
+
+
+async def test_the_lag_is_the_end_of_the_partition_minus_what_was_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """registry_gc_consumer_lag counts the records of an assigned partition not
+    committed yet, the ones in hand included; a revoked partition's series goes."""
+    stopping, release = asyncio.Event(), asyncio.Event()
+
+    async def handle(partition: TopicPartition, records: list[Any]) -> None:
+        consumer.completed(partition, [r.offset for r in records[:4]])
+        await release.wait()
+
+    batches = [{TP: [FakeRecord(offset) for offset in range(10)]}]
+    consumer, client = member(monkeypatch, batches, handle, stopping)
+    running = asyncio.create_task(consumer.run())
+    labels = {"topic": TP.topic, "partition": str(TP.partition)}
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("registry_gc_consumer_lag", labels)
+
+    await asyncio.wait_for(client.committed.wait(), 5)
+    for _ in range(100):
+        if lag() == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert lag() == 6  # offsets 4 to 9: fetched, in hand, not committed
+    release.set()
+    client.assigned = set()  # the group takes the partition away
+    await consumer.hand_over({TP})
+    assert lag() is None
+    stopping.set()
+    await running

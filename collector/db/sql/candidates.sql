@@ -47,3 +47,10 @@ WHERE EXISTS (
 -- The kinds with candidates waiting in any repository. No parameters.
 SELECT k.kind FROM unnest(ARRAY['manifest', 'label', 'image', 'blob']) AS k (kind)
 WHERE EXISTS (SELECT 1 FROM gc.candidate c WHERE c.kind = k.kind)
+
+-- name: backlog
+-- What waits in gc.candidate, committed and undecided, by kind: how many, and how
+-- long the oldest has waited (for the metrics).
+SELECT kind, count(*) AS waiting, extract(epoch FROM now() - min(created_at))::float8 AS oldest_s
+FROM gc.candidate
+GROUP BY kind
