@@ -1,4 +1,4 @@
-"""The baseline users run today: the ancestor's algorithm (``../shared/seed/``, Quay's
+"""The baseline users run today: the ancestor's algorithm (Quay's
 ``data/model/gc.py`` of 2020), re-implemented on our schema for the benchmark only.
 
 What makes it the ancestor's: a repository at a time; its due tags in chunks of
