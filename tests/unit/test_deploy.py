@@ -72,9 +72,9 @@ def test_every_series_named_is_exported_with_the_labels_selected(source: Any) ->
                 assert label in series[name], f"{name} has no label {label}"
         for grouped in re.findall(r"by \(([^)]*)\)", expression):
             for label in (part.strip() for part in grouped.split(",")):
-                assert label == "le" or any(
-                    label in series[name] for name, _ in found
-                ), f"grouped by {label}, which none of {found} has"
+                assert label == "le" or any(label in series[name] for name, _ in found), (
+                    f"grouped by {label}, which none of {found} has"
+                )
 
 
 def test_every_alert_has_a_runbook_section_in_the_operator_guide() -> None:

@@ -27,8 +27,7 @@ class RequestRejected(EventData):
     event_type: ClassVar[str] = TYPE_PREFIX + "request-rejected"
 
     reason: RejectionReason = Field(
-        description="Why the record was refused: a stable machine code (see the reason"
-        " codes).",
+        description="Why the record was refused: a stable machine code (see the reason codes).",
     )
     detail: str = Field(description="What exactly was wrong, in one line for a human.")
     topic: str = Field(description="The topic the refused record was read from.")
