@@ -10,13 +10,14 @@ time), then stop the relay (what it has not published stays in the outbox).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
 import structlog
@@ -25,7 +26,7 @@ from collector import kafka, metrics
 from collector.backoff import Outage, sleep_until
 from collector.clock import Clock, SystemClock
 from collector.config import Settings
-from collector.db.connector import PoolDatabase, create_pool
+from collector.db.connector import Connection, PoolDatabase, create_pool
 from collector.dead_letters import DeadLetters
 from collector.engine import Callbacks, Engine, EngineConfig, candidates
 from collector.errors import CollectorError, StorageError
@@ -253,33 +254,13 @@ class Service:
             return False
 
 
-class Pruner:
-    """Forgets finished requests and published events older than the retention."""
+class Periodic(abc.ABC):
+    """A housekeeping stage: :meth:`round` on a pooled connection every ``every_s`` until
+    stopped. A round the database fails is logged as ``<name>_failed``; the next one
+    tries again."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
-        self._database = PoolDatabase(pool)
-        self._retention = retention
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                async with self._database.connection() as conn:
-                    requests = await queue.prune(conn, self._retention)
-                    events = await outbox.prune(conn, self._retention)
-                if requests or events:
-                    log.info("pruned", requests=requests, events=events)
-            except StorageError as exc:
-                log.warning("prune_failed", error=repr(exc))  # the next round retries
-            await sleep_until(self._stopping, _PRUNE_EVERY_S)
-
-
-class Backlog:
-    """Counts the undecided candidates for the metrics, every ``_BACKLOG_EVERY_S``: work
-    the engine queued and has not decided (a collection cut short leaves some)."""
+    name: ClassVar[str]
+    every_s: ClassVar[float]
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self._database = PoolDatabase(pool)
@@ -292,14 +273,44 @@ class Backlog:
         while not self._stopping.is_set():
             try:
                 async with self._database.connection() as conn:
-                    waiting = await candidates.backlog(conn)
+                    await self.round(conn)
             except StorageError as exc:
-                log.warning("backlog_unread", error=repr(exc))  # the next round reads it
-            else:
-                for kind, (count, oldest_s) in waiting.items():
-                    metrics.CANDIDATES.labels(kind).set(count)
-                    metrics.CANDIDATE_OLDEST_AGE.labels(kind).set(oldest_s)
-            await sleep_until(self._stopping, _BACKLOG_EVERY_S)
+                log.warning(f"{self.name}_failed", error=repr(exc))
+            await sleep_until(self._stopping, self.every_s)
+
+    @abc.abstractmethod
+    async def round(self, conn: Connection) -> None:
+        """One round of the housekeeping."""
+
+
+class Pruner(Periodic):
+    """Forgets finished requests and published events older than the retention."""
+
+    name = "prune"
+    every_s = _PRUNE_EVERY_S
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], retention: timedelta) -> None:
+        super().__init__(pool)
+        self._retention = retention
+
+    async def round(self, conn: Connection) -> None:
+        requests = await queue.prune(conn, self._retention)
+        events = await outbox.prune(conn, self._retention)
+        if requests or events:
+            log.info("pruned", requests=requests, events=events)
+
+
+class Backlog(Periodic):
+    """Counts the undecided candidates for the metrics: work the engine queued and has
+    not decided (a collection cut short leaves some)."""
+
+    name = "backlog"
+    every_s = _BACKLOG_EVERY_S
+
+    async def round(self, conn: Connection) -> None:
+        for kind, (count, oldest_s) in (await candidates.backlog(conn)).items():
+            metrics.CANDIDATES.labels(kind).set(count)
+            metrics.CANDIDATE_OLDEST_AGE.labels(kind).set(oldest_s)
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:
