@@ -19,7 +19,7 @@ from collector.clock import ms_to_datetime
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine import repositories
+from collector.engine import find_repository
 from collector.errors import ConfigError
 from events import (
     CloudEvent,
@@ -45,7 +45,7 @@ SOURCE = "/registry-gc/cli"
 
 async def tag_expired(conn: Connection, path: str, tag: str) -> TagExpired:
     """The request for the latest ended tag of that name; a usage error if none ended."""
-    repo = await repositories.find(conn, path)
+    repo = await find_repository(conn, path)
     row = await conn.fetchrow(_QUERIES["latest_expired_tag"], repo.namespace, repo.name, tag)
     if row is None:
         raise ConfigError(f"no ended tag {path}:{tag} (only expired tags can be requested)")
@@ -63,7 +63,7 @@ async def tag_expired(conn: Connection, path: str, tag: str) -> TagExpired:
 async def legacy_tag_expired(conn: Connection, path: str, tag: str) -> LegacyTagExpired:
     """The request for the latest ended pre-OCI tag of that name; a usage error if none
     ended."""
-    repo = await repositories.find(conn, path)
+    repo = await find_repository(conn, path)
     row = await conn.fetchrow(_QUERIES["latest_expired_legacy_tag"], repo.namespace, repo.name, tag)
     if row is None:
         raise ConfigError(f"no ended pre-OCI tag {path}:{tag} (only expired tags can be requested)")
@@ -79,14 +79,14 @@ async def legacy_tag_expired(conn: Connection, path: str, tag: str) -> LegacyTag
 
 
 async def repo_deleted(conn: Connection, path: str) -> RepoDeleted:
-    repo = await repositories.find(conn, path)
+    repo = await find_repository(conn, path)
     return _request(
         RepoDeleted, namespace=repo.namespace, repository=repo.name, repository_id=repo.id
     )
 
 
 async def repo_sweep(conn: Connection, path: str) -> RepoSweep:
-    repo = await repositories.find(conn, path)
+    repo = await find_repository(conn, path)
     return _request(
         RepoSweep, namespace=repo.namespace, repository=repo.name, repository_id=repo.id
     )

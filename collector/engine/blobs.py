@@ -6,7 +6,6 @@ from collector.clock import ms_to_datetime
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import RepositoryContext
 from collector.outbox.store import Removed
 from events import BlobRemoved
 
@@ -27,9 +26,7 @@ class BlobCollector:
     def __init__(self, protected_digests: tuple[str, ...]) -> None:
         self._protected = list(protected_digests)
 
-    async def collect(
-        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
-    ) -> list[Removed]:
+    async def collect(self, conn: Connection, batch: Batch, now_ms: int) -> list[Removed]:
         ids = sorted(batch)
         await conn.execute(_QUERIES["lock"], ids)
         garbage = [

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
+from collector.engine.context import Purge, Repositories, Scope, WholeRegistry
 
 _QUERIES = load_queries("candidates.sql")
 
@@ -15,24 +16,30 @@ Batch = dict[int, str]
 KINDS = ("manifest", "label", "image", "blob")
 
 
-async def claim(conn: Connection, scope: list[int] | None, kind: str, limit: int) -> Batch:
-    """Up to ``limit`` candidates of ``kind`` of the repositories in scope (None: of any)."""
-    if scope is None:
-        rows = await conn.fetch(_QUERIES["claim_any"], kind, limit)
-    else:
-        rows = await conn.fetch(_QUERIES["claim_in"], scope, kind, limit)
+async def claim(conn: Connection, scope: Scope, kind: str, limit: int) -> Batch:
+    """Up to ``limit`` candidates of ``kind`` of the repositories in scope."""
+    match scope:
+        case Purge(repository_id):
+            rows = await conn.fetch(_QUERIES["claim_in"], [repository_id], kind, limit)
+        case Repositories():
+            rows = await conn.fetch(_QUERIES["claim_in"], scope.ids, kind, limit)
+        case WholeRegistry():
+            rows = await conn.fetch(_QUERIES["claim_any"], kind, limit)
     batch: Batch = {}
     for row in rows:
         batch.setdefault(row["object_id"], row["causation_id"])
     return batch
 
 
-async def pending_kinds(conn: Connection, scope: list[int] | None) -> set[str]:
-    """The kinds with candidates waiting in the repositories in scope (None: in any)."""
-    if scope is None:
-        rows = await conn.fetch(_QUERIES["pending_kinds_any"])
-    else:
-        rows = await conn.fetch(_QUERIES["pending_kinds_in"], scope)
+async def pending_kinds(conn: Connection, scope: Scope) -> set[str]:
+    """The kinds with candidates waiting in the repositories in scope."""
+    match scope:
+        case Purge(repository_id):
+            rows = await conn.fetch(_QUERIES["pending_kinds_in"], [repository_id])
+        case Repositories():
+            rows = await conn.fetch(_QUERIES["pending_kinds_in"], scope.ids)
+        case WholeRegistry():
+            rows = await conn.fetch(_QUERIES["pending_kinds_any"])
     return {row["kind"] for row in rows}
 
 

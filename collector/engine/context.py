@@ -2,78 +2,75 @@
 
 from __future__ import annotations
 
-import enum
-import functools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from collector.config import Settings
+from collector.engine.outcomes import Outcome
 from collector.outbox.store import Removed
 from events import BlobRemoved
 
 
-class Mode(enum.Enum):
-    COLLECT = "collect"  # what is due: tags past their window, expired uploads
-    PURGE = "purge"  # everything in a repository marked for deletion
+@dataclass(frozen=True)
+class Purge:
+    """Everything in one repository marked for deletion (every tag, whatever its
+    state), for one request."""
+
+    repository_id: int
+    causation_id: str
+
+    def causation_of(self, repository_id: int) -> str:
+        return self.causation_id
 
 
 @dataclass(frozen=True)
-class RepositoryContext:
-    """One collection of one repository, of several (``causes``), or of all of them
-    (``repository_id`` None, no ``causes``).
+class Repositories:
+    """What is due in several repositories (or one), each for the request naming it:
+    ``causes`` maps each repository's id to its causation id, in id order.
 
-    The durable part of the context (the candidates still to decide) lives in
-    ``gc.candidate`` under each repository's id; this object only names them. A
-    context of several or all repositories decides their candidates in full
-    batches, however few objects each repository holds.
+    The durable part of the collection (the candidates still to decide) lives in
+    ``gc.candidate`` under each repository's id; this object only names them. Their
+    candidates are decided in full batches, however few objects each holds.
     """
 
-    repository_id: int | None
-    causation_id: str
-    mode: Mode = Mode.COLLECT
-    #: Several repositories, each collected for its own request: (id, causation id).
-    causes: tuple[tuple[int, str], ...] = ()
+    causes: Mapping[int, str]
 
     @classmethod
-    def of_requests(cls, causes: Mapping[int, str]) -> RepositoryContext:
-        """A collection of several repositories, each for the request naming it."""
+    def of(cls, causes: Mapping[int, str]) -> Repositories:
         if not causes:
             raise ValueError("a collection of several repositories needs one at least")
-        pairs = tuple(sorted(causes.items()))
-        return cls(None, pairs[0][1], Mode.COLLECT, pairs)
+        return cls(dict(sorted(causes.items())))
 
     @property
-    def repository_ids(self) -> list[int] | None:
-        """The repositories in scope; None for every repository."""
-        if self.causes:
-            return [repository_id for repository_id, _ in self.causes]
-        return None if self.repository_id is None else [self.repository_id]
+    def ids(self) -> list[int]:
+        return list(self.causes)
 
     def causation_of(self, repository_id: int) -> str:
         """The request whose collection removes what ``repository_id`` holds."""
-        return self._causes_by_repository.get(repository_id, self.causation_id)
+        return self.causes[repository_id]
 
-    @functools.cached_property
-    def _causes_by_repository(self) -> dict[int, str]:
-        return dict(self.causes)
 
-    def causation_ids(self) -> list[str]:
-        """Causation ids parallel to ``repository_ids`` (one when every repository)."""
-        ids = self.repository_ids
-        return [self.causation_id] if ids is None else [self.causation_of(i) for i in ids]
+@dataclass(frozen=True)
+class WholeRegistry:
+    """What is due in every repository, for one request (a registry-wide run): batches
+    span repositories."""
 
-    @property
-    def repository(self) -> int:
-        """The repository of a per-repository context (every purge is one)."""
-        if self.repository_id is None:
-            raise ValueError("a registry-wide context names no single repository")
-        return self.repository_id
+    causation_id: str
+
+    def causation_of(self, repository_id: int) -> str:
+        return self.causation_id
+
+
+#: What one collection covers, and so which queries it runs: a purge of one
+#: repository, what is due in some repositories, or what is due anywhere.
+Scope = Purge | Repositories | WholeRegistry
 
 
 @dataclass(frozen=True)
 class StepResult:
-    claimed: int  # objects taken up for decision: the fixpoint ends when none are
+    #: Objects taken up for decision: a drain or the fixpoint ends when a step makes none.
+    progress: int
     removed: list[Removed] = field(default_factory=list)
 
 
@@ -97,13 +94,17 @@ class SweepTotals:
 
 @dataclass
 class Report:
-    """What a run removed, by event type, and the bytes it freed."""
+    """What a run removed, by event type, and the bytes it freed; how each request it
+    ran for ended."""
 
     removed: Counter[str] = field(default_factory=Counter)
     bytes_freed: int = 0
     repositories: int = 0
     incomplete: list[int] = field(default_factory=list)  # purges that left rows behind
     sweep: SweepTotals = field(default_factory=SweepTotals)
+    #: Repository id -> how the request it was collected or purged for ended (a
+    #: registry-wide run is for no request of the queue).
+    outcomes: dict[int, Outcome] = field(default_factory=dict)
 
     def add(self, removed: Removed) -> None:
         self.removed[removed.removal.event_type] += 1
@@ -116,6 +117,7 @@ class Report:
         self.repositories += other.repositories
         self.incomplete.extend(other.incomplete)
         self.sweep.merge(other.sweep)
+        self.outcomes.update(other.outcomes)
 
     @property
     def total(self) -> int:

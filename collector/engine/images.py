@@ -6,7 +6,7 @@ from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine import candidates
 from collector.engine.candidates import Batch
-from collector.engine.context import RepositoryContext
+from collector.engine.context import Purge
 from collector.outbox.store import Removed
 from events import LegacyImageRemoved
 
@@ -19,9 +19,7 @@ class ImageCollector:
     def __init__(self, chain_steps_per_transaction: int) -> None:
         self._max_steps = chain_steps_per_transaction
 
-    async def collect(
-        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
-    ) -> list[Removed]:
+    async def collect(self, conn: Connection, batch: Batch, now_ms: int) -> list[Removed]:
         """Remove the garbage images, then their parents as they become garbage.
 
         Unwinding a chain inside the transaction saves a fixpoint round per
@@ -62,6 +60,6 @@ class ImageCollector:
         return removed
 
 
-async def queue_all(conn: Connection, ctx: RepositoryContext) -> None:
+async def queue_all(conn: Connection, purge: Purge) -> None:
     """Make every legacy image of the repository a candidate (purge)."""
-    await conn.execute(_QUERIES["queue_all"], ctx.repository_id, ctx.causation_id)
+    await conn.execute(_QUERIES["queue_all"], purge.repository_id, purge.causation_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import RepositoryContext
 from collector.outbox.store import Removed
 from events import LabelRemoved
 
@@ -15,9 +14,7 @@ _QUERIES = load_queries("labels.sql")
 class LabelCollector:
     kind = "label"
 
-    async def collect(
-        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
-    ) -> list[Removed]:
+    async def collect(self, conn: Connection, batch: Batch, now_ms: int) -> list[Removed]:
         ids = sorted(batch)
         await conn.execute(_QUERIES["lock"], ids)
         garbage = [row["id"] for row in await conn.fetch(_QUERIES["unreferenced"], ids)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import RepositoryContext, StepResult
+from collector.engine.context import Scope, StepResult
 from collector.engine.tags import lock_and_delete
 from collector.outbox.store import Removed
 from events import LegacyManifestRemoved, LegacyTagRemoved
@@ -13,12 +13,10 @@ from events import LegacyManifestRemoved, LegacyTagRemoved
 _QUERIES = load_queries("legacy_tags.sql")
 
 
-async def collect_batch(
-    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
-) -> StepResult:
+async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: int) -> StepResult:
     """Remove one batch of due pre-OCI tags with their tag manifests, and queue the
     manifests, labels and images they held."""
-    rows = await lock_and_delete(conn, _QUERIES, ctx, now_ms=now_ms, limit=limit)
+    rows = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
     removed: list[Removed] = []
     for row in rows:
         scope_fields = {
@@ -41,4 +39,4 @@ async def collect_batch(
         )
         removed.append(Removed(tag, row["causation_id"]))
     # Progress is what was deleted, as for OCI tags: a failed re-check must not spin.
-    return StepResult(claimed=len(rows), removed=removed)
+    return StepResult(progress=len(rows), removed=removed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
 from collector.engine.candidates import Batch
-from collector.engine.context import RepositoryContext
+from collector.engine.context import Purge
 from collector.outbox.store import Removed
 from events import ManifestRemoved
 
@@ -15,9 +15,7 @@ _QUERIES = load_queries("manifests.sql")
 class ManifestCollector:
     kind = "manifest"
 
-    async def collect(
-        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
-    ) -> list[Removed]:
+    async def collect(self, conn: Connection, batch: Batch, now_ms: int) -> list[Removed]:
         ids = sorted(batch)
         await conn.execute(_QUERIES["lock"], ids)
         garbage = [row["id"] for row in await conn.fetch(_QUERIES["unreferenced"], ids)]
@@ -40,6 +38,6 @@ class ManifestCollector:
         ]
 
 
-async def queue_all(conn: Connection, ctx: RepositoryContext) -> None:
+async def queue_all(conn: Connection, purge: Purge) -> None:
     """Make every manifest of the repository a candidate (purge)."""
-    await conn.execute(_QUERIES["queue_all"], ctx.repository_id, ctx.causation_id)
+    await conn.execute(_QUERIES["queue_all"], purge.repository_id, purge.causation_id)

@@ -1,7 +1,9 @@
 """The engine: repository contexts driven to a fixpoint.
 
-A collection runs in three phases, for one repository (a request) or for
-the whole registry at once (``collect_all``, whose batches span repositories):
+A collection runs in three phases, for the repositories of some requests
+(``collect_many``, which says how each request ended), for one repository
+marked for deletion (``purge``) or for the whole registry at once
+(``collect_all``, whose batches span repositories):
 
 1. roots: tags (OCI and pre-OCI, with their tag manifests) past their window
    and expired uploads (a purge: every tag, upload and application tag, and
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import structlog
@@ -48,15 +50,18 @@ from collector.engine.callbacks import Callbacks
 from collector.engine.candidates import Batch
 from collector.engine.context import (
     EngineConfig,
-    Mode,
+    Purge,
     Report,
-    RepositoryContext,
+    Repositories,
+    Scope,
     StepResult,
     SweepTotals,
+    WholeRegistry,
 )
 from collector.engine.images import ImageCollector
 from collector.engine.labels import LabelCollector
 from collector.engine.manifests import ManifestCollector
+from collector.engine.outcomes import Cause, Deferred, ExpiredTag, Finished
 from collector.errors import (
     Conflict,
     Contention,
@@ -71,6 +76,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 _MAX_ATTEMPTS = 10
+#: A request whose tag or repository the engine could not finish (rows locked by a
+#: push right then) is looked at again this much later.
+_RETRY_MS = 2_000
 
 RootsBatch = Callable[..., Awaitable[StepResult]]
 #: What a collection starts from (a purge: all of them, whatever their state).
@@ -84,9 +92,7 @@ _ROOTS: tuple[RootsBatch, ...] = (
 class CandidateCollector(Protocol):
     kind: str
 
-    async def collect(
-        self, conn: Connection, ctx: RepositoryContext, batch: Batch, now_ms: int
-    ) -> list[Removed]: ...
+    async def collect(self, conn: Connection, batch: Batch, now_ms: int) -> list[Removed]: ...
 
 
 Step = Callable[[Connection], Awaitable[StepResult]]
@@ -119,22 +125,35 @@ class Engine:
     ) -> Report:
         """Collect what is due in one repository, and everything that frees; with
         ``orphans``, also its manifests and legacy images that nothing references."""
-        return await self.collect_many({repository_id: causation_id}, orphans=orphans)
+        return await self.collect_many([Cause(repository_id, causation_id)], orphans=orphans)
 
-    async def collect_many(self, causes: Mapping[int, str], *, orphans: bool = False) -> Report:
-        """Collect what is due in several repositories, each for its own request
-        (``causes``: repository id -> causation id), in one context whose batches
-        span them: a worker's requests of different repositories, together."""
-        ctx = RepositoryContext.of_requests(causes)
-        report = Report(repositories=len(causes))
-        log.info("collection_started", repositories=ctx.repository_ids)
-        await _all_or_none(
-            *(self._drain(report, self._roots(ctx, roots)) for roots in _ROOTS),
-        )
+    async def collect_many(self, causes: Sequence[Cause], *, orphans: bool = False) -> Report:
+        """Collect what is due in several repositories, each for its own request (one
+        cause per repository), in one collection whose batches span them: a worker's
+        requests of different repositories, together.
+
+        The report says how each request ended: ``collected``, or, for one whose tag
+        was not removed (a push held it locked), deferred to a little later.
+        """
+        scope = Repositories.of({cause.repository_id: cause.causation_id for cause in causes})
+        report = Report(repositories=len(scope.causes))
+        awaited = {cause.tag for cause in causes if cause.tag is not None}
+
+        def count(removed: Removed) -> None:
+            report.add(removed)
+            if (tag := ExpiredTag.removed_by(removed.removal)) is not None:
+                awaited.discard(tag)
+
+        log.info("collection_started", repositories=scope.ids)
+        await _all_or_none(*(self._drain(count, self._roots(scope, roots)) for roots in _ROOTS))
         if orphans:
-            await self._sweep(ctx, report)
-        await self._fixpoint(ctx, report)
-        log.info("collection_finished", repositories=ctx.repository_ids, removed=report.total)
+            await self._sweep(scope, report)
+        await self._fixpoint(scope, report)
+        log.info("collection_finished", repositories=scope.ids, removed=report.total)
+        for cause in causes:
+            report.outcomes[cause.repository_id] = (
+                self._later("the tag was locked") if cause.tag in awaited else Finished.COLLECTED
+            )
         return report
 
     async def purge(self, repository_id: int, *, causation_id: str) -> Report:
@@ -142,14 +161,20 @@ class Engine:
 
         Raises :class:`RepositoryNotMarked` (before changing anything) for a
         repository that is not marked, and stops the same way if it gets
-        unmarked midway: every purge transaction re-checks the mark.
+        unmarked midway: every purge transaction re-checks the mark;
+        :class:`RepositoryNotFound` for one that does not exist (purged already).
+        The report says how the request ended: ``purged``, or, when rows locked
+        by pushes kept the repository from going, deferred to a little later.
         """
-        ctx = RepositoryContext(repository_id, causation_id, Mode.PURGE)
+        purge = Purge(repository_id, causation_id)
         report = Report(repositories=1)
-        await self._purge_roots(ctx, report)
+        await self._purge_roots(purge, report)
         # Tags are gone now, so each manifest decides on lists and subjects alone.
-        await self._fixpoint(ctx, report)
-        await self._finish_purge(ctx, report)
+        await self._fixpoint(purge, report)
+        finished = await self._finish_purge(purge, report)
+        report.outcomes[repository_id] = (
+            Finished.PURGED if finished else self._later("rows were locked")
+        )
         return report
 
     async def collect_all(
@@ -177,38 +202,38 @@ class Engine:
 
         due, marked = await self._retrying(work)
         report = Report(repositories=len(set(due) | set(marked)))
-        everywhere = RepositoryContext(None, causation_id, Mode.COLLECT)
+        everywhere = WholeRegistry(causation_id)
         limit = asyncio.Semaphore(concurrency)
-        purging: list[RepositoryContext] = []
+        purging: list[Purge] = []
 
         async def purge_roots(repository_id: int) -> None:
-            ctx = RepositoryContext(repository_id, causation_id, Mode.PURGE)
+            purge = Purge(repository_id, causation_id)
             async with limit:
                 try:
-                    await self._purge_roots(ctx, report)
+                    await self._purge_roots(purge, report)
                 except (RepositoryNotMarked, RepositoryNotFound) as exc:
                     log.warning("purge_skipped", repository_id=repository_id, reason=str(exc))
                     return
-            purging.append(ctx)
+            purging.append(purge)
 
         log.info("collection_started", repositories=report.repositories, purges=len(marked))
         async with asyncio.TaskGroup() as group:
             for roots in _ROOTS:
-                group.create_task(self._drain(report, self._roots(everywhere, roots)))
+                group.create_task(self._drain(report.add, self._roots(everywhere, roots)))
             for repository_id in marked:
                 group.create_task(purge_roots(repository_id))
         if orphans:
             await self._sweep(everywhere, report)
         await self._fixpoint(everywhere, report, claimers=concurrency)
-        for ctx in sorted(purging, key=lambda ctx: ctx.repository):
-            await self._finish_purge(ctx, report)
+        for purge in sorted(purging, key=lambda purge: purge.repository_id):
+            await self._finish_purge(purge, report)
         log.info("collection_finished", removed=report.total)
         return report
 
     async def sweep_orphans(self, *, causation_id: str, concurrency: int = 4) -> Report:
         """Sweep the whole registry for objects nothing references (older than the
         grace period), and collect them with everything they free."""
-        everywhere = RepositoryContext(None, causation_id, Mode.COLLECT)
+        everywhere = WholeRegistry(causation_id)
         report = Report()
         await self._sweep(everywhere, report)
         await self._fixpoint(everywhere, report, claimers=concurrency)
@@ -217,7 +242,7 @@ class Engine:
 
     # -- phases ------------------------------------------------------------
 
-    async def _sweep(self, ctx: RepositoryContext, report: Report) -> None:
+    async def _sweep(self, scope: Repositories | WholeRegistry, report: Report) -> None:
         """Queue the orphans in scope as candidates (see ``sweep.py``): the whole
         registry, table by table and range by range, or the repositories' own."""
         started = time.monotonic()
@@ -227,71 +252,81 @@ class Engine:
             protected_digests=list(self._config.protected_digests),
         )
         totals = SweepTotals()
-        if ctx.repository_ids is None:
-            for kind in sweep.KINDS:
-                work = functools.partial(
-                    sweep.step,
-                    kind=kind,
-                    judgement=judgement,
-                    span=self._config.orphan_sweep_span,
-                    causation_id=ctx.causation_id,
+        repositories: list[int] | None = None  # for the log: None for every one
+        match scope:
+            case WholeRegistry(causation_id):
+                for kind in sweep.KINDS:
+                    work = functools.partial(
+                        sweep.step,
+                        kind=kind,
+                        judgement=judgement,
+                        span=self._config.orphan_sweep_span,
+                        causation_id=causation_id,
+                    )
+                    table = SweepTotals()
+                    while not (step := await self._retrying(work)).done:
+                        table.scanned += step.scanned
+                        table.queued += step.queued
+                    log.info(
+                        "sweep_table_finished",
+                        kind=kind,
+                        scanned=table.scanned,
+                        queued=table.queued,
+                    )
+                    totals.merge(table)
+            case Repositories(causes):
+                repositories = scope.ids
+                step = await self._retrying(
+                    functools.partial(sweep.queue_in, causes=dict(causes), judgement=judgement)
                 )
-                table = SweepTotals()
-                while not (step := await self._retrying(work)).done:
-                    table.scanned += step.scanned
-                    table.queued += step.queued
-                log.info(
-                    "sweep_table_finished", kind=kind, scanned=table.scanned, queued=table.queued
-                )
-                totals.merge(table)
-        else:
-            causes = dict(zip(ctx.repository_ids, ctx.causation_ids(), strict=True))
-            step = await self._retrying(
-                functools.partial(sweep.queue_in, causes=causes, judgement=judgement)
-            )
-            totals.scanned, totals.queued = step.scanned, step.queued
+                totals.scanned, totals.queued = step.scanned, step.queued
         totals.seconds = time.monotonic() - started
         report.sweep.merge(totals)
         log.info(
             "sweep_finished",
-            repositories=ctx.repository_ids,
+            repositories=repositories,
             scanned=totals.scanned,
             queued=totals.queued,
             rows_per_s=round(totals.rows_per_s),
         )
 
-    async def _purge_roots(self, ctx: RepositoryContext, report: Report) -> None:
+    async def _purge_roots(self, purge: Purge, report: Report) -> None:
         """Queue everything in the repository and remove its tags, uploads and app tags."""
-        log.info("purge_started", repository_id=ctx.repository_id, causation_id=ctx.causation_id)
-        await self._run(self._guarded(ctx, self._seed_purge(ctx)))
+        log.info(
+            "purge_started", repository_id=purge.repository_id, causation_id=purge.causation_id
+        )
+        await self._run(self._guarded(purge, self._seed_purge(purge)))
         await _all_or_none(
-            *(self._drain(report, self._guarded(ctx, self._roots(ctx, roots))) for roots in _ROOTS),
-            self._drain(report, self._guarded(ctx, self._app_tags(ctx))),
+            *(
+                self._drain(report.add, self._guarded(purge, self._roots(purge, roots)))
+                for roots in _ROOTS
+            ),
+            self._drain(report.add, self._guarded(purge, self._app_tags(purge))),
         )
 
-    async def _finish_purge(self, ctx: RepositoryContext, report: Report) -> None:
-        finished = await self._run(self._guarded(ctx, self._delete_repository(ctx)))
-        if finished.removed:
-            report.add(finished.removed[0])
-            log.info("purge_finished", repository_id=ctx.repository_id)
-        else:
-            report.incomplete.append(ctx.repository)
-            log.warning("purge_incomplete", repository_id=ctx.repository_id)
+    async def _finish_purge(self, purge: Purge, report: Report) -> bool:
+        """Remove the repository once nothing is left in it; whether it went."""
+        finished = await self._run(self._guarded(purge, self._delete_repository(purge)))
+        if not finished.removed:
+            report.incomplete.append(purge.repository_id)
+            log.warning("purge_incomplete", repository_id=purge.repository_id)
+            return False
+        report.add(finished.removed[0])
+        log.info("purge_finished", repository_id=purge.repository_id)
+        return True
 
-    async def _fixpoint(self, ctx: RepositoryContext, report: Report, claimers: int = 1) -> None:
+    async def _fixpoint(self, scope: Scope, report: Report, claimers: int = 1) -> None:
         """Rounds of the collectors with candidates waiting, ``claimers`` claims each,
-        until none waits or a round claims nothing (what waits is locked elsewhere)."""
+        until none waits or a round makes no progress (what waits is locked elsewhere)."""
         rounds = 0
         while True:
-            waiting = await self._retrying(
-                lambda conn: candidates.pending_kinds(conn, ctx.repository_ids)
-            )
+            waiting = await self._retrying(lambda conn: candidates.pending_kinds(conn, scope))
             if not waiting:
                 break
             rounds += 1
             results = await _all_or_none(
                 *(
-                    self._run(self._decide(ctx, collector))
+                    self._run(self._decide(scope, collector))
                     for collector in self._collectors
                     if collector.kind in waiting
                     for _ in range(claimers)
@@ -300,77 +335,81 @@ class Engine:
             for result in results:
                 for removed in result.removed:
                     report.add(removed)
-            if not any(result.claimed for result in results):
+            if not any(result.progress for result in results):
                 break
-        log.debug("fixpoint_reached", repository_id=ctx.repository_id, rounds=rounds)
+        log.debug("fixpoint_reached", scope=scope, rounds=rounds)
 
-    async def _drain(self, report: Report, step: Step) -> None:
-        """Run ``step`` in fresh transactions until it finds nothing to do."""
+    async def _drain(self, count: Callable[[Removed], None], step: Step) -> None:
+        """Run ``step`` in fresh transactions until it makes no progress; ``count`` each
+        removal once committed."""
         while True:
             result = await self._run(step)
             for removed in result.removed:
-                report.add(removed)
-            if not result.claimed:
+                count(removed)
+            if not result.progress:
                 return
+
+    def _later(self, why: str) -> Deferred:
+        """A request to look at again shortly: rows it needs were locked right now."""
+        return Deferred(self._clock.now_ms() + _RETRY_MS, why)
 
     # -- steps: each runs inside one transaction ---------------------------
 
-    def _roots(self, ctx: RepositoryContext, collect_batch: RootsBatch) -> Step:
+    def _roots(self, scope: Scope, collect_batch: RootsBatch) -> Step:
         async def step(conn: Connection) -> StepResult:
             return await collect_batch(
-                conn, ctx, now_ms=self._clock.now_ms(), limit=self._config.batch_size
+                conn, scope, now_ms=self._clock.now_ms(), limit=self._config.batch_size
             )
 
         return step
 
-    def _decide(self, ctx: RepositoryContext, collector: CandidateCollector) -> Step:
+    def _decide(self, scope: Scope, collector: CandidateCollector) -> Step:
         async def step(conn: Connection) -> StepResult:
-            batch = await candidates.claim(
-                conn, ctx.repository_ids, collector.kind, self._config.batch_size
-            )
+            batch = await candidates.claim(conn, scope, collector.kind, self._config.batch_size)
             if not batch:
-                return StepResult(claimed=0)
-            removed = await collector.collect(conn, ctx, batch, self._clock.now_ms())
-            return StepResult(claimed=len(batch), removed=removed)
+                return StepResult(progress=0)
+            removed = await collector.collect(conn, batch, self._clock.now_ms())
+            return StepResult(progress=len(batch), removed=removed)
 
         return step
 
-    def _seed_purge(self, ctx: RepositoryContext) -> Step:
+    def _seed_purge(self, purge: Purge) -> Step:
         async def step(conn: Connection) -> StepResult:
-            await manifests.queue_all(conn, ctx)
-            await images.queue_all(conn, ctx)
-            return StepResult(claimed=0)
+            await manifests.queue_all(conn, purge)
+            await images.queue_all(conn, purge)
+            return StepResult(progress=0)
 
         return step
 
-    def _app_tags(self, ctx: RepositoryContext) -> Step:
+    def _app_tags(self, purge: Purge) -> Step:
         async def step(conn: Connection) -> StepResult:
             count = await repositories.delete_app_tags(
-                conn, ctx.repository, self._config.batch_size
+                conn, purge.repository_id, self._config.batch_size
             )
-            return StepResult(claimed=count)
+            return StepResult(progress=count)
 
         return step
 
-    def _delete_repository(self, ctx: RepositoryContext) -> Step:
+    def _delete_repository(self, purge: Purge) -> Step:
         async def step(conn: Connection) -> StepResult:
-            purged = await repositories.delete_if_empty(conn, ctx.repository)
+            purged = await repositories.delete_if_empty(conn, purge.repository_id)
             if purged is None:
-                return StepResult(claimed=0)
-            return StepResult(claimed=1, removed=[Removed(purged, ctx.causation_id)])
+                return StepResult(progress=0)
+            return StepResult(progress=1, removed=[Removed(purged, purge.causation_id)])
 
         return step
 
-    def _guarded(self, ctx: RepositoryContext, step: Step) -> Step:
+    def _guarded(self, purge: Purge, step: Step) -> Step:
         """``step``, run only while the repository is still marked for deletion."""
 
         async def guarded(conn: Connection) -> StepResult:
-            marked = await repositories.is_marked(conn, ctx.repository)
+            marked = await repositories.is_marked(conn, purge.repository_id)
             if marked is None:
-                raise RepositoryNotFound(f"repository {ctx.repository_id} does not exist")
+                raise RepositoryNotFound(f"repository {purge.repository_id} does not exist")
             if not marked:
                 raise RepositoryNotMarked(
-                    f"repository {ctx.repository_id} is not marked for deletion; refusing to purge"
+                    f"repository {purge.repository_id} is not marked for deletion;"
+                    " refusing to purge"
                 )
             return await step(conn)
 

@@ -8,7 +8,7 @@ import asyncpg
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
-from collector.engine.context import Mode, RepositoryContext, StepResult
+from collector.engine.context import Purge, Repositories, Scope, StepResult, WholeRegistry
 from collector.outbox.store import Removed
 from events import TagRemoved
 
@@ -18,38 +18,35 @@ _QUERIES = load_queries("tags.sql")
 async def lock_and_delete(
     conn: Connection,
     queries: Mapping[str, str],
-    ctx: RepositoryContext,
+    scope: Scope,
     *,
     now_ms: int,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Lock a batch of due tags of the context (a purge: any of its repository's) with
-    ``lock_all``, ``lock_due_any`` or ``lock_due_in``, and remove them with ``delete``,
+    """Lock a batch of due tags in scope (a purge: any of its repository's) with
+    ``lock_all``, ``lock_due_in`` or ``lock_due_any``, and remove them with ``delete``,
     which re-checks them: the deleted rows. Shared by both tag models."""
-    purge = ctx.mode is Mode.PURGE
-    scope = ctx.repository_ids
-    if purge:
-        locked = await conn.fetch(queries["lock_all"], ctx.repository, limit)
-    elif scope is None:
-        locked = await conn.fetch(queries["lock_due_any"], now_ms, limit)
-    else:
-        locked = await conn.fetch(queries["lock_due_in"], scope, now_ms, limit)
+    match scope:
+        case Purge(repository_id):
+            locked = await conn.fetch(queries["lock_all"], repository_id, limit)
+        case Repositories():
+            locked = await conn.fetch(queries["lock_due_in"], scope.ids, now_ms, limit)
+        case WholeRegistry():
+            locked = await conn.fetch(queries["lock_due_any"], now_ms, limit)
     if not locked:
         return []
     return await conn.fetch(
         queries["delete"],
         [row["id"] for row in locked],
         now_ms,
-        purge,
-        [ctx.causation_of(row["repository_id"]) for row in locked],
+        isinstance(scope, Purge),
+        [scope.causation_of(row["repository_id"]) for row in locked],
     )
 
 
-async def collect_batch(
-    conn: Connection, ctx: RepositoryContext, *, now_ms: int, limit: int
-) -> StepResult:
+async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: int) -> StepResult:
     """Remove one batch of due tags and queue their manifests."""
-    rows = await lock_and_delete(conn, _QUERIES, ctx, now_ms=now_ms, limit=limit)
+    rows = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
     removed = [
         Removed(
             TagRemoved(
@@ -66,4 +63,4 @@ async def collect_batch(
     ]
     # Progress is what was deleted, not what was locked: a tag whose re-check
     # fails (its window just grew) must not keep the drain loop spinning.
-    return StepResult(claimed=len(removed), removed=removed)
+    return StepResult(progress=len(removed), removed=removed)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
+from collector.engine import ExpiredTag
 from events import TYPE_PREFIX, LegacyTagExpired, Request, TagExpired
 
 _QUERIES = load_queries("work.sql")
@@ -32,6 +33,14 @@ class WorkItem:
     record_topic: str | None = None
     record_partition: int | None = None
     record_offset: int | None = None
+
+    @property
+    def expired_tag(self) -> ExpiredTag:
+        """The tag a ``tag-expired`` or ``legacy-tag-expired`` request names."""
+        legacy = self.event_type == "legacy-tag-expired"
+        tag_id = self.repository_tag_id if legacy else self.tag_id
+        assert tag_id is not None, "an expiry request names its tag"
+        return ExpiredTag(tag_id, legacy=legacy)
 
     @classmethod
     def of(cls, request: Request, *, topic: str, partition: int, offset: int) -> WorkItem:

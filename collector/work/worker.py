@@ -25,46 +25,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import os
 import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 
 from collector import metrics
-from collector.backoff import Backoff, Outage, transient
+from collector.backoff import Backoff, Retrying, sleep_until, transient
 from collector.clock import Clock
 from collector.config import Settings
-from collector.db.connector import DISCONNECTS, Connection
+from collector.db.connector import Connection, PoolDatabase, translated
 from collector.dead_letters import DeadLetters, Origin
-from collector.engine import Engine
+from collector.engine import Cause, Deferred, Engine, ExpiredTag, Finished, Outcome
 from collector.errors import (
     BrokerUnavailable,
+    Conflict,
     Contention,
     DatabaseUnavailable,
     RepositoryNotFound,
     RepositoryNotMarked,
 )
 from collector.work import queue
-from collector.work.queue import ExpiringTag, WorkItem
+from collector.work.queue import WorkItem
 from events import RejectionReason
 
 log = structlog.get_logger(__name__)
 
-#: The engine gives up on a lost database after its retries: wait longer here.
-_DISCONNECTS = (*DISCONNECTS, DatabaseUnavailable)
-
-
 T = TypeVar("T")
-#: A tag or repository the engine could not finish (rows locked by a push right
-#: then) is looked at again this much later.
-_RETRY_MS = 2_000
 
 
 async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
@@ -116,33 +108,6 @@ class InHand:
             ended.set()
 
 
-class Finished(enum.StrEnum):
-    """How a request ended: stored in ``gc.request.outcome``, counted by outcome in
-    ``registry_gc_requests_finished_total`` and logged, under these names."""
-
-    COLLECTED = "collected"
-    PURGED = "purged"
-    #: The tag was collected, deleted, restored or re-expired since the request.
-    STALE = "stale"
-    IMMUTABLE = "immutable"
-    #: The repository to purge is gone already.
-    GONE = "gone"
-    NOT_MARKED = "not-marked"
-    #: Handling it failed for a reason waiting will not change (dead-lettered).
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True)
-class Deferred:
-    """Not finished: to be looked at again at ``due_at_ms``."""
-
-    due_at_ms: int
-    why: str
-
-
-Outcome = Finished | Deferred
-
-
 class Workers:
     """``concurrency`` workers side by side; ``run()`` until ``stop()``."""
 
@@ -154,7 +119,7 @@ class Workers:
         settings: Settings,
         dead_letters: DeadLetters,
     ) -> None:
-        self._pool = pool
+        self._database = PoolDatabase(pool)
         self._engine = engine
         self._clock = clock
         self._concurrency = settings.repository_concurrency
@@ -192,7 +157,8 @@ class Workers:
             log.info("workers_stopped", outcomes=dict(self.outcomes), deferred=self.deferred)
 
     async def _loop(self) -> None:
-        backoff, database = Backoff(), Outage("database")
+        # The engine gives up on a lost database after its retries: wait longer here.
+        database, contended = Retrying("database", self._stopping), Backoff()
         while not self._stopping.is_set():
             try:
                 worked = await self._work_batch()
@@ -200,26 +166,27 @@ class Workers:
                 # Stopping while a late dead letter waited for the broker: the claim is
                 # rolled back, and the next run redoes it (the letter's id is the same).
                 continue
-            except _DISCONNECTS as exc:
-                database.failed(exc)
-                await self._sleep(backoff.next())
+            except DatabaseUnavailable as exc:
+                await database.failed(exc)
                 continue
-            except Contention as exc:
-                # Pushes kept winning the races: the claim is rolled back, try again later.
+            except (Contention, Conflict) as exc:
+                # Pushes kept winning the engine's races (or won one of the claim's own):
+                # the claim is rolled back, try again later.
                 log.warning("claim_contended", error=str(exc))
-                await self._sleep(backoff.next())
+                await sleep_until(self._stopping, contended.next())
                 continue
-            if database.recovered():
-                backoff = Backoff()
+            database.succeeded()
+            contended = Backoff()
             if not worked:
-                await self._idle()
+                await sleep_until(self._wakeup, self._poll_s)  # new work, stop(), or a poll
+                self._wakeup.clear()
 
     async def _work_batch(self) -> bool:
         """Claim due requests (of different repositories) and see them through; False
         when none is due."""
         started = time.monotonic()
         claimed: list[str] = []
-        async with self._pool.acquire() as conn:
+        async with self._database.connection() as conn:
             try:
                 async with conn.transaction():
                     items = await queue.claim(conn, self._clock.now_ms(), self._batch_size)
@@ -296,10 +263,9 @@ class Workers:
         handled one by one, and each that fails alone ends ``failed`` with a dead letter
         (``unprocessable``). The service goes on with the rest: no poison stops it."""
         try:
-            async with conn.transaction():  # a savepoint: a failed statement spares the claim
-                return await self._handle(conn, items)
+            return await self._handle_in_savepoint(conn, items)
         except Exception as exc:
-            if transient(exc) or isinstance(exc, DISCONNECTS):
+            if transient(exc):
                 raise
             if len(items) == 1:
                 return [await self._unprocessable(items[0], exc)]
@@ -307,13 +273,19 @@ class Workers:
         outcomes: list[Outcome] = []
         for item in items:
             try:
-                async with conn.transaction():
-                    outcomes.extend(await self._handle(conn, [item]))
+                outcomes.extend(await self._handle_in_savepoint(conn, [item]))
             except Exception as exc:
-                if transient(exc) or isinstance(exc, DISCONNECTS):
+                if transient(exc):
                     raise
                 outcomes.append(await self._unprocessable(item, exc))
         return outcomes
+
+    async def _handle_in_savepoint(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
+        """:meth:`_handle` in a savepoint, so that a failed statement spares the claim;
+        what the database raises there leaves translated (lost: retriable)."""
+        with translated():
+            async with conn.transaction():
+                return await self._handle(conn, items)
 
     async def _unprocessable(self, item: WorkItem, error: Exception) -> Outcome:
         """Finish a request that cannot be processed: logged with its traceback, counted
@@ -345,46 +317,43 @@ class Workers:
 
     async def _handle(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
         """Each request's outcome. The repositories to collect (sweeps, and expiries
-        still valid and due) are collected together, in one context; purges run one
-        by one. Each request names a different repository."""
-        outcomes: dict[int, Outcome] = {}
-        collect: dict[int, str] = {}
-        expiring: list[tuple[int, WorkItem]] = []
-        for index, item in enumerate(items):
+        still valid and due) are collected together, in one context, and the engine
+        says how each of those requests ended; purges run one by one. Each request
+        names a different repository."""
+        settled: dict[int, Outcome] = {}  # by repository: ended before the engine ran
+        collect: list[Cause] = []
+        for item in items:
             if item.event_type == "repo-sweep":
-                collect[item.repository_id] = item.event_id
-                outcomes[index] = Finished.COLLECTED
+                collect.append(Cause(item.repository_id, item.event_id))
             elif item.event_type in ("tag-expired", "legacy-tag-expired"):
                 verdict = await self._check_expiry(conn, item)
-                if isinstance(verdict, ExpiringTag):
-                    collect[item.repository_id] = item.event_id
-                    expiring.append((index, item))
+                if isinstance(verdict, ExpiredTag):
+                    collect.append(Cause(item.repository_id, item.event_id, verdict))
                 else:
-                    outcomes[index] = verdict
+                    settled[item.repository_id] = verdict
         # A stale expiry may be the redo of a run cut off midway (a crash, a lost claim)
-        # after its tag went: what that run queued still waits. Collect it now.
+        # after its tag went: what that run queued still waits. Collect it now; the
+        # request stays stale.
         stale = {
-            items[i].repository_id: items[i].event_id
-            for i, o in outcomes.items()
-            if o == Finished.STALE
+            item.repository_id: item.event_id
+            for item in items
+            if settled.get(item.repository_id) == Finished.STALE
         }
         if stale:  # most batches have none: no query for them
             for repository_id in await queue.with_candidates(conn, list(stale)):
-                collect[repository_id] = stale[repository_id]
-        if collect:
-            await self._engine.collect_many(collect)
-        for index, item in expiring:
-            # The engine skips tags a push holds locked right now: look again soon.
-            if await queue.expiring_tag(conn, item, self._clock.now_ms()) is not None:
-                outcomes[index] = Deferred(self._clock.now_ms() + _RETRY_MS, "the tag was locked")
+                collect.append(Cause(repository_id, stale[repository_id]))
+        collected = (await self._engine.collect_many(collect)).outcomes if collect else {}
+        outcomes: list[Outcome] = []
+        for item in items:
+            if item.repository_id in settled:
+                outcomes.append(settled[item.repository_id])
+            elif item.event_type == "repo-deleted":
+                outcomes.append(await self._purge(item))
             else:
-                outcomes[index] = Finished.COLLECTED
-        for index, item in enumerate(items):
-            if item.event_type == "repo-deleted":
-                outcomes[index] = await self._purge(item)
-        return [outcomes[index] for index in range(len(items))]
+                outcomes.append(collected[item.repository_id])
+        return outcomes
 
-    async def _check_expiry(self, conn: Connection, item: WorkItem) -> Outcome | ExpiringTag:
+    async def _check_expiry(self, conn: Connection, item: WorkItem) -> Outcome | ExpiredTag:
         """Why a tag-expired request removes nothing, or its tag when it is due."""
         tag = await queue.expiring_tag(conn, item, self._clock.now_ms())
         if tag is None:
@@ -393,9 +362,10 @@ class Workers:
             return Finished.IMMUTABLE
         if not tag.due:
             return Deferred(tag.due_at_ms, "inside the time-machine window")
-        return tag
+        return item.expired_tag
 
     async def _purge(self, item: WorkItem) -> Outcome:
+        """The engine's outcome of the purge, or why it purged nothing."""
         try:
             report = await self._engine.purge(item.repository_id, causation_id=item.event_id)
         except RepositoryNotFound:
@@ -409,18 +379,4 @@ class Workers:
             log.warning("purge_refused", reason=detail, event_id=item.event_id)
             await self._dead_letter(item, "repository-not-marked", detail)
             return Finished.NOT_MARKED
-        if report.incomplete:
-            return Deferred(self._clock.now_ms() + _RETRY_MS, "rows were locked")
-        return Finished.PURGED
-
-    async def _idle(self) -> None:
-        """Until woken, stopped, or the poll interval passed."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._poll_s):
-                await self._wakeup.wait()
-        self._wakeup.clear()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
+        return report.outcomes[item.repository_id]

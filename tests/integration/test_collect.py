@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from collector.engine import Engine
+from collector.engine import Cause, Deferred, Engine, ExpiredTag, Finished
 from tests.registry import DAY_MS, NOW_MS, WINDOW_S, Registry, exists, outbox, snapshot
 
 CAUSE = "request-1"
@@ -502,7 +502,7 @@ async def test_collecting_several_repositories_together_keeps_each_one_s_cause(
                 cause_of_blob[digest] = f"request-{name}"
     ops = repo
 
-    report = await engine.collect_many(requests)
+    report = await engine.collect_many([Cause(repo, cause) for repo, cause in requests.items()])
 
     events = await outbox(registry.conn)
     assert report.total == len(events) == 2 * 4  # a tag, a manifest and two blobs each
@@ -515,3 +515,40 @@ async def test_collecting_several_repositories_together_keeps_each_one_s_cause(
     assert (
         await registry.conn.fetchval("SELECT count(*) FROM tag WHERE repository_id = $1", ops) == 1
     )
+
+
+async def test_collecting_for_requests_says_how_each_one_ended(
+    registry: Registry, engine: Engine, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """collect_many says, for each request, how it ended: a sweep, and an expiry whose
+    tag (OCI or pre-OCI) the collection removed, are `collected`; an expiry whose tag a
+    push holds locked right then (the engine skips it) is deferred two seconds."""
+    ns = await registry.namespace()
+    swept, expiring, legacy, pushed = [
+        await registry.repository(ns, name) for name in ("swept", "expiring", "legacy", "pushed")
+    ]
+    await registry.expired_tag(swept, await registry.manifest(swept))
+    expired = await registry.expired_tag(expiring, await registry.manifest(expiring))
+    image = await registry.image(legacy, await registry.blob())
+    legacy_expired = await registry.expired_repository_tag(legacy, image)
+    locked = await registry.expired_tag(pushed, await registry.manifest(pushed))
+    causes = [
+        Cause(swept, "sweep"),
+        Cause(expiring, "expiry", ExpiredTag(expired)),
+        Cause(legacy, "legacy-expiry", ExpiredTag(legacy_expired, legacy=True)),
+        Cause(pushed, "locked-expiry", ExpiredTag(locked)),
+    ]
+
+    async with db.acquire() as push, push.transaction():
+        await push.execute("SELECT 1 FROM tag WHERE id = $1 FOR UPDATE", locked)
+        report = await engine.collect_many(causes)
+
+    assert report.outcomes == {
+        swept: Finished.COLLECTED,
+        expiring: Finished.COLLECTED,
+        legacy: Finished.COLLECTED,
+        pushed: Deferred(NOW_MS + 2_000, "the tag was locked"),
+    }
+    assert not await exists(registry.conn, "tag", expired)
+    assert not await exists(registry.conn, "repository_tag", legacy_expired)
+    assert await exists(registry.conn, "tag", locked)

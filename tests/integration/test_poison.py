@@ -5,7 +5,7 @@ original position, and every other request goes on being served."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -15,7 +15,7 @@ import structlog
 from collector.cli import main
 from collector.clock import SystemClock
 from collector.config import Settings
-from collector.engine import Engine, Report
+from collector.engine import Cause, Engine, Report
 from collector.errors import Contention
 from events import RepoSweep
 from tests.integration.test_service import requests_table, run_service
@@ -34,8 +34,8 @@ def poison_engine(monkeypatch: pytest.MonkeyPatch, poison: int) -> None:
     change: a stand-in for any row the collector cannot handle."""
     original = Engine.collect_many
 
-    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
-        if poison in causes:
+    async def collect_many(self: Engine, causes: Sequence[Cause], **kwargs: Any) -> Report:
+        if poison in (cause.repository_id for cause in causes):
             raise ValueError(f"cannot process repository {poison}")
         return await original(self, causes, **kwargs)
 
@@ -108,8 +108,8 @@ async def test_a_race_lost_too_often_is_tried_again_not_failed(
     original = Engine.collect_many
     attempts = []
 
-    async def collect_many(self: Engine, causes: Mapping[int, str], **kwargs: Any) -> Report:
-        attempts.append(dict(causes))
+    async def collect_many(self: Engine, causes: Sequence[Cause], **kwargs: Any) -> Report:
+        attempts.append(list(causes))
         if len(attempts) == 1:
             raise Contention("transaction kept conflicting: simulated")
         return await original(self, causes, **kwargs)

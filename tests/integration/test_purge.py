@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 
-from collector.engine import Callbacks, Engine
+from collector.engine import Callbacks, Deferred, Engine, Finished
 from collector.errors import RepositoryNotFound, RepositoryNotMarked
 from events import LegacyImageRemoved, Removal, RepoPurged
 from tests.registry import DAY_MS, NOW_MS, Registry, exists, outbox, snapshot
@@ -74,6 +75,7 @@ async def test_purge_removes_everything_in_the_repository_then_the_repository(
     assert report.removed["registry.gc.tag-removed"] == 5
     assert report.removed["registry.gc.legacy-image-removed"] == 2
     assert report.incomplete == []
+    assert report.outcomes == {doomed: Finished.PURGED}
     assert purged == [("acme/doomed", CAUSE)]
     assert len(images) == 2
     events = await outbox(conn)
@@ -84,6 +86,27 @@ async def test_purge_removes_everything_in_the_repository_then_the_repository(
         "repository_id": doomed,
     }
     assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+
+
+async def test_a_purge_that_finds_a_row_locked_is_deferred(
+    registry: Registry, engine: Engine, db: asyncpg.Pool[asyncpg.Record]
+) -> None:
+    """A push holding one of the repository's tags locked keeps the repository from going:
+    the purge removes the rest, names the repository incomplete, and says its request is
+    deferred two seconds."""
+    ns = await registry.namespace()
+    doomed = await registry.repository(ns, "doomed", state="marked_for_deletion")
+    await build_full_repository(registry, doomed)
+    pushed = await registry.tag(doomed, await registry.manifest(doomed), "pushed")
+
+    async with db.acquire() as push, push.transaction():
+        await push.execute("SELECT 1 FROM tag WHERE id = $1 FOR UPDATE", pushed)
+        report = await engine.purge(doomed, causation_id=CAUSE)
+
+    assert report.incomplete == [doomed]
+    assert report.outcomes == {doomed: Deferred(NOW_MS + 2_000, "rows were locked")}
+    assert await exists(registry.conn, "repository", doomed)
+    assert await registry.conn.fetchval("SELECT count(*) FROM tag") == 1
 
 
 async def test_purge_refused_for_a_live_repository(registry: Registry, engine: Engine) -> None:

@@ -104,7 +104,7 @@ async def test_a_step_that_deadlocks_once_is_replayed(db: asyncpg.Pool[asyncpg.R
         attempts += 1
         if attempts == 1:
             raise asyncpg.DeadlockDetectedError("deadlock detected")
-        return StepResult(claimed=3)
+        return StepResult(progress=3)
 
     result = await engine._run(deadlocks_once)  # the retry loop itself is under test
-    assert (attempts, result.claimed) == (2, 3)
+    assert (attempts, result.progress) == (2, 3)

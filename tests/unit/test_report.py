@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from collector.engine.context import Report
+from collector.engine.outcomes import Deferred, Finished
 from collector.outbox.store import Removed
 from events import BlobRemoved, LabelRemoved, ManifestRemoved, Removal, TagRemoved
 
@@ -55,6 +56,7 @@ def test_new_report_is_empty() -> None:
     assert report.bytes_freed == 0
     assert report.repositories == 0
     assert report.incomplete == []
+    assert report.outcomes == {}
     assert report.total == 0
 
 
@@ -96,13 +98,16 @@ def test_total_counts_every_removal() -> None:
 
 
 def test_merge_adds_everything() -> None:
-    """merge() adds the other report's counts, bytes, repositories and incomplete purges."""
+    """merge() adds the other report's counts, bytes, repositories, incomplete purges and
+    requests' outcomes."""
     report = report_of(tag(1), blob(2, 100))
     report.repositories = 1
     report.incomplete = [5]
+    report.outcomes = {1: Finished.COLLECTED}
     other = report_of(tag(3), manifest(4), blob(5, 50))
     other.repositories = 2
     other.incomplete = [6, 7]
+    other.outcomes = {6: Deferred(7, "rows were locked")}
 
     report.merge(other)
 
@@ -116,6 +121,7 @@ def test_merge_adds_everything() -> None:
     assert report.bytes_freed == 150
     assert report.repositories == 3
     assert report.incomplete == [5, 6, 7]
+    assert report.outcomes == {1: Finished.COLLECTED, 6: Deferred(7, "rows were locked")}
     assert report.total == 5
 
 
