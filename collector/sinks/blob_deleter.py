@@ -337,7 +337,7 @@ class BlobDeleter:
                 # record find them missing.
                 await self._on_its_own("record_deletion", digest)
             # Still under the lock: a registry finalizing this digest waits for our commit.
-            if await self._storage.delete(digest):
+            if await self._unlinked_under_lock(digest):
                 if known:  # pushed again and removed again: the retention starts anew
                     await self._on_its_own("record_deletion", digest)
                 return Outcome.DELETED
@@ -345,6 +345,18 @@ class BlobDeleter:
                 return Outcome.ALREADY_GONE
             await self._on_its_own("forget_deletion", digest)  # nothing was there
             return Outcome.MISSING
+
+    async def _unlinked_under_lock(self, digest: str) -> bool:
+        """The storage's delete, finished before the caller's transaction ends however
+        this task is cancelled (a hand-over giving up on the batch, a stop): leaving
+        would release the digest's lock while the unlink may still run in its thread,
+        and a registry re-pushing the digest could write its file just before it."""
+        deleting = asyncio.ensure_future(self._storage.delete(digest))
+        try:
+            return await asyncio.shield(deleting)
+        except asyncio.CancelledError:
+            await asyncio.wait([deleting])
+            raise
 
     async def _on_its_own(self, query: str, digest: str) -> None:
         """Run ``query`` on a connection of its own: it commits at once, whatever

@@ -256,6 +256,47 @@ async def test_the_digest_lock_is_held_across_check_and_delete(
     assert deleter.counts.repushed == 1
 
 
+class StalledStorage(FilesystemStorage):
+    """A storage whose delete takes until ``finish`` is set, as a slow NFS server's may."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.started = asyncio.Event()
+        self.finish = asyncio.Event()
+
+    async def delete(self, digest: str) -> bool:
+        self.started.set()
+        await self.finish.wait()
+        return await super().delete(digest)
+
+
+async def test_a_cancelled_deleter_holds_the_digest_lock_until_its_delete_is_done(
+    settings: Settings, storage: FilesystemStorage, registry: Registry
+) -> None:
+    """A hand-over or a stop that gives up on a batch cancels it mid-delete: the
+    digest's lock stays held until the bytes are gone, so a registry re-pushing the
+    digest cannot write its file in between and lose it to our unlink."""
+    [path] = stored(storage, digest(8))
+    stalled = StalledStorage(storage.root)
+    await produce(settings, [blob_removed(digest(8))])
+    running = asyncio.create_task(drain(settings, stalled))
+    await asyncio.wait_for(stalled.started.wait(), WAIT_S)
+    [batch] = [t for t in asyncio.all_tasks() if t.get_name().startswith("blob-deleter-")]
+    batch.cancel()  # as a hand-over does after HANDOVER_S
+    await asyncio.sleep(0.2)
+
+    conn = registry.conn
+    try_lock = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+    assert not await conn.fetchval(try_lock, digest(8)), "the lock went with the delete pending"
+    assert path.exists()
+    stalled.finish.set()
+    await asyncio.wait_for(running, WAIT_S)
+    assert batch.cancelled()
+    assert not path.exists()
+    assert await conn.fetchval(try_lock, digest(8)), "the lock outlived the transaction"
+    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", digest(8))
+
+
 async def lock_waited_for(conn: Any) -> None:
     """Until a session of this database waits for an advisory lock (pg_locks is live, not
     a snapshot, so polling it inside a transaction sees the waiter arrive)."""
