@@ -130,6 +130,7 @@ class PartitionedConsumer:
             await self._poll()
         finally:
             await self._shut_down()
+        self._reap()  # a batch that failed while the member stopped
 
     async def caught_up(self) -> bool:
         """Joined, no batch in hand, every assigned partition read to its end, and every

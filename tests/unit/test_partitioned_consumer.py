@@ -244,3 +244,22 @@ async def test_the_lag_is_the_end_of_the_partition_minus_what_was_committed(
     assert lag() is None
     stopping.set()
     await running
+
+
+async def test_a_batch_that_fails_while_the_member_stops_still_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error of a batch still in hand when stopping began is raised by run() (the
+    blob deleter's TooManyMissing then exits 1), not dropped with the poll loop."""
+    stopping = asyncio.Event()
+
+    async def handle(partition: TopicPartition, records: list[Any]) -> None:
+        stopping.set()
+        await asyncio.sleep(0.05)  # the poll loop sees the stop first
+        raise StorageError("refused while stopping")
+
+    consumer, client = member(monkeypatch, [{TP: [FakeRecord(0)]}], handle, stopping)
+
+    with pytest.raises(StorageError, match="refused while stopping"):
+        await asyncio.wait_for(consumer.run(), 5)
+    assert client.commits == []
