@@ -84,8 +84,8 @@ EVENTS_UNDELIVERABLE = Counter(
 )
 OUTBOX_PENDING = Gauge(
     "registry_gc_outbox_pending",
-    "Removal events committed and not yet acknowledged by the broker, as the publishing"
-    " relay last counted them.",
+    "Removal events committed and not yet acknowledged by the broker: counted every 15 s by"
+    " every service process, and by the publishing relay after a batch of a backlog.",
 )
 BLOBS_SETTLED = Counter(
     "registry_gc_blob_deleter_blobs",
@@ -106,8 +106,8 @@ RECORDS_SKIPPED = Counter(
 )
 OUTBOX_OLDEST_AGE = Gauge(
     "registry_gc_outbox_oldest_age_seconds",
-    "How long the oldest removal event not yet acknowledged by the broker has waited, as"
-    " the publishing relay last saw it (0 once it drained the outbox).",
+    "How long the oldest removal event not yet acknowledged by the broker has waited (0"
+    " when none), looked at as registry_gc_outbox_pending is counted.",
 )
 REMOVED_BYTES = Counter(
     "registry_gc_removed_bytes",

@@ -301,8 +301,10 @@ class Pruner(Periodic):
 
 
 class Backlog(Periodic):
-    """Counts the undecided candidates for the metrics: work the engine queued and has
-    not decided (a collection cut short leaves some)."""
+    """Counts what waits, for the metrics: the candidates the engine queued and has not
+    decided (a collection cut short leaves some), and the events not published yet
+    (in every process: the publishing relay cannot count them while the broker is away,
+    and with no relay publishing none does)."""
 
     name = "backlog"
     every_s = _BACKLOG_EVERY_S
@@ -311,6 +313,8 @@ class Backlog(Periodic):
         for kind, (count, oldest_s) in (await candidates.backlog(conn)).items():
             metrics.CANDIDATES.labels(kind).set(count)
             metrics.CANDIDATE_OLDEST_AGE.labels(kind).set(oldest_s)
+        metrics.OUTBOX_PENDING.set(await outbox.pending(conn))
+        metrics.OUTBOX_OLDEST_AGE.set(await outbox.oldest_pending_age(conn))
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The service's backlog gauges: undecided candidates by kind, and the oldest one's age."""
+"""The service's backlog gauges: undecided candidates by kind, unpublished events, and
+the age of the oldest of each."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def gauge(name: str, kind: str) -> float | None:
     return REGISTRY.get_sample_value(name, {"kind": kind})
 
 
-async def test_backlog_counts_the_candidates_of_each_kind_and_the_oldest_ones_age(
+async def test_backlog_counts_candidates_and_unpublished_events_and_the_oldest_ones_age(
     db: asyncpg.Pool[asyncpg.Record],
 ) -> None:
     await db.execute(
@@ -27,6 +28,15 @@ async def test_backlog_counts_the_candidates_of_each_kind_and_the_oldest_ones_ag
                ('blob', 3, NULL, 'c', now() - interval '1 minute')
         """
     )
+    # Events no relay published: one waiting for 10 minutes, one published already.
+    await db.execute(
+        """
+        INSERT INTO gc.outbox (event_id, event_type, key, event, created_at, published_at)
+        VALUES (gen_random_uuid(), 't', 'k', '{}', now() - interval '10 minutes', NULL),
+               (gen_random_uuid(), 't', 'k', '{}', now() - interval '1 hour', now())
+        """
+    )
+    metrics.OUTBOX_PENDING.set(-1)
     for kind in ("manifest", "blob"):  # whatever a test before left there
         metrics.CANDIDATES.labels(kind).set(-1)
     backlog = Backlog(db)
@@ -46,3 +56,7 @@ async def test_backlog_counts_the_candidates_of_each_kind_and_the_oldest_ones_ag
     assert blob_age is not None
     assert 60 <= blob_age < 160
     assert gauge("registry_gc_candidate_oldest_age_seconds", "image") == 0
+    assert REGISTRY.get_sample_value("registry_gc_outbox_pending") == 1
+    outbox_age = REGISTRY.get_sample_value("registry_gc_outbox_oldest_age_seconds")
+    assert outbox_age is not None
+    assert 600 <= outbox_age < 700
