@@ -50,6 +50,9 @@ _POLL_MS = 200
 HANDOVER_S = 10.0
 #: How long a commit may take before it is tried again with the next one.
 _COMMIT_TIMEOUT_S = 10.0
+#: How often the lag is looked at, and how long asking the broker for it may take.
+_LAG_EVERY_S = 5.0
+_LAG_TIMEOUT_S = 5.0
 
 #: Handles one partition's batch of records, in offset order, and reports those done
 #: through :meth:`PartitionedConsumer.completed`.
@@ -94,6 +97,8 @@ class PartitionedConsumer:
         self._paused = False
         self._joined = False
         self._failure: Exception | None = None
+        #: When the lag was last looked at (loop time).
+        self._lag_at = -_LAG_EVERY_S
         #: When records last came, a batch last finished or partitions were last
         #: assigned: the idle clock (None before the group assigned this member).
         self._active_at: float | None = None
@@ -248,21 +253,32 @@ class PartitionedConsumer:
         self._tracker.committed(positions)
 
     async def _observe_lag(self) -> None:
-        """Each assigned partition's lag: its end offset (as the last fetch saw it) minus
-        the offset this member committed, or the one it started reading from."""
-        for partition in self._client.assignment():
-            end = self._client.highwater(partition)
-            if end is None:  # not fetched yet: no end known
-                continue
-            done = self._tracker.committed_at(partition)
-            if done is None:
-                try:
-                    with translated(f"read the position in {self._topic}"):
-                        done = await self._client.position(partition)  # known once fetched
-                except CollectorError:  # revoked meanwhile: the next poll tells
-                    continue
+        """Each assigned partition's lag, every :data:`_LAG_EVERY_S`: its end offset (asked
+        of the broker: a paused partition is not fetched, and its end would stand still)
+        minus the offset the group committed. Informational: a failure skips a round."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._lag_at < _LAG_EVERY_S:
+            return
+        self._lag_at = loop.time()
+        assigned = sorted(self._client.assignment())
+        if not assigned:
+            return
+        try:
+            with translated(f"read the end offsets of {self._topic}"):
+                async with asyncio.timeout(_LAG_TIMEOUT_S):
+                    ends = await self._client.end_offsets(assigned)
+                    done = {p: self._tracker.committed_at(p) for p in assigned}
+                    for partition in [p for p, at in done.items() if at is None]:
+                        done[partition] = await self._client.committed(partition)
+                    if unread := [p for p, at in done.items() if at is None]:
+                        # Never committed: all that retention kept is to be read.
+                        done.update(await self._client.beginning_offsets(unread))
+        except (CollectorError, TimeoutError) as exc:  # revoked meanwhile, broker away
+            log.debug("lag_unread", error=repr(exc))
+            return
+        for partition in assigned:
             lag = metrics.CONSUMER_LAG.labels(self._topic, str(partition.partition))
-            lag.set(max(end - done, 0))
+            lag.set(max(ends[partition] - (done[partition] or 0), 0))
 
     async def _regulate(self) -> None:
         """Pause every partition while the stage's backpressure says so."""

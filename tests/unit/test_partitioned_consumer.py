@@ -53,9 +53,9 @@ class FakeClient:
             self.end = max(self.end or 0, records[-1].offset + 1)
         return batch
 
-    def highwater(self, partition: TopicPartition) -> int | None:
-        """The partition's end offset, as the last fetch saw it: past the last record."""
-        return self.end
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's end offset: past the last record handed out."""
+        return {partition: self.end or 0 for partition in partitions}
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
@@ -225,6 +225,7 @@ async def test_the_lag_is_the_end_of_the_partition_minus_what_was_committed(
         await release.wait()
 
     batches = [{TP: [FakeRecord(offset) for offset in range(10)]}]
+    monkeypatch.setattr(partitioned_consumer, "_LAG_EVERY_S", 0.0)
     consumer, client = member(monkeypatch, batches, handle, stopping)
     running = asyncio.create_task(consumer.run())
     labels = {"topic": TP.topic, "partition": str(TP.partition)}
