@@ -51,7 +51,9 @@ class DeadLetters:
         self, record: Any, reason: RejectionReason, detail: str, causation_id: str | None
     ) -> None:
         """Publish the dead letter of ``record`` (an aiokafka ConsumerRecord) and wait for
-        the broker's acknowledgement; raise BrokerUnavailable only when stopping.
+        the broker's acknowledgement, through broker outages; raise BrokerUnavailable
+        when stopping meanwhile, and a CollectorError the broker will not change its
+        mind on (an authorization refused, say).
 
         A dead letter too large for the topic (one created by hand, with the
         broker's default size) is published without the value, and says where

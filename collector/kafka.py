@@ -115,8 +115,8 @@ async def send_all(settings: Settings, topic: str, records: Sequence[Record]) ->
     acknowledged every one, or raise BrokerUnavailable saying why not."""
     made = producer(settings)
     try:
-        await reach_broker(made.start, wait_s=settings.connect_wait_s)
         with translated(f"publish to {topic}"):
+            await reach_broker(made.start, wait_s=settings.connect_wait_s)
             deliveries = [
                 await made.send(topic, value, key=key, headers=headers)
                 for key, value, headers in records

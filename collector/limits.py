@@ -33,6 +33,8 @@ def service_pool_size(concurrency: int) -> int:
 
     Each worker holds its claim's connection while its engine runs a transaction per
     candidate kind (four), with one to spare: six a worker. Four more serve the
-    stages that share the pool: the intake, the relay, the pruner and the idle watch.
+    stages that share the pool: the intake's admissions (a partition's batch at a
+    time each; more partitions in hand than connections wait for one), the
+    relay's count, the pruner's and the backlog's rounds, and the idle watch.
     """
     return 6 * concurrency + 4

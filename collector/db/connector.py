@@ -127,13 +127,14 @@ class RollbackDatabase:
     @classmethod
     @asynccontextmanager
     async def session(cls, pool: asyncpg.Pool[asyncpg.Record]) -> AsyncIterator[RollbackDatabase]:
-        async with pool.acquire() as conn:
-            outer = conn.transaction()
-            await outer.start()
-            try:
-                yield cls(conn)
-            finally:
-                await outer.rollback()
+        with translated():
+            async with pool.acquire() as conn:
+                outer = conn.transaction()
+                await outer.start()
+                try:
+                    yield cls(conn)
+                finally:
+                    await outer.rollback()
 
 
 async def create_pool(

@@ -34,7 +34,7 @@ import structlog
 
 from collector.backoff import Backoff
 from collector.clock import Clock, SystemClock, ms_to_datetime
-from collector.db.connector import Connection, Database
+from collector.db.connector import Connection, Database, translated
 from collector.engine import (
     candidates,
     images,
@@ -439,8 +439,11 @@ class Engine:
         backoff = Backoff(first=0.05)
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
-                async with self._db.transaction() as conn:
-                    return await work(conn)
+                # Translated here too: the retry must not hang on every Database
+                # implementation translating (a second translation is a no-op).
+                with translated():
+                    async with self._db.transaction() as conn:
+                        return await work(conn)
             except Conflict as exc:
                 if attempt == _MAX_ATTEMPTS:
                     raise Contention(f"transaction kept conflicting: {exc.__cause__}") from exc
