@@ -54,6 +54,7 @@ from collector.demo.seed import (
     write,
 )
 from collector.engine import Engine, EngineConfig
+from collector.limits import engine_pool_size
 from collector.logging import configure_logging
 
 ADMIN_URL = os.environ.get(
@@ -118,7 +119,7 @@ async def run_seed_style(url: str, now_ms: int) -> None:
 
 
 async def run_collector(url: str, now_ms: int, *, concurrency: int = 4) -> None:
-    async with asyncpg.create_pool(url, min_size=2, max_size=4 * concurrency + 2) as pool:
+    async with asyncpg.create_pool(url, min_size=2, max_size=engine_pool_size(concurrency)) as pool:
         config = EngineConfig(protected_digests=tuple(PROTECTED))
         engine = Engine(PoolDatabase(pool), config, clock=FixedClock(now_ms))
         await engine.collect_all(causation_id="bench", purge_marked=True, concurrency=concurrency)
@@ -174,6 +175,21 @@ async def generate(scenario: str, repositories: int, seed: int) -> tuple[str, in
             await expire_legacy_tags(conn, plan.run, fraction=0.4, now_ms=now_ms, seed=seed)
         else:
             await delete_repositories(conn, plan.run, fraction=0.1, seed=seed)
+            # Untagged manifests in the marked repositories: a purge must reach them too.
+            await conn.execute(
+                """
+                WITH chosen AS (
+                    SELECT t.id FROM tag t JOIN repository r ON r.id = t.repository_id
+                    WHERE gc.repository_is_marked(r.state) AND t.id % 5 = 0
+                ), links AS (
+                    DELETE FROM tag_to_repository_tag x USING chosen c WHERE x.tag_id = c.id
+                )
+                DELETE FROM tag t USING chosen c WHERE t.id = c.id
+                """
+            )
+        # The engine also decides what earlier runs left queued; the others do not.
+        if await conn.fetchval("SELECT count(*) FROM gc.candidate"):
+            raise SystemExit(f"{template}: gc.candidate is not empty")
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()

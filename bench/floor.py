@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from collector.db.connector import Connection
+from collector.db.queries import load_queries
 
 #: The roots, and what they free as the first frontier: due tags, pre-OCI tags with
 #: their tag manifests, expired uploads, and everything of a marked repository.
@@ -152,16 +153,8 @@ INSERT INTO frontier SELECT DISTINCT kind, id FROM freed;
 TRUNCATE freed;
 """
 
-_EMPTIED_REPOSITORIES = """
-DELETE FROM repository r
-WHERE r.id IN (SELECT id FROM marked)
-  AND NOT EXISTS (SELECT 1 FROM tag WHERE repository_id = r.id)
-  AND NOT EXISTS (SELECT 1 FROM manifest WHERE repository_id = r.id)
-  AND NOT EXISTS (SELECT 1 FROM image WHERE repository_id = r.id)
-  AND NOT EXISTS (SELECT 1 FROM uploaded_blob WHERE repository_id = r.id)
-  AND NOT EXISTS (SELECT 1 FROM app_tag WHERE repository_id = r.id)
-  AND NOT EXISTS (SELECT 1 FROM repository_tag WHERE repository_id = r.id)
-"""
+#: A marked repository goes once empty: the engine's own statement.
+_DELETE_IF_EMPTY = load_queries("repositories.sql")["delete_if_empty"]
 
 
 async def collect(conn: Connection, *, now_ms: int, at_time: datetime, protected: list[str]) -> int:
@@ -182,5 +175,6 @@ async def collect(conn: Connection, *, now_ms: int, at_time: datetime, protected
             # is not inlined, and then judges every blob of the registry.
             await conn.execute(statement, *(() if "$1" not in statement else (at_time, protected)))
         await conn.execute(_NEXT)
-    await conn.execute(_EMPTIED_REPOSITORIES)
+    for row in await conn.fetch("SELECT id FROM marked"):
+        await conn.execute(_DELETE_IF_EMPTY, row["id"])
     return rounds

@@ -6,9 +6,9 @@ What makes it the ancestor's: a repository at a time; its due tags in chunks of
 context of candidate ids (manifests, legacy images, labels, blobs) decided
 one object at a time, each with individual SELECTs for every kind of
 reference and its own delete transaction, looped until a pass changes
-nothing. What makes it ours: the rules it checks are the collector's
-(CONTRACT §3 and §3.1: pre-OCI mappings, referrers, uploads, placements,
-protected digests), so that it deletes exactly the same garbage.
+nothing. What makes it ours: the rules it checks are the collector's own rule
+functions (``gc.unreferenced_manifests()`` and the others, asked about one id
+at a time), so that it deletes exactly the same garbage.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from datetime import datetime
 from typing import Any
 
 from collector.db.connector import Connection
+from collector.db.queries import load_queries
 
 _CHUNK = 10
+#: The repository goes once empty: the engine's own statement.
+_DELETE_IF_EMPTY = load_queries("repositories.sql")["delete_if_empty"]
 
 
 @dataclass
@@ -115,14 +118,22 @@ class SeedStyle:
         uploads = f"SELECT id, blob_id FROM uploaded_blob WHERE repository_id = $1 LIMIT {_CHUNK}"
         while rows := await self._conn.fetch(uploads, repository_id):
             await self._remove_uploads(rows, repository_id)
+        # What no tag reached (untagged manifests, images no tag names), as the engine does.
+        manifests = await self._conn.fetch(
+            "SELECT id FROM manifest WHERE repository_id = $1", repository_id
+        )
         images = await self._conn.fetch(
             "SELECT id FROM image WHERE repository_id = $1", repository_id
         )
-        if images:
-            context = _Context(repository_id, images={row["id"] for row in images})
+        if manifests or images:
+            context = _Context(
+                repository_id,
+                manifests={row["id"] for row in manifests},
+                images={row["id"] for row in images},
+            )
             await self._run_garbage_collection(context)
         async with self._conn.transaction():
-            await self._conn.execute("DELETE FROM repository WHERE id = $1", repository_id)
+            await self._conn.execute(_DELETE_IF_EMPTY, repository_id)
 
     async def _remove_uploads(self, uploads: list[Any], repository_id: int) -> None:
         context = _Context(repository_id)
@@ -212,18 +223,10 @@ class SeedStyle:
                 changed |= await self._collect_blob(blob_id, context)
 
     async def _manifest_used(self, manifest_id: int) -> bool:
-        checks = (
-            "SELECT 1 FROM tag WHERE manifest_id = $1 LIMIT 1",
-            "SELECT 1 FROM tag_manifest_to_manifest WHERE manifest_id = $1 LIMIT 1",
-            "SELECT 1 FROM manifest_child WHERE child_manifest_id = $1 LIMIT 1",
-            "SELECT 1 FROM manifest m JOIN manifest s"
-            " ON s.repository_id = m.repository_id AND s.digest = m.subject_digest"
-            " WHERE m.id = $1 LIMIT 1",
+        return not await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM gc.unreferenced_manifests() u WHERE u.id = $1)",
+            manifest_id,
         )
-        for check in checks:
-            if await self._conn.fetchval(check, manifest_id) is not None:
-                return True
-        return False
 
     async def _collect_manifest(self, manifest_id: int, context: _Context) -> bool:
         if await self._manifest_used(manifest_id):
@@ -276,15 +279,10 @@ class SeedStyle:
         return True
 
     async def _image_used(self, image_id: int) -> bool:
-        checks = (
-            "SELECT 1 FROM manifest_legacy_image WHERE image_id = $1 LIMIT 1",
-            "SELECT 1 FROM repository_tag WHERE image_id = $1 LIMIT 1",
-            "SELECT 1 FROM image WHERE parent_id = $1 LIMIT 1",
+        return not await self._conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM gc.unreferenced_images() u WHERE u.id = $1)",
+            image_id,
         )
-        for check in checks:
-            if await self._conn.fetchval(check, image_id) is not None:
-                return True
-        return False
 
     async def _collect_image(self, image_id: int, context: _Context) -> bool:
         if await self._image_used(image_id):
@@ -317,52 +315,28 @@ class SeedStyle:
     async def _collect_label(self, label_id: int, context: _Context) -> bool:
         conn = self._conn
         async with conn.transaction():
-            for check in (
-                "SELECT 1 FROM manifest_label WHERE label_id = $1 LIMIT 1",
-                "SELECT 1 FROM tag_manifest_label WHERE label_id = $1 LIMIT 1",
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM gc.unreferenced_labels() u WHERE u.id = $1)",
+                label_id,
             ):
-                if await conn.fetchval(check, label_id) is not None:
-                    return False
+                return False
             await conn.execute("DELETE FROM tag_manifest_label_map WHERE label_id = $1", label_id)
-            deleted = await conn.execute("DELETE FROM label WHERE id = $1", label_id)
+            await conn.execute("DELETE FROM label WHERE id = $1", label_id)
         context.labels.discard(label_id)
-        if deleted.endswith(" 0"):
-            return False
         self.removed += 1
         return True
 
     async def _collect_blob(self, blob_id: int, context: _Context) -> bool:
+        """Placeholders (no placement), protected digests and blobs something holds
+        are kept: gc.unreferenced_blobs decides, as for the engine."""
         conn = self._conn
         async with conn.transaction():
-            blob = await conn.fetchrow("SELECT digest FROM blob WHERE id = $1", blob_id)
-            if blob is None or blob["digest"] in self._protected:
-                context.blobs.discard(blob_id)
-                return False
-            checks = (
-                "SELECT 1 FROM manifest_blob WHERE blob_id = $1 LIMIT 1",
-                "SELECT 1 FROM image WHERE storage_id = $1 LIMIT 1",
-                "SELECT 1 FROM derived_image_storage WHERE derivative_id = $1 LIMIT 1",
-            )
-            for check in checks:
-                if await conn.fetchval(check, blob_id) is not None:
-                    return False
-            if (
-                await conn.fetchval(
-                    "SELECT 1 FROM uploaded_blob WHERE blob_id = $1"
-                    " AND NOT gc.upload_is_expired(expires_at, $2) LIMIT 1",
-                    blob_id,
-                    self._at_time,
-                )
-                is not None
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM gc.unreferenced_blobs($2, $3) u WHERE u.id = $1)",
+                blob_id,
+                self._at_time,
+                self._protected,
             ):
-                return False
-            if (
-                await conn.fetchval(
-                    "SELECT 1 FROM blob_placement WHERE blob_id = $1 LIMIT 1", blob_id
-                )
-                is None
-            ):
-                context.blobs.discard(blob_id)  # a placeholder: never collected
                 return False
             await conn.execute("DELETE FROM uploaded_blob WHERE blob_id = $1", blob_id)
             await conn.execute("DELETE FROM blob_placement WHERE blob_id = $1", blob_id)
