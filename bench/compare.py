@@ -39,6 +39,7 @@ from pathlib import Path
 import asyncpg
 
 from bench import floor
+from bench.collect import ADMIN_URL
 from bench.seed_style import SeedStyle
 from collector.clock import SystemClock, ms_to_datetime
 from collector.config import EMPTY_LAYER_DIGEST
@@ -57,9 +58,6 @@ from collector.engine import Engine, EngineConfig
 from collector.limits import engine_pool_size
 from collector.logging import configure_logging
 
-ADMIN_URL = os.environ.get(
-    "COLLECTOR_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 PREFIX = "registry_bench_compare"
 CONTENDERS = ("seed-style", "collector", "floor")
 SCENARIOS = ("expiry", "purge")

@@ -7,11 +7,13 @@ from empty tables.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+import structlog
 
 from collector.db.connector import PoolDatabase
 from collector.db.migrations import migrate
@@ -87,3 +89,16 @@ def callbacks() -> Callbacks:
 def engine(db: asyncpg.Pool[asyncpg.Record], clock: FixedClock, callbacks: Callbacks) -> Engine:
     config = EngineConfig(batch_size=50, protected_digests=("sha256:" + "e" * 64,))
     return Engine(PoolDatabase(db), config, clock=clock, callbacks=callbacks)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state (and binds the captured stderr, closed
+    after the test): put both back for the tests that follow."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)

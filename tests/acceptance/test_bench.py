@@ -11,6 +11,7 @@ import pytest
 from bench import compare
 
 
+@pytest.mark.usefixtures("restore_logging")  # main() configures logging, as a command does
 def test_a_small_comparison_runs_every_contender_to_the_same_registry(tmp_path: Path) -> None:
     path = compare.main(["--repositories", "6", "--results", str(tmp_path)])
 

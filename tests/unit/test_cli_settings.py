@@ -4,15 +4,12 @@ log level among them, and only then the warnings about unknown COLLECTOR_ variab
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from collector.cli import _settings
 from collector.cli._settings import configured
@@ -32,18 +29,6 @@ def levels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     configured_at: list[str] = []
     monkeypatch.setattr(_settings, "configure_logging", configured_at.append)
     return configured_at
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state: put it back afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    config = structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 def test_logging_is_configured_at_the_settings_level(
