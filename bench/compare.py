@@ -57,6 +57,7 @@ from collector.demo.seed import (
 from collector.engine import Engine, EngineConfig
 from collector.limits import engine_pool_size
 from collector.logging import configure_logging
+from tests.registry import FixedClock
 
 PREFIX = "registry_bench_compare"
 CONTENDERS = ("seed-style", "collector", "floor")
@@ -73,14 +74,6 @@ OBJECT_TABLES = (
     "blob",
 )
 PROTECTED = [EMPTY_LAYER_DIGEST]
-
-
-@dataclass(frozen=True)
-class FixedClock:
-    ms: int
-
-    def now_ms(self) -> int:
-        return self.ms
 
 
 @dataclass(frozen=True)
