@@ -14,6 +14,8 @@ RELAY_BATCH_SIZE = (1, 50_000)
 REPOSITORY_CONCURRENCY = (1, 64)
 #: The share of a batch's files the blob deleter may find gone that no deleter deleted.
 MAX_MISSING = (0.0, 1.0)
+#: How far ahead `collector plan --horizon` looks, in seconds (up to ten years).
+PLAN_HORIZON_S = (0, 3650 * 86_400)
 #: What --log-level and COLLECTOR_LOG_LEVEL take, in any case.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

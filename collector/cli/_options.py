@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
 
-from collector.limits import BATCH_SIZE, LOG_LEVELS, REPOSITORY_CONCURRENCY
+from collector.limits import BATCH_SIZE, LOG_LEVELS, PLAN_HORIZON_S, REPOSITORY_CONCURRENCY
 
 #: The log level of `demo` unless the flag or COLLECTOR_LOG_LEVEL says otherwise: its
 #: progress is what it shows.
@@ -80,6 +81,32 @@ MetricsPort = Annotated[
         metavar="PORT",
         help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics, and the probes /healthz"
         " and /readyz (address: COLLECTOR_METRICS_ADDRESS)  [env var: COLLECTOR_METRICS_PORT]",
+        show_default=False,
+    ),
+]
+
+
+_DURATION = re.compile(r"([0-9]{1,12})([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3_600, "d": 86_400}
+
+
+def _horizon(text: str | int) -> int:
+    """Seconds in "7d", "36h", "90m", "3600s" or "3600" (typer parses the default too)."""
+    match = _DURATION.fullmatch(str(text).strip())
+    if match is None:
+        raise typer.BadParameter(f"expected a duration like 7d, 36h, 90m or 3600s, got {text!r}")
+    seconds = int(match[1]) * _UNIT_S[match[2]]
+    if not PLAN_HORIZON_S[0] <= seconds <= PLAN_HORIZON_S[1]:
+        raise typer.BadParameter(f"{text!r} is beyond {PLAN_HORIZON_S[1] // 86_400} days")
+    return seconds
+
+
+Horizon = Annotated[
+    int,
+    typer.Option(
+        metavar="DURATION",
+        parser=_horizon,
+        help="Also count what falls due this far ahead: 7d, 36h, 90m, 3600s (default 7d).",
         show_default=False,
     ),
 ]

@@ -14,6 +14,7 @@ from collector.cli._options import (
     Concurrency,
     DatabaseUrl,
     DemoLogLevel,
+    Horizon,
     KafkaBootstrap,
     LogLevel,
 )
@@ -109,6 +110,48 @@ def collect(
         kafka_bootstrap=kafka_bootstrap,
         batch_size=batch_size,
         concurrency=concurrency,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def plan(
+    repositories: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="NAMESPACE/REPOSITORY",
+            help="Plan for these repositories only (default: the whole registry).",
+            show_default=False,
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(metavar="NS", help="Plan for this namespace only.", show_default=False),
+    ] = None,
+    horizon: Horizon = 7 * 86_400,
+    top: Annotated[
+        int, typer.Option(min=1, max=1000, metavar="N", help="Rows per table and list.")
+    ] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    database_url: DatabaseUrl = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Show what a collection would remove now and within the horizon, and the bytes it
+    would free, by namespace and repository; what the rules keep. Changes nothing.
+
+    Decided by the collectors' own rules in one read-only snapshot: it takes no row
+    lock, so pushes never wait on it. Marked repositories count as purged (`scan`
+    asks for their purge).
+    """
+    from collector.cli import _plan
+
+    _plan.run(
+        repositories or [],
+        namespace=namespace,
+        horizon_s=horizon,
+        top=top,
+        as_json=as_json,
+        database_url=database_url,
         log_level=log_level,
     )
 

@@ -43,6 +43,12 @@ async def find(conn: Connection, path: str) -> Repository:
     return Repository(**dict(row))
 
 
+async def require_namespace(conn: Connection, name: str) -> None:
+    """Raise :class:`RepositoryNotFound` when there is no namespace ``name``."""
+    if not await conn.fetchval(_QUERIES["namespace_exists"], name):
+        raise RepositoryNotFound(f"no namespace {name}")
+
+
 async def is_marked(conn: Connection, repository_id: int) -> bool | None:
     """Whether the repository is marked for deletion (None: it does not exist).
 

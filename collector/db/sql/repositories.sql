@@ -5,6 +5,10 @@ SELECT r.id, n.name AS namespace, r.name, r.kind, r.state,
 FROM repository r JOIN namespace n ON n.id = r.namespace_id
 WHERE n.name = $1 AND r.name = $2
 
+-- name: namespace_exists
+-- $1 text namespace name
+SELECT EXISTS (SELECT 1 FROM namespace WHERE name = $1)
+
 -- name: lock_marked
 -- Hold repository $1's row (FOR SHARE: no one may unmark it meanwhile) and
 -- say whether it is marked for deletion.
