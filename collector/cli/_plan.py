@@ -33,7 +33,12 @@ def run(
     as_json: bool,
     database_url: str | None,
     log_level: str | None,
+    purge: bool = True,
+    purge_named: bool = False,
 ) -> None:
+    """Plan for the repositories at ``paths``, or of ``namespace``, or (neither) the whole
+    registry; marked ones count as purged when ``purge``. With ``purge_named`` (`collect
+    --purge NS/REPO… --dry-run --summary`), each named repository must be marked."""
     if paths and namespace is not None:
         raise ConfigError("give NAMESPACE/REPOSITORY arguments or --namespace, not both")
     settings = configured(log_level=log_level, database_url=database_url)
@@ -42,10 +47,16 @@ def run(
         pool = await create_pool(settings.database_url, max_size=1, wait_s=settings.connect_wait_s)
         try:
             async with PoolDatabase(pool).connection() as conn:
-                ids = [(await repository_rows.find(conn, path)).id for path in paths]
+                named = [await repository_rows.find(conn, path) for path in paths]
+                if purge_named:
+                    repository_rows.require_marked(named)
                 if namespace is not None:
                     await repository_rows.require_namespace(conn, namespace)
-                scope = PlanScope(namespace=namespace, repository_ids=tuple(ids) if ids else None)
+                scope = PlanScope(
+                    namespace=namespace,
+                    repository_ids=tuple(r.id for r in named) if named else None,
+                    purge=purge,
+                )
                 return await plan(
                     conn,
                     scope,
@@ -118,44 +129,30 @@ def show(result: Plan, top: int) -> None:
     console.print(
         f"plan at {_iso(result.at_ms)}: read from one snapshot, nothing changed or locked"
     )
+    dues = [result.now, result.by_horizon] if result.horizon_s else [result.now]
     totals = Table(title="what a collection would remove", title_justify="left")
-    for column in ("kind", "due now", f"due within {horizon}"):
-        totals.add_column(column, justify="left" if column == "kind" else "right")
-    kinds = sorted(set(result.now.removed) | set(result.by_horizon.removed))
-    for kind in kinds:
+    totals.add_column("kind")
+    for column in ("due now", f"due within {horizon}")[: len(dues)]:
+        totals.add_column(column, justify="right")
+    for kind in sorted(set().union(*(due.removed for due in dues))):
         totals.add_row(
-            kind.removeprefix("registry.gc."),
-            f"{result.now.removed[kind]:,}",
-            f"{result.by_horizon.removed[kind]:,}",
+            kind.removeprefix("registry.gc."), *(f"{due.removed[kind]:,}" for due in dues)
         )
-    totals.add_row(
-        "uploads (no event)", f"{result.now.uploads:,}", f"{result.by_horizon.uploads:,}"
-    )
-    totals.add_row(
-        "bytes freed", _bytes(result.now.bytes), _bytes(result.by_horizon.bytes), style="bold"
-    )
+    totals.add_row("uploads (no event)", *(f"{due.uploads:,}" for due in dues))
+    totals.add_row("bytes freed", *(_bytes(due.bytes) for due in dues), style="bold")
     console.print(totals)
     for title, key in (("namespace", _namespace(result)), ("repository", _path(result))):
         shares = _shares(result, key)
         if not shares:
             continue
         table = Table(title=f"by {title}, most bytes first", title_justify="left")
-        for column in (
-            title,
-            "objects now",
-            "bytes now",
-            f"objects ≤{horizon}",
-            f"bytes ≤{horizon}",
-        ):
-            table.add_column(column, justify="left" if column == title else "right")
-        for name, now, later in shares[:top]:
-            table.add_row(
-                name,
-                f"{now.objects:,}",
-                _bytes(now.bytes),
-                f"{later.objects:,}",
-                _bytes(later.bytes),
-            )
+        table.add_column(title)
+        columns = ("objects now", "bytes now", f"objects ≤{horizon}", f"bytes ≤{horizon}")
+        for column in columns[: 2 * len(dues)]:
+            table.add_column(column, justify="right")
+        for name, *shares_of in shares[:top]:
+            cells = [(f"{s.objects:,}", _bytes(s.bytes)) for s in shares_of[: len(dues)]]
+            table.add_row(name, *(cell for pair in cells for cell in pair))
         if len(shares) > top:
             table.caption = f"{len(shares) - top:,} more (--top)"
         console.print(table)

@@ -94,6 +94,7 @@ def collect(
     purge: bool,
     orphans: bool,
     dry_run: bool,
+    summary: bool,
     publish: bool,
     as_json: bool,
     database_url: str | None,
@@ -104,6 +105,9 @@ def collect(
 ) -> None:
     if bool(repositories) == all_repositories:
         raise ConfigError("name repositories or give --all (not both)")
+    if summary:
+        _plan_instead(repositories, purge, orphans, dry_run, as_json, database_url, log_level)
+        return
     settings = configured(
         log_level=log_level,
         database_url=database_url,
@@ -124,6 +128,35 @@ def collect(
     if run.skipped:
         typer.echo(f"collect: not collected: {', '.join(run.skipped)}", err=True)
         raise typer.Exit(1)
+
+
+def _plan_instead(
+    repositories: list[str],
+    purge: bool,
+    orphans: bool,
+    dry_run: bool,
+    as_json: bool,
+    database_url: str | None,
+    log_level: str | None,
+) -> None:
+    """`collect --dry-run --summary`: the plan of what the collection would remove."""
+    from collector.cli import _plan
+
+    if not dry_run:
+        raise ConfigError("--summary goes with --dry-run (a collection prints its own summary)")
+    if orphans:
+        raise ConfigError("--summary does not plan the orphan sweep: drop --orphans")
+    _plan.run(
+        repositories,
+        namespace=None,
+        horizon_s=0,
+        top=10,
+        as_json=as_json,
+        database_url=database_url,
+        log_level=log_level,
+        purge=purge,
+        purge_named=purge,
+    )
 
 
 class _Collection:
@@ -186,8 +219,8 @@ class _Collection:
             async with PoolDatabase(pool).connection() as conn:
                 targets = [await repository_rows.find(conn, path) for path in paths]
                 self.outbox_before = await store.last_id(conn)
-            if purge and (live := [r.path for r in targets if not r.marked_for_deletion]):
-                raise ConfigError(f"not marked for deletion, refusing to purge: {', '.join(live)}")
+            if purge:
+                repository_rows.require_marked(targets)
 
             async def run(db: Database) -> Report:
                 engine = Engine(db, config, callbacks=callbacks)

@@ -73,6 +73,14 @@ def collect(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print what would be removed; change nothing.")
     ] = False,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="With --dry-run: the totals, bytes, shares and kept objects of `collector"
+            " plan` for the same repositories instead of a line per object; locks nothing.",
+        ),
+    ] = False,
     publish: Annotated[
         bool,
         typer.Option(
@@ -94,7 +102,8 @@ def collect(
     Removal events go through the outbox; collect publishes them to the removals
     topic before it exits (one publisher at a time: a running `collector run` may
     publish them instead). --dry-run runs the very same engine inside a transaction
-    that is rolled back: it holds the row locks a real run takes while it runs.
+    that is rolled back: it holds the row locks a real run takes while it runs;
+    --dry-run --summary plans instead (`collector plan`), from a snapshot, locking nothing.
     """
     from collector.cli import _registry
 
@@ -104,6 +113,7 @@ def collect(
         purge=purge,
         orphans=orphans,
         dry_run=dry_run,
+        summary=summary,
         publish=publish,
         as_json=as_json,
         database_url=database_url,

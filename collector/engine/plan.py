@@ -152,9 +152,13 @@ async def plan(
             None if scope.repository_ids is None else list(scope.repository_ids),
             scope.purge,
         )
-        later = await _due(conn, scope, now_ms + horizon_s * 1000, protected_digests)
-        await conn.execute(_QUERIES["reset"])
+        later = None
+        if horizon_s:
+            later = await _due(conn, scope, now_ms + horizon_s * 1000, protected_digests)
+            await conn.execute(_QUERIES["reset"])
+        # Now last: what the working tables hold is read for the details below.
         now = await _due(conn, scope, now_ms, protected_digests)
+        later = later or now
         largest = tuple(DueBlob(**dict(row)) for row in await conn.fetch(_QUERIES["largest"], top))
         oldest = await conn.fetchrow(_QUERIES["oldest_due"], now_ms)
         immutable = await conn.fetch(_QUERIES["immutable"], now_ms, top)

@@ -43,6 +43,12 @@ async def find(conn: Connection, path: str) -> Repository:
     return Repository(**dict(row))
 
 
+def require_marked(repositories: list[Repository]) -> None:
+    """Refuse, before anything is done, to purge repositories that are not marked."""
+    if live := [r.path for r in repositories if not r.marked_for_deletion]:
+        raise ConfigError(f"not marked for deletion, refusing to purge: {', '.join(live)}")
+
+
 async def require_namespace(conn: Connection, name: str) -> None:
     """Raise :class:`RepositoryNotFound` when there is no namespace ``name``."""
     if not await conn.fetchval(_QUERIES["namespace_exists"], name):

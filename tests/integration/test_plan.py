@@ -271,9 +271,13 @@ async def test_extreme_values_are_planned_like_any_other(
 
 
 def plan_command(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return collector_command(database_url, "plan", *args)
+
+
+def collector_command(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLLECTOR_DATABASE_URL": database_url, "COLLECTOR_LOG_LEVEL": "warning"}
     return subprocess.run(
-        [sys.executable, "-m", "collector", "plan", *args],
+        [sys.executable, "-m", "collector", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -335,6 +339,58 @@ async def test_plan_command_refuses_what_it_cannot_plan(
     await registry.repository(await registry.namespace("acme"), "app")
 
     done = await asyncio.to_thread(plan_command, database_url, *args)
+
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert message in lines[0]
+
+
+async def test_collect_dry_run_summary_is_the_plan_of_the_collection(
+    registry: Registry, database_url: str
+) -> None:
+    """`collect --all --purge --dry-run --summary --json`: the plan, due now, of what that
+    collection would remove; nothing changes."""
+    await known_registry(registry)
+    before = await snapshot(registry.conn)
+
+    done = await asyncio.to_thread(
+        collector_command,
+        database_url,
+        "collect",
+        "--all",
+        "--purge",
+        "--dry-run",
+        "--summary",
+        "--json",
+    )
+
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["horizon_s"] == 0
+    assert result["now"] == result["by_horizon"]
+    assert result["now"]["removed"]["registry.gc.repo-purged"] == 1
+    assert await snapshot(registry.conn) == before
+    without_purge = await asyncio.to_thread(
+        collector_command, database_url, "collect", "--all", "--dry-run", "--summary", "--json"
+    )
+    assert "registry.gc.repo-purged" not in json.loads(without_purge.stdout)["now"]["removed"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--all", "--summary"], "--summary goes with --dry-run"),
+        (["--all", "--dry-run", "--summary", "--orphans"], "does not plan the orphan sweep"),
+        (["acme/app", "--purge", "--dry-run", "--summary"], "not marked for deletion"),
+    ],
+)
+async def test_collect_summary_refuses_what_it_cannot_plan(
+    registry: Registry, database_url: str, args: list[str], message: str
+) -> None:
+    await registry.repository(await registry.namespace("acme"), "app")
+
+    done = await asyncio.to_thread(collector_command, database_url, "collect", *args)
 
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
