@@ -13,7 +13,9 @@ identical copy (``CREATE DATABASE ... TEMPLATE``), one after the other:
 - ``seed-style``: the ancestor's algorithm on our schema (:mod:`bench.seed_style`);
 - ``collector``: the engine, as ``collector collect --all --purge`` runs it;
 - ``floor``: set-based statements with no safety checks and no events
-  (:mod:`bench.floor`).
+  (:mod:`bench.floor`);
+- ``plan``: not a contender but a reader: ``collector plan`` (due now) on a copy,
+  which must count exactly the objects the others removed (it removes none).
 
 Every contender must end in the same registry, table by table, row by row, or
 the run fails before it prints a figure. Ratios (speed-up over seed-style,
@@ -55,12 +57,13 @@ from collector.demo.seed import (
     write,
 )
 from collector.engine import Engine, EngineConfig
+from collector.engine.plan import PlanScope, plan
 from collector.limits import engine_pool_size
 from collector.logging import configure_logging
 from tests.registry import FixedClock
 
 PREFIX = "registry_bench_compare"
-CONTENDERS = ("seed-style", "collector", "floor")
+CONTENDERS = ("seed-style", "collector", "floor", "plan")
 SCENARIOS = ("expiry", "purge")
 #: Tables whose rows are objects with a removal event (the rest are links and mappings).
 OBJECT_TABLES = (
@@ -124,6 +127,18 @@ async def run_floor(url: str, now_ms: int) -> None:
         )
     finally:
         await conn.close()
+
+
+async def run_plan(url: str, now_ms: int) -> int:
+    """Plan (due now) the whole registry, marked repositories purged; the objects planned."""
+    conn = await asyncpg.connect(url)
+    try:
+        planned = await plan(
+            conn, PlanScope(), now_ms=now_ms, horizon_s=0, protected_digests=PROTECTED
+        )
+    finally:
+        await conn.close()
+    return planned.now.total
 
 
 RUNNERS: dict[str, Contender] = {
@@ -202,7 +217,13 @@ async def contend(scenario: str, template: str, now_ms: int, contenders: list[st
     """Run each contender on its own copy of ``template``; check the end states agree."""
     figures: list[Figure] = []
     ends: dict[str, dict[str, tuple[int, str]]] = {}
+    planned: int | None = None
     for name in contenders:
+        if name == "plan":
+            started = time.perf_counter()
+            planned = await run_plan(_url(template), now_ms)
+            figures.append(Figure(scenario, name, time.perf_counter() - started, 0, planned))
+            continue
         copy = f"{template}_{name.replace('-', '_')}"
         await drop_database(copy)
         await _admin(f"CREATE DATABASE {copy} TEMPLATE {template}")
@@ -231,7 +252,16 @@ async def contend(scenario: str, template: str, now_ms: int, contenders: list[st
                 sum(removed[table] for table in OBJECT_TABLES),
             )
         )
-    first, *others = contenders
+    removers = [name for name in contenders if name != "plan"]
+    for figure in figures:
+        if planned is not None and figure.objects_removed != planned:
+            raise SystemExit(
+                f"{scenario}: the plan counted {planned} objects, {figure.contender}"
+                f" removed {figure.objects_removed}"
+            )
+    if not removers:
+        return figures
+    first, *others = removers
     for name in others:
         differ = [t for t in ends[first] if ends[first][t] != ends[name][t]]
         if differ:
