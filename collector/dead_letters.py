@@ -14,6 +14,7 @@ from collector.backoff import Retrying, close_quietly
 from collector.config import Settings
 from collector.errors import BrokerUnavailable, RecordTooLarge
 from collector.kafka import DEAD_LETTER_MAX_BYTES
+from collector.logging import unbound
 from events import CloudEvent, RejectionReason, rejection_event, to_record
 
 log = structlog.get_logger(__name__)
@@ -157,7 +158,8 @@ class DeadLetters:
             # A refused value of up to 1 MiB, base64 encoded, inside its envelope.
             producer = kafka.producer(self._settings, max_request_size=DEAD_LETTER_MAX_BYTES)
             try:
-                await producer.start()
+                # Started on the first refusal, whose ids its background tasks must not keep.
+                await asyncio.create_task(producer.start(), context=unbound())
             except BaseException:
                 await close_quietly(producer.stop(), "producer")
                 raise

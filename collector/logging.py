@@ -4,15 +4,22 @@ The libraries' own log records (asyncpg's, aiokafka's) are rendered the same way
 through the standard library's root logger, from WARNING up, and a message a
 library repeats (aiokafka retrying an unreachable broker logs a line per try) is
 let through once per ``REPEAT_INTERVAL_S``, with how many copies were dropped.
+
+Each stage binds the request it handles to every line logged meanwhile, the
+libraries' included (structlog's contextvars: per task, inherited by the tasks it
+starts): ``event_id``, ``causation_id`` and ``repository`` of one request,
+``causation_ids`` of several that share the work (:func:`bound_causes`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 import structlog
 
@@ -21,6 +28,25 @@ from collector.limits import LOG_LEVELS
 
 #: A library's repeated message is shown at most once per this many seconds.
 REPEAT_INTERVAL_S = 10.0
+
+
+def bound_causes(causation_ids: Iterable[str]) -> AbstractContextManager[None]:
+    """Bind the requests that some shared work is for (a batch of records, of claimed
+    requests, of events) to every line logged meanwhile: ``causation_id`` when the work
+    is one request's, ``causation_ids`` (each once, in order) when it is several's."""
+    ids = list(dict.fromkeys(causation_ids))
+    if len(ids) == 1:
+        return structlog.contextvars.bound_contextvars(causation_id=ids[0])
+    return structlog.contextvars.bound_contextvars(causation_ids=ids)
+
+
+def unbound() -> contextvars.Context:
+    """The current context without structlog's bindings, for a task started during one
+    request that outlives it: a client's background tasks, which serve every later
+    request, would otherwise log that one's ids on every line."""
+    context = contextvars.copy_context()
+    context.run(structlog.contextvars.clear_contextvars)
+    return context
 
 
 class RepeatFilter(logging.Filter):

@@ -68,6 +68,35 @@ REQUEST_SECONDS = Histogram(
     ["type"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+#: Seconds to weeks: a tag-expired request is sent when the tag ends, and collected
+#: once past its namespace's window (14 days unless the namespace says otherwise).
+_DAY_S = 86_400
+RECLAIM_BUCKETS = (
+    *(1, 5, 15, 60, 300, 900, 3600, 4 * 3600),
+    *(_DAY_S, 7 * _DAY_S, 14 * _DAY_S, 15 * _DAY_S, 30 * _DAY_S, 90 * _DAY_S),
+)
+RECLAIMED_SECONDS = Histogram(
+    "registry_gc_request_reclaimed_seconds",
+    "Seconds from a request's time (its CloudEvents time) to its deletions committed, by"
+    " type: observed once per request, when a worker finishes it, whatever the outcome,"
+    " with removals committed under its id (in practice collected and purged; stale or"
+    " gone when an earlier run of it was cut short after removing, failed when some"
+    " removals committed before the failure); a request that removed nothing is not"
+    " observed. A tag-expired request's time is when its tag ended: the namespace's"
+    " time-machine window is included. A time ahead of the collector's clock counts 0.",
+    ["type"],
+    buckets=RECLAIM_BUCKETS,
+)
+PUBLISHED_SECONDS = Histogram(
+    "registry_gc_request_published_seconds",
+    "Seconds from a request's time to the publication of the last of its removal events"
+    " (acknowledged by the broker), by type: observed once for each request"
+    " registry_gc_request_reclaimed_seconds observes, by the publishing relay once none"
+    " of its events waits (events set aside as undeliverable do not wait; a request"
+    " none of whose events could be published is not observed).",
+    ["type"],
+    buckets=RECLAIM_BUCKETS,
+)
 REMOVALS = Counter(
     "registry_gc_removals",
     "Objects removed (committed deletions), by removal event type.",
@@ -171,32 +200,67 @@ def _server_class(address: str, port: int) -> type[ThreadingWSGIServer]:
     return type("Server", (ThreadingWSGIServer,), {"address_family": family})
 
 
+#: What the listener answers: a page (GET), or its status and headers alone (HEAD).
+_METHODS = ("GET", "HEAD")
+_PATHS = ("/metrics", "/healthz", "/readyz")
+
+#: A page: status, headers, body.
+_Page = tuple[str, list[tuple[str, str]], bytes]
+
+
 def _app(health: Health) -> Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]:
     exposition = make_wsgi_app()
 
-    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+    def page(environ: WSGIEnvironment, path: str) -> _Page:
         if path == "/metrics":
-            page: Iterable[bytes] = exposition(environ, start_response)
-            return page
+            answered: list[tuple[str, list[tuple[str, str]]]] = []
+
+            def start(
+                status: str, headers: list[tuple[str, str]], exc_info: object = None
+            ) -> Callable[[bytes], object]:
+                answered.append((status, headers))
+                return lambda _: None  # the exposition returns its body, never writes
+
+            # prometheus_client refuses HEAD: ask for the page, the caller drops its body.
+            body = b"".join(exposition({**environ, "REQUEST_METHOD": "GET"}, start))
+            [(status, headers)] = answered
+            return status, headers, body
         if path == "/healthz":
             alive = health.alive()
-            return _answer(start_response, alive, {"alive": alive})
-        if path == "/readyz":
-            checks = dict(health.readiness())
-            ready = all(checks.values())
-            return _answer(start_response, ready, {"ready": ready, "checks": checks})
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: /metrics, /healthz, /readyz\n"]
+            return _json(alive, {"alive": alive})
+        checks = dict(health.readiness())
+        ready = all(checks.values())
+        return _json(ready, {"ready": ready, "checks": checks})
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
+        if path not in _PATHS:
+            answer: _Page = (
+                "404 Not Found",
+                [("Content-Type", "text/plain")],
+                b"not found: /metrics, /healthz, /readyz\n",
+            )
+        elif method not in _METHODS:
+            answer = (
+                "405 Method Not Allowed",
+                [("Allow", ", ".join(_METHODS)), ("Content-Type", "text/plain")],
+                f"{path} answers {' and '.join(_METHODS)} only\n".encode(),
+            )
+        else:
+            answer = page(environ, path)
+        status, headers, body = answer
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [] if method == "HEAD" else [body]
 
     return app
 
 
-def _answer(start_response: StartResponse, ok: bool, body: dict[str, Any]) -> list[bytes]:
-    start_response(
-        "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")]
+def _json(ok: bool, body: dict[str, Any]) -> _Page:
+    return (
+        "200 OK" if ok else "503 Service Unavailable",
+        [("Content-Type", "application/json")],
+        json.dumps(body).encode() + b"\n",
     )
-    return [json.dumps(body).encode() + b"\n"]
 
 
 class _Quiet(WSGIRequestHandler):

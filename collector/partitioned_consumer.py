@@ -50,7 +50,8 @@ _POLL_MS = 200
 HANDOVER_S = 10.0
 #: How long a commit may take before it is tried again with the next one.
 _COMMIT_TIMEOUT_S = 10.0
-#: How often the lag is looked at, and how long asking the broker for it may take.
+#: How often the broker is asked whether it answers and the lag is looked at, and how
+#: long each question may take.
 _LAG_EVERY_S = 5.0
 _LAG_TIMEOUT_S = 5.0
 
@@ -176,7 +177,8 @@ class PartitionedConsumer:
             except BrokerUnavailable as exc:
                 await self._broker.failed(exc)
                 continue
-            self._broker.succeeded()
+            # No error says nothing: aiokafka's fetches wait a broker out silently.
+            # Whether it answers is asked every _LAG_EVERY_S (_broker_answers).
             if batches:
                 self._active_at = loop.time()
             for partition, records in batches.items():
@@ -211,7 +213,11 @@ class PartitionedConsumer:
 
     async def _run_batch(self, partition: TopicPartition, records: list[Any]) -> None:
         try:
-            await self._handle(partition, records)
+            # On every line of the batch's handling; this task is the partition's alone.
+            with structlog.contextvars.bound_contextvars(
+                topic=partition.topic, partition=partition.partition
+            ):
+                await self._handle(partition, records)
         except Exception as exc:  # surfaced by the poll loop (_reap)
             # Stopping during an outage: the rest stays uncommitted, for the next run.
             if not (transient(exc) and self._stopping.is_set()) and self._failure is None:
@@ -255,11 +261,14 @@ class PartitionedConsumer:
     async def _observe_lag(self) -> None:
         """Each assigned partition's lag, every :data:`_LAG_EVERY_S`: its end offset (asked
         of the broker: a paused partition is not fetched, and its end would stand still)
-        minus the offset the group committed. Informational: a failure skips a round."""
+        minus the offset the group committed. Informational: a failure skips a round.
+        Asked only of a broker that answers (:meth:`_broker_answers`)."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._lag_at < _LAG_EVERY_S:
             return
         self._lag_at = loop.time()
+        if not await self._broker_answers():
+            return
         assigned = sorted(self._client.assignment())
         if not assigned:
             return
@@ -279,6 +288,21 @@ class PartitionedConsumer:
         for partition in assigned:
             lag = metrics.CONSUMER_LAG.labels(self._topic, str(partition.partition))
             lag.set(max(ends[partition] - (done[partition] or 0), 0))
+
+    async def _broker_answers(self) -> bool:
+        """Whether the broker tells the end of the topic's first partition in time: the
+        broker outage (logged, counted, and what ``broker_available`` and /readyz say)
+        starts and ends here, asked whether or not records flow and partitions are
+        assigned to this member."""
+        try:
+            with translated(f"read the end offsets of {self._topic}"):
+                async with asyncio.timeout(_LAG_TIMEOUT_S):
+                    await self._client.end_offsets([TopicPartition(self._topic, 0)])
+        except (CollectorError, TimeoutError) as exc:
+            self._broker.outage.failed(exc)
+            return False
+        self._broker.succeeded()
+        return True
 
     async def _regulate(self) -> None:
         """Pause every partition while the stage's backpressure says so."""

@@ -10,6 +10,7 @@ queue pauses every partition until the workers catch up (backpressure).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,11 +26,15 @@ from collector.db.connector import PoolDatabase
 from collector.dead_letters import DeadLetters
 from collector.errors import DatabaseUnavailable, Unstorable
 from collector.intake.admission import Refusal, Verdict, admit
+from collector.logging import bound_causes
 from collector.partitioned_consumer import PartitionedConsumer
 from collector.work import queue
 from events import DecodeError, Request, decode_request
 
 log = structlog.get_logger(__name__)
+
+#: How much of an unreadable record's key its log lines show.
+_KEY_SHOWN = 200
 
 
 class Intake:
@@ -108,7 +113,8 @@ class Intake:
                 # Admit what came before first: the refusal must not overtake it.
                 await self._admit(partition, decoded)
                 decoded = []
-                await self._dead_letters.send(record, exc.reason, exc.detail, None)
+                with _bound(record):
+                    await self._dead_letters.send(record, exc.reason, exc.detail, None)
                 self._consumer.completed(partition, [record.offset])
             else:
                 decoded.append((record, request))
@@ -125,31 +131,26 @@ class Intake:
                 return await admit(conn, decoded, self._clock.now_ms())
 
         try:
-            verdicts = await database.call(attempt)
+            with bound_causes(request.event.id for _, request in decoded):
+                verdicts = await database.call(attempt)
         except Unstorable as exc:
             database.succeeded()  # it answered: an outage before this one is over
             await self._admit_apart(partition, decoded, exc)
             return
         for (record, request), verdict in zip(decoded, verdicts, strict=True):
-            if isinstance(verdict, Refusal):
-                await self._dead_letters.send(
-                    record, verdict.reason, verdict.detail, request.event.id
-                )
-            elif verdict == "duplicate":
-                self.duplicates += 1
-                metrics.REQUESTS_RECEIVED.labels("duplicate").inc()
-                log.info("request_duplicate", event_id=request.event.id, offset=record.offset)
-            else:
-                self.accepted += 1
-                metrics.REQUESTS_RECEIVED.labels("accepted").inc()
-                log.info(
-                    "request_accepted",
-                    event_id=request.event.id,
-                    type=request.event.type,
-                    repository=request.key,
-                    partition=record.partition,
-                    offset=record.offset,
-                )
+            with _bound(record, request):
+                if isinstance(verdict, Refusal):
+                    await self._dead_letters.send(
+                        record, verdict.reason, verdict.detail, request.event.id
+                    )
+                elif verdict == "duplicate":
+                    self.duplicates += 1
+                    metrics.REQUESTS_RECEIVED.labels("duplicate").inc()
+                    log.info("request_duplicate")
+                else:
+                    self.accepted += 1
+                    metrics.REQUESTS_RECEIVED.labels("accepted").inc()
+                    log.info("request_accepted", type=request.event.type)
             self._consumer.completed(partition, [record.offset])
         if "accepted" in verdicts:
             self._on_admitted()
@@ -167,7 +168,8 @@ class Intake:
             return
         [(record, request)] = decoded
         detail = f"the database cannot store this request: {error.__cause__ or error}"
-        await self._dead_letters.send(record, "unstorable", detail, request.event.id)
+        with _bound(record, request):
+            await self._dead_letters.send(record, "unstorable", detail, request.event.id)
         self._consumer.completed(partition, [record.offset])
 
     # -- backpressure ----------------------------------------------------------
@@ -190,3 +192,23 @@ class Intake:
             log.info("intake_resumed", backlog=backlog)
             return False
         return paused
+
+
+def _bound(record: Any, request: Request | None = None) -> contextlib.AbstractContextManager[None]:
+    """Bind a record (an aiokafka ConsumerRecord) to every line logged meanwhile: its
+    offset, and its request as far as it could be read: the event id (also the causation
+    id its removal events and dead letter carry), the source and the repository; of a
+    record that is no request, the repository its key names, if it is text."""
+    if request is not None:
+        return structlog.contextvars.bound_contextvars(
+            offset=record.offset,
+            event_id=request.event.id,
+            causation_id=request.event.id,
+            source=request.event.source,
+            repository=request.key,
+        )
+    fields: dict[str, Any] = {"offset": record.offset}
+    if record.key:
+        with contextlib.suppress(UnicodeDecodeError):
+            fields["repository"] = record.key.decode()[:_KEY_SHOWN]
+    return structlog.contextvars.bound_contextvars(**fields)

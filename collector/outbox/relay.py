@@ -17,6 +17,24 @@ Ordering: a key's events must reach Kafka in outbox id order. Two things keep it
 A row is marked published only after the broker acknowledged every row of its
 batch, in the transaction that claimed it; a crash in between means the batch
 is sent again with the same event ids (CONTRACT §2.2: at least once).
+
+Time to publication (``registry_gc_request_published_seconds``) is observed once
+per request, exactly, however its events are spread over batches, relays and
+processes, and whichever commits last, the worker finishing the request or the
+relay marking its last event. The decision is not tied to the batch that
+publishes a request's last event (the request may not be finished then, and
+its finish may commit after any later check): every claim, empty ones included,
+runs ``observe_published``, which marks each finished request none of whose
+events waits any more, in the batch's transaction. Once a request is finished
+its set of events is complete (the worker's finish commits after every engine
+transaction of it), so that condition, once true, stays true, and the next
+claim after the commit that made it true sees it. The mark is conditional on
+not being marked yet, which PostgreSQL re-checks on the row's latest version
+under its lock, so no two transactions ever mark a request; the observation is
+made after the marking transaction committed, from the times stored (the last
+``published_at`` of its events, the request's ``requested_at``), not from when
+the check ran. (A commit whose outcome is unknown, a lost connection, may mark
+without observing.)
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ from collector.errors import (
     RecordTooLarge,
     StorageError,
 )
+from collector.logging import bound_causes
 from collector.outbox import store
 from events import CONTENT_TYPE
 
@@ -82,11 +101,21 @@ class State(enum.Enum):
 
 
 class Relay:
-    """``run()`` until ``stop()``; publishes while it holds the relay lock."""
+    """``run()`` until ``stop()``; publishes while it holds the relay lock. With
+    ``observes_requests`` (a service's relay), it also observes the requests whose
+    events are all published; a command's relay (:func:`drain`) leaves them to the
+    service's relays, whose processes serve the metric."""
 
-    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], settings: Settings) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        settings: Settings,
+        *,
+        observes_requests: bool = True,
+    ) -> None:
         #: For ``pending()``; the relay's own session uses ``settings.database_url``.
         self._database = PoolDatabase(pool)
+        self._observes_requests = observes_requests
         self._settings = settings
         self._topic = settings.topic_removals
         self._poll_s = settings.relay_poll_interval_s
@@ -222,7 +251,7 @@ class Relay:
             # The broker has every row: persist that, whatever cancels us meanwhile.
             decision = asyncio.ensure_future(self._settle(conn, transaction, rows, refused))
             try:
-                await asyncio.shield(decision)
+                requests_published = await asyncio.shield(decision)
             except asyncio.CancelledError:
                 await asyncio.wait([decision])
                 settled = not decision.cancelled() and decision.exception() is None
@@ -236,43 +265,58 @@ class Relay:
         for row in rows:  # counted once set aside for good, not on every attempt
             if row["id"] in refused:
                 self._set_aside(row, refused[row["id"]])
+        for request in requests_published:
+            if request["seconds"] is not None:  # None: admitted before its time was kept
+                metrics.PUBLISHED_SECONDS.labels(request["event_type"]).observe(request["seconds"])
         if published := len(rows) - len(refused):
             self.published += published
             metrics.EVENTS_PUBLISHED.inc(published)
             self.batches += 1
-            log.info(
-                "batch_published",
-                count=published,
-                first_id=rows[0]["id"],
-                last_id=rows[-1]["id"],
-            )
+            delivered = [row for row in rows if row["id"] not in refused]
+            for row in delivered:
+                log.debug(
+                    "event_published",
+                    event_id=str(row["event_id"]),
+                    causation_id=row["causation_id"],
+                )
+            with bound_causes(row["causation_id"] for row in delivered):
+                log.info(
+                    "batch_published",
+                    count=published,
+                    first_id=rows[0]["id"],
+                    last_id=rows[-1]["id"],
+                )
         return len(rows)
 
     async def _produce(self, producer: Any, rows: list[asyncpg.Record]) -> dict[int, str]:
         """Send every row and wait until the broker acknowledged them all; return the
         rows no broker can ever take (outbox id -> why), which were not sent."""
-        deliveries: list[asyncio.Future[Any]] = []
-        refused: dict[int, str] = {}
-        try:
-            for row in rows:
-                try:
-                    with kafka.translated(f"publish to {self._topic}"):
-                        delivery = await producer.send(
-                            self._topic,
-                            row["event"].encode(),
-                            key=row["key"].encode(),
-                            headers=_HEADERS,
-                        )
-                except RecordTooLarge as exc:
-                    refused[row["id"]] = str(exc.__cause__)
-                    continue
-                deliveries.append(delivery)
-        except BaseException:
-            # Nothing of this batch may still be on its way when the error is handled.
-            await asyncio.gather(*deliveries, return_exceptions=True)
-            raise
-        await kafka.acknowledged(deliveries, settings=self._settings, broker=self._broker.outage)
-        return refused
+        # The broker's lines (an outage met while waiting) name the events' requests.
+        with bound_causes(row["causation_id"] for row in rows):
+            deliveries: list[asyncio.Future[Any]] = []
+            refused: dict[int, str] = {}
+            try:
+                for row in rows:
+                    try:
+                        with kafka.translated(f"publish to {self._topic}"):
+                            delivery = await producer.send(
+                                self._topic,
+                                row["event"].encode(),
+                                key=row["key"].encode(),
+                                headers=_HEADERS,
+                            )
+                    except RecordTooLarge as exc:
+                        refused[row["id"]] = str(exc.__cause__)
+                        continue
+                    deliveries.append(delivery)
+            except BaseException:
+                # Nothing of this batch may still be on its way when the error is handled.
+                await asyncio.gather(*deliveries, return_exceptions=True)
+                raise
+            await kafka.acknowledged(
+                deliveries, settings=self._settings, broker=self._broker.outage
+            )
+            return refused
 
     def _set_aside(self, row: asyncpg.Record, reason: str) -> None:
         # A value no registry row may hold stops the relay: this one is kept, and named.
@@ -282,6 +326,7 @@ class Relay:
             "event_undeliverable",
             outbox_id=row["id"],
             event_id=str(row["event_id"]),
+            causation_id=row["causation_id"],
             key=row["key"][:200],
             bytes=len(row["event"]),
             reason=reason,
@@ -293,12 +338,18 @@ class Relay:
         transaction: Transaction,
         rows: list[asyncpg.Record],
         refused: dict[int, str],
-    ) -> None:
+    ) -> list[asyncpg.Record]:
+        """Mark the batch's rows and commit; return the requests whose events are all
+        published now (see the module's docstring)."""
         if delivered := [row["id"] for row in rows if row["id"] not in refused]:
             await self._mark(conn, delivered)
         if refused:
             await conn.execute(_QUERIES["set_aside"], list(refused), list(refused.values()))
+        requests_published = (
+            await conn.fetch(_QUERIES["observe_published"]) if self._observes_requests else []
+        )
         await transaction.commit()
+        return requests_published
 
     async def _mark(self, conn: Connection, ids: list[int]) -> None:
         await conn.execute(_QUERIES["mark_published"], ids)
@@ -328,7 +379,7 @@ async def drain(
         waiting = initially = await store.pending(conn, through=through)
     if not waiting:
         return Drained(0, 0, 0)
-    relay = Relay(pool, settings)
+    relay = Relay(pool, settings, observes_requests=False)
     running = asyncio.create_task(relay.run())
     loop = asyncio.get_running_loop()
     progress_at = loop.time()

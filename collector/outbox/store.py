@@ -32,6 +32,7 @@ async def write(conn: Connection, removed: Sequence[Removed], time: datetime) ->
         [event.type for event in events],
         [r.removal.partition_key for r in removed],
         [event.to_json() for event in events],
+        [r.causation_id for r in removed],
     )
 
 

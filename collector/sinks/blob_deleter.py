@@ -69,6 +69,10 @@ _QUERIES = load_queries("sinks.sql")
 #: Enough to cover any redelivery window the relay can produce (a batch or two).
 DEDUPE_CAPACITY = 100_000
 _PRUNE_EVERY_S = 3600.0
+#: How often the database is asked whether it answers (for /readyz), and how long
+#: the answer may take.
+_PING_EVERY_S = 5.0
+_PING_TIMEOUT_S = 5.0
 
 
 class Outcome(enum.Enum):
@@ -187,13 +191,38 @@ class BlobDeleter:
         )
         pool = await create_pool(settings.database_url, max_size=2, wait_s=settings.connect_wait_s)
         self._database = PoolDatabase(pool)
+        watching = asyncio.create_task(self._watch_database(), name="database-watch")
         try:
             await self._consumer.run()
             if not self._stopping.is_set():
                 log.info("blob_deleter_idle", idle_s=self._exit_when_idle)
         finally:
+            watching.cancel()
+            await asyncio.wait([watching])
             await pool.close()
             log.info("blob_deleter_stopped", **vars(self.counts))
+
+    async def _watch_database(self) -> None:
+        """Ask the database whether it answers every :data:`_PING_EVERY_S`, until
+        cancelled: a deleter with nothing to delete has no other reason to, and /readyz
+        would say it is ready while it could delete nothing. The outage it finds or ends
+        is the deletes' own (logged and counted once). Whatever the database or the wait
+        raise is an answer: only cancelling ends this."""
+        assert self._database is not None  # set by _run()
+        while True:
+            try:
+                # Never one of a delete's two connections (the pool has two).
+                async with (
+                    self._one_delete,
+                    asyncio.timeout(_PING_TIMEOUT_S),
+                    self._database.connection() as conn,
+                ):
+                    await conn.fetchval(_QUERIES["ping"])
+            except (StorageError, TimeoutError) as exc:
+                self._database_outage.outage.failed(exc)
+            else:
+                self._database_outage.succeeded()
+            await asyncio.sleep(_PING_EVERY_S)
 
     # -- one partition's batch -------------------------------------------------
 

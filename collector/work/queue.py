@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from collector.db.connector import Connection
 from collector.db.queries import load_queries
@@ -33,6 +33,15 @@ class WorkItem:
     record_topic: str | None = None
     record_partition: int | None = None
     record_offset: int | None = None
+    #: The request's CloudEvents ``time``, as the intake admits it (not read back: the
+    #: database works out the time to reclaim, whatever the time's range).
+    requested_at: datetime | None = None
+
+    @property
+    def causation_id(self) -> str:
+        """What the removal events and the dead letter of this request name as their
+        ``causationid``: its own event id."""
+        return self.event_id
 
     @property
     def expired_tag(self) -> ExpiredTag:
@@ -61,6 +70,7 @@ class WorkItem:
             record_topic=topic,
             record_partition=partition,
             record_offset=offset,
+            requested_at=request.event.time,
         )
 
 
@@ -96,9 +106,11 @@ async def repositories(conn: Connection, ids: Iterable[int]) -> dict[int, Reposi
 
 
 async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> None:
-    """Make ``items`` durable, due at ``now_ms``, in their order."""
+    """Make ``items`` durable, due at ``now_ms``, in their order; each with its time, or
+    (without one) the time it is admitted."""
     if not items:
         return
+    times = [_wall_time_and_offset(item.requested_at) for item in items]
     await conn.execute(
         _QUERIES["admit"],
         [item.source for item in items],
@@ -114,7 +126,18 @@ async def admit(conn: Connection, items: Sequence[WorkItem], now_ms: int) -> Non
         now_ms,
         [item.repository_tag_id for item in items],
         [item.lifetime_end_ts for item in items],
+        [wall_time for wall_time, _ in times],
+        [offset for _, offset in times],
     )
+
+
+def _wall_time_and_offset(time: datetime | None) -> tuple[str | None, int | None]:
+    """A time as the ``admit`` query takes it: its wall-clock time and UTC offset, which
+    any time holds (its instant in UTC may be past what a datetime holds)."""
+    if time is None:
+        return None, None
+    offset = time.utcoffset() or timedelta()
+    return time.replace(tzinfo=None).isoformat(), offset // timedelta(seconds=1)
 
 
 async def claim(conn: Connection, now_ms: int, limit: int) -> list[WorkItem]:
@@ -137,17 +160,28 @@ async def expiring_tag(conn: Connection, item: WorkItem, now_ms: int) -> Expirin
     return None if row is None else ExpiringTag(**dict(row))
 
 
-async def finish(conn: Connection, request_id: int, outcome: str, finished_by: str) -> None:
-    await conn.execute(_QUERIES["finish"], request_id, outcome, finished_by)
+async def finish(conn: Connection, request_id: int, outcome: str, finished_by: str) -> float | None:
+    """Finish a request; return the seconds from its time to its removals committed
+    (None when none committed under it, or its time is unknown)."""
+    reclaim_s: float | None = await conn.fetchval(
+        _QUERIES["finish"], request_id, outcome, finished_by
+    )
+    return reclaim_s
 
 
 async def finish_stale(
     conn: Connection, repository_ids: Sequence[int], finished_by: str
-) -> list[WorkItem]:
+) -> list[tuple[WorkItem, float | None]]:
     """Finish, as ``stale``, the tag expiries of these repositories that can only be
-    stale (see ``work.sql``); return them."""
+    stale (see ``work.sql``); return them, each with its seconds to reclaim as
+    :func:`finish` says."""
     rows = await conn.fetch(_QUERIES["finish_stale"], list(repository_ids), finished_by)
-    return [WorkItem(**dict(row)) for row in rows]
+    finished = []
+    for row in rows:
+        fields = dict(row)
+        reclaim_s = fields.pop("reclaim_s")
+        finished.append((WorkItem(**fields), reclaim_s))
+    return finished
 
 
 async def with_candidates(conn: Connection, repository_ids: Sequence[int]) -> set[int]:

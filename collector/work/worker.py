@@ -29,7 +29,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -50,6 +50,7 @@ from collector.errors import (
     RepositoryNotFound,
     RepositoryNotMarked,
 )
+from collector.logging import bound_causes
 from collector.work import queue
 from collector.work.queue import WorkItem
 from events import RejectionReason
@@ -57,6 +58,9 @@ from events import RejectionReason
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+#: A claimed request once handled: its outcome, and (finished with removals committed)
+#: the seconds from its time to then.
+Settled = tuple[WorkItem, Outcome, float | None]
 
 
 async def while_held(conn: Connection, work: Coroutine[Any, Any, T]) -> T:
@@ -193,60 +197,61 @@ class Workers:
                     if not items:
                         return False
                     claimed = [item.event_id for item in items]
-                    log.info("requests_claimed", event_ids=claimed)
-                    outcomes, stale = await self._see_through(conn, items)
+                    with _bound(items):
+                        log.info("requests_claimed", event_ids=claimed)
+                    settled = await self._see_through(conn, items)
             except BaseException as exc:
                 if claimed:  # rolled back: these requests are anyone's to claim again
-                    log.warning("claim_abandoned", event_ids=claimed, error=repr(exc))
+                    with _bound(items):
+                        log.warning("claim_abandoned", event_ids=claimed, error=repr(exc))
                 raise
             # Counted once committed, before any other worker may claim these again (no
             # await in between): a commit lost with the connection redoes the requests.
             seconds = time.monotonic() - started
-            for item, outcome in zip(items, outcomes, strict=True):
-                self._record(item, outcome, seconds)
-            for item in stale:
-                self._record(item, Finished.STALE, seconds)
+            for item, outcome, reclaim_s in settled:
+                with _bound([item]):
+                    self._record(item, outcome, seconds, reclaim_s)
         # The repositories' next requests may be claimable now: idle workers, look.
         self.wake()
         return True
 
-    async def _see_through(
-        self, conn: Connection, items: list[WorkItem]
-    ) -> tuple[list[Outcome], list[WorkItem]]:
+    async def _see_through(self, conn: Connection, items: list[WorkItem]) -> list[Settled]:
         """Handle the claimed requests and record their outcomes in the claim's
         transaction; return them, and the requests queued behind them made stale."""
         self.busy += len(items)
         try:
             outcomes = await while_held(conn, self._handle_in_turn(conn, items))
+            settled: list[Settled] = []
             for item, outcome in zip(items, outcomes, strict=True):
                 assert item.id is not None  # claimed rows have one
+                reclaim_s = None
                 if isinstance(outcome, Deferred):
                     await queue.defer(conn, item.id, outcome.due_at_ms)
                 else:
-                    await queue.finish(conn, item.id, outcome, self._name)
+                    reclaim_s = await queue.finish(conn, item.id, outcome, self._name)
+                settled.append((item, outcome, reclaim_s))
             # The expiries queued behind these that the work made stale end now.
             repositories = [item.repository_id for item in items]
-            return outcomes, await queue.finish_stale(conn, repositories, self._name)
+            stale = await queue.finish_stale(conn, repositories, self._name)
+            return settled + [(item, Finished.STALE, reclaim_s) for item, reclaim_s in stale]
         finally:
             self.busy -= len(items)
 
-    def _record(self, item: WorkItem, outcome: Outcome, seconds: float) -> None:
+    def _record(
+        self, item: WorkItem, outcome: Outcome, seconds: float, reclaim_s: float | None
+    ) -> None:
         metrics.REQUEST_SECONDS.labels(item.event_type).observe(seconds)
-        context = {"event_id": item.event_id, "repository": item.repository_path}
+        if reclaim_s is not None:
+            metrics.RECLAIMED_SECONDS.labels(item.event_type).observe(reclaim_s)
+        # The request's ids are bound by the caller.
         if isinstance(outcome, Deferred):
             self.deferred += 1
             metrics.REQUESTS_DEFERRED.labels(item.event_type).inc()
-            log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why, **context)
+            log.info("request_deferred", due_at_ms=outcome.due_at_ms, why=outcome.why)
         else:
             self.outcomes[outcome] += 1
             metrics.REQUESTS_FINISHED.labels(item.event_type, outcome).inc()
-            log.info(
-                "request_finished",
-                type=item.event_type,
-                outcome=outcome,
-                duration_ms=round(seconds * 1000, 1),
-                **context,
-            )
+            log.info("request_finished", outcome=outcome, duration_ms=round(seconds * 1000, 1))
 
     async def _handle_in_turn(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
         """:meth:`_handle_guarded`, once the work of a lost claim on the same repositories
@@ -269,7 +274,8 @@ class Workers:
                 raise
             if len(items) == 1:
                 return [await self._unprocessable(items[0], exc)]
-            log.warning("batch_failed", error=repr(exc), requests=len(items))
+            with _bound(items):
+                log.warning("batch_failed", error=repr(exc), requests=len(items))
         outcomes: list[Outcome] = []
         for item in items:
             try:
@@ -291,13 +297,9 @@ class Workers:
         """Finish a request that cannot be processed: logged with its traceback, counted
         (outcome ``failed``) and dead-lettered with the error and its original record."""
         detail = f"processing the request failed: {error!r}"
-        log.error(
-            "request_failed",
-            event_id=item.event_id,
-            repository=item.repository_path,
-            exc_info=error,
-        )
-        await self._dead_letter(item, "unprocessable", detail)
+        with _bound([item]):
+            log.error("request_failed", exc_info=error)
+            await self._dead_letter(item, "unprocessable", detail)
         return Finished.FAILED
 
     async def _dead_letter(self, item: WorkItem, reason: RejectionReason, detail: str) -> None:
@@ -313,7 +315,7 @@ class Workers:
             item.record_offset,
             key=item.repository_path.encode(),
         )
-        await self._dead_letters.send_later(origin, reason, detail, item.event_id)
+        await self._dead_letters.send_later(origin, reason, detail, item.causation_id)
 
     async def _handle(self, conn: Connection, items: list[WorkItem]) -> list[Outcome]:
         """Each request's outcome. The repositories to collect (sweeps, and expiries
@@ -324,31 +326,34 @@ class Workers:
         collect: list[Cause] = []
         for item in items:
             if item.event_type == "repo-sweep":
-                collect.append(Cause(item.repository_id, item.event_id))
+                collect.append(Cause(item.repository_id, item.causation_id))
             elif item.event_type in ("tag-expired", "legacy-tag-expired"):
                 verdict = await self._check_expiry(conn, item)
                 if isinstance(verdict, ExpiredTag):
-                    collect.append(Cause(item.repository_id, item.event_id, verdict))
+                    collect.append(Cause(item.repository_id, item.causation_id, verdict))
                 else:
                     settled[item.repository_id] = verdict
         # A stale expiry may be the redo of a run cut off midway (a crash, a lost claim)
         # after its tag went: what that run queued still waits. Collect it now; the
         # request stays stale.
         stale = {
-            item.repository_id: item.event_id
+            item.repository_id: item.causation_id
             for item in items
             if settled.get(item.repository_id) == Finished.STALE
         }
         if stale:  # most batches have none: no query for them
             for repository_id in await queue.with_candidates(conn, list(stale)):
                 collect.append(Cause(repository_id, stale[repository_id]))
-        collected = (await self._engine.collect_many(collect)).outcomes if collect else {}
+        collecting = {cause.repository_id for cause in collect}
+        with _bound([item for item in items if item.repository_id in collecting]):
+            collected = (await self._engine.collect_many(collect)).outcomes if collect else {}
         outcomes: list[Outcome] = []
         for item in items:
             if item.repository_id in settled:
                 outcomes.append(settled[item.repository_id])
             elif item.event_type == "repo-deleted":
-                outcomes.append(await self._purge(item))
+                with _bound([item]):
+                    outcomes.append(await self._purge(item))
             else:
                 outcomes.append(collected[item.repository_id])
         return outcomes
@@ -367,7 +372,7 @@ class Workers:
     async def _purge(self, item: WorkItem) -> Outcome:
         """The engine's outcome of the purge, or why it purged nothing."""
         try:
-            report = await self._engine.purge(item.repository_id, causation_id=item.event_id)
+            report = await self._engine.purge(item.repository_id, causation_id=item.causation_id)
         except RepositoryNotFound:
             return Finished.GONE  # purged already
         except RepositoryNotMarked:
@@ -376,7 +381,23 @@ class Workers:
                 f"repository {item.repository_path} is no longer marked for deletion (it was"
                 " when the request was admitted); refusing to purge it"
             )
-            log.warning("purge_refused", reason=detail, event_id=item.event_id)
+            log.warning("purge_refused", reason=detail)
             await self._dead_letter(item, "repository-not-marked", detail)
             return Finished.NOT_MARKED
         return report.outcomes[item.repository_id]
+
+
+def _bound(items: Sequence[WorkItem]) -> contextlib.AbstractContextManager[None]:
+    """Bind the claimed requests some work is for to every line logged meanwhile (in
+    this task and the tasks it starts): of one request, its event id, causation id (the
+    id its removal events and dead letter carry), repository and type; of several,
+    their causation ids."""
+    if len(items) == 1:
+        [item] = items
+        return structlog.contextvars.bound_contextvars(
+            event_id=item.event_id,
+            causation_id=item.causation_id,
+            repository=item.repository_path,
+            type=item.event_type,
+        )
+    return bound_causes(item.causation_id for item in items)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 
 import asyncpg
+import pytest
 
 from collector.db.connector import Connection
+from collector.outbox import store
+from collector.outbox.store import Removed
 from collector.work import queue
 from collector.work.queue import WorkItem
-from tests.registry import DAY_MS, Registry
+from events import RepoSweep, TagRemoved, decode_request, request_event, to_record
+from tests.registry import DAY_MS, Registry, at
 
 NOW_MS = 1_000_000
 
@@ -170,7 +177,7 @@ async def test_finish_stale_ends_exactly_the_expiries_that_can_only_be_stale(
             stale = await queue.finish_stale(conn, [app], "test")
         rows = await conn.fetch("SELECT event_id, outcome FROM gc.request ORDER BY id")
 
-    assert sorted(s.event_id for s in stale) == ["gone", "moved", "re-expired", "restored"]
+    assert sorted(s.event_id for s, _ in stale) == ["gone", "moved", "re-expired", "restored"]
     assert {row["event_id"]: row["outcome"] for row in rows} == {
         "valid": None,
         "gone": "stale",
@@ -179,4 +186,135 @@ async def test_finish_stale_ends_exactly_the_expiries_that_can_only_be_stale(
         "moved": "stale",
         "sweep": None,
         "other-repo-gone": None,
+    }
+
+
+#: Times a request can carry, at the ends of what RFC 3339 and a Python datetime allow:
+#: year 1 at +23:59 is before year 1 in UTC, 9999-12-31 at -23:59 after its end.
+EDGE_TIMES = [
+    "0001-01-01T00:00:00+23:59",
+    "0001-01-01T00:00:00Z",
+    "9999-12-31T23:59:59.999999-23:59",
+    "9999-12-31T23:59:59.999999Z",
+    "1970-01-01T00:00:00.000001+00:00",
+]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timed_sweep(repository_id: int, time: str, n: int) -> WorkItem:
+    """A repo-sweep request decoded from a record whose CloudEvents time is ``time``."""
+    sweep = RepoSweep(namespace="acme", repository=f"r{repository_id}", repository_id=repository_id)
+    value, headers = to_record(request_event(sweep, source="/t", event_id=f"timed-{n}"))
+    event = json.loads(value)
+    event["time"] = time
+    key, value = sweep.repository_path.encode(), json.dumps(event).encode()
+    request = decode_request(key=key, value=value, headers=headers)
+    return WorkItem.of(request, topic="requests", partition=0, offset=n)
+
+
+async def test_any_time_a_request_can_carry_is_stored_to_the_microsecond(
+    db: asyncpg.Pool[asyncpg.Record],
+) -> None:
+    """The intake stores each request's CloudEvents time, however far out: times whose
+    UTC instant no Python datetime holds included (asyncpg would overflow converting
+    them; the server reads the text). A request without one gets its admission time."""
+    items = [timed_sweep(n + 1, time, n) for n, time in enumerate(EDGE_TIMES)]
+    untimed = item("untimed", 99)
+    async with db.acquire() as conn:
+        await queue.admit(conn, [*items, untimed], NOW_MS)
+        rows = await conn.fetch(
+            "SELECT event_id, extract(epoch FROM requested_at) AS epoch,"
+            " requested_at = received_at AS at_receipt FROM gc.request ORDER BY id"
+        )
+
+    def epoch(at: datetime) -> Decimal:
+        return Decimal((at - EPOCH) // timedelta(microseconds=1)).scaleb(-6)
+
+    assert [(row["event_id"], row["epoch"]) for row in rows[:-1]] == [
+        (i.event_id, epoch(i.requested_at)) for i in items if i.requested_at is not None
+    ]
+    assert rows[0]["epoch"] < epoch(datetime(1, 1, 1, tzinfo=UTC))  # before year 1 in UTC
+    assert rows[2]["epoch"] > epoch(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    assert (rows[-1]["event_id"], rows[-1]["at_receipt"]) == ("untimed", True)
+
+
+async def removed_under(conn: Connection, *causation_ids: str) -> None:
+    """A committed removal (its outbox row) caused by each of ``causation_ids``."""
+    tags = [
+        TagRemoved(
+            namespace="acme",
+            repository="app",
+            repository_id=1,
+            tag=f"t{n}",
+            tag_id=n,
+            manifest_digest="sha256:" + "a" * 64,
+        )
+        for n in range(len(causation_ids))
+    ]
+    async with conn.transaction():
+        await store.write(
+            conn, [Removed(t, c) for t, c in zip(tags, causation_ids, strict=True)], at(NOW_MS)
+        )
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["finish", "finish_stale"])
+async def test_finishing_measures_from_the_request_s_time_to_its_removals_committed(
+    db: asyncpg.Pool[asyncpg.Record], registry: Registry, stale: bool
+) -> None:
+    """A request finished with removals committed under its id gets reclaimed_at, and the
+    seconds from its time to then: 0 for a time ahead of the clock, never negative;
+    without removals, or without a time (admitted before migration 0013), None."""
+    acme = await registry.namespace("acme")
+    repositories = [await registry.repository(acme, f"r{n}") for n in range(4)]
+    almost_a_day = timedelta(hours=23, minutes=59)
+    times = {
+        "past": datetime(1, 1, 1, tzinfo=timezone(almost_a_day)),
+        "future": datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(-almost_a_day)),
+        "nothing": datetime.now(UTC),
+        "untimed": None,
+    }
+    # Expiries of a tag that does not exist: finish_stale can only finish them as stale.
+    items = [
+        WorkItem(
+            source="/t",
+            event_id=name,
+            event_type="tag-expired",
+            repository_id=repository,
+            repository_path=f"acme/r{n}",
+            tag_id=999_999,
+            lifetime_end_ms=1,
+            requested_at=time,
+        )
+        for n, ((name, time), repository) in enumerate(
+            zip(times.items(), repositories, strict=True)
+        )
+    ]
+    async with db.acquire() as conn:
+        await queue.admit(conn, items, NOW_MS)
+        # Admitted without a time, a request gets its admission time: as before 0013, none.
+        await conn.execute("UPDATE gc.request SET requested_at = NULL WHERE event_id = 'untimed'")
+        await removed_under(conn, "past", "future", "untimed")
+        async with conn.transaction():
+            if stale:
+                finished = await queue.finish_stale(conn, repositories, "test")
+                reclaim = {finished_item.event_id: s for finished_item, s in finished}
+            else:
+                rows = await conn.fetch("SELECT event_id, id FROM gc.request")
+                ids = {row["event_id"]: row["id"] for row in rows}
+                reclaim = {
+                    name: await queue.finish(conn, ids[name], "collected", "test") for name in times
+                }
+        reclaimed = await conn.fetch(
+            "SELECT event_id, reclaimed_at IS NOT NULL AS reclaimed FROM gc.request ORDER BY id"
+        )
+
+    past = reclaim["past"]
+    assert past is not None
+    assert past > (datetime(2026, 1, 1, tzinfo=UTC) - datetime(1, 1, 1, tzinfo=UTC)).total_seconds()
+    assert (reclaim["future"], reclaim["nothing"], reclaim["untimed"]) == (0.0, None, None)
+    assert {row["event_id"]: row["reclaimed"] for row in reclaimed} == {
+        "past": True,
+        "future": True,
+        "nothing": False,
+        "untimed": True,
     }

@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -14,13 +14,16 @@ import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
+from prometheus_client import REGISTRY
 
 from collector.config import Settings
 from collector.db.connector import Connection
 from collector.engine import Engine
 from collector.outbox import store
-from collector.outbox.relay import Relay, State
+from collector.outbox.relay import Relay, State, drain
 from collector.outbox.store import Removed
+from collector.work import queue
+from collector.work.queue import WorkItem
 from events import CONTENT_TYPE, TagRemoved
 from tests.integration.test_kafka import WAIT_S, bootstrap, receive
 from tests.pipeline import pipeline_settings, topics, until
@@ -410,3 +413,144 @@ async def test_an_event_larger_than_the_broker_takes_is_set_aside_and_the_rest_g
     assert_matches(records, [row for row in rows if row["undeliverable"] is None])
     assert relay.undeliverable == 1
     assert not run.task.done()
+
+
+async def removals_of(conn: Connection, causation_id: str, count: int) -> None:
+    """``count`` committed tag removals caused by the request ``causation_id``."""
+    removed = [
+        Removed(
+            TagRemoved(
+                namespace="acme",
+                repository=causation_id,
+                repository_id=1,
+                tag=f"t{n}",
+                tag_id=n,
+                manifest_digest="sha256:" + "a" * 64,
+            ),
+            causation_id=causation_id,
+        )
+        for n in range(count)
+    ]
+    async with conn.transaction():
+        await store.write(conn, removed, at(NOW_MS))
+
+
+def published_seconds(sample: str, event_type: str) -> float:
+    """A sample of registry_gc_request_published_seconds for requests of ``event_type``."""
+    name = f"registry_gc_request_published_seconds_{sample}"
+    return REGISTRY.get_sample_value(name, {"type": event_type}) or 0.0
+
+
+async def test_each_request_is_observed_published_once_whichever_commits_last(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    running: Callable[[Relay], Running],
+) -> None:
+    """registry_gc_request_published_seconds observes each finished request once, from
+    its time to when its last event was published: a request finished before its
+    events went out (spread over batches of 7, some published by an earlier relay),
+    and one finished after they all had (found by a later, empty claim: no race
+    between its finish and the relay loses it). Later claims and another relay
+    taking over observe nothing more; a request not finished, or that removed
+    nothing, is never observed."""
+    requested_at = datetime(2020, 1, 1, tzinfo=UTC)
+    names = {
+        "early": "repo-sweep",
+        "late": "repo-deleted",
+        "open": "repo-sweep",
+        "empty": "repo-deleted",
+    }
+    items = [
+        WorkItem(
+            event_id=name,
+            event_type=event_type,
+            repository_id=n,
+            repository_path=f"acme/{name}",
+            source="/t",
+            requested_at=requested_at,
+        )
+        for n, (name, event_type) in enumerate(names.items())
+    ]
+    before = {t: published_seconds("count", t) for t in ("repo-sweep", "repo-deleted")}
+    sums = {t: published_seconds("sum", t) for t in ("repo-sweep", "repo-deleted")}
+    conn = registry.conn
+    await queue.admit(conn, items, NOW_MS)
+    rows = await conn.fetch("SELECT event_id, id FROM gc.request")
+    ids = {row["event_id"]: row["id"] for row in rows}
+    for name, count in (("early", 10), ("late", 10), ("open", 3)):
+        await removals_of(conn, name, count)
+    for name in ("early", "empty"):
+        await queue.finish(conn, ids[name], "collected", "test")
+    # An earlier relay published some of early's events before it went away.
+    await conn.execute(
+        "UPDATE gc.outbox SET published_at = now() WHERE id IN"
+        " (SELECT id FROM gc.outbox WHERE causation_id = 'early' ORDER BY id LIMIT 4)"
+    )
+
+    relay = Relay(db, settings)
+    run = running(relay)
+    await until(lambda: relay.published == 10 + 10 + 3 - 4)
+    await until(lambda: published_seconds("count", "repo-sweep") == before["repo-sweep"] + 1)
+    await queue.finish(conn, ids["late"], "purged", "test")  # its events are all out
+    await until(lambda: published_seconds("count", "repo-deleted") == before["repo-deleted"] + 1)
+    claims = relay.claims
+    await until(lambda: relay.claims >= claims + 3)
+    await run.stop()
+    successor = Relay(db, settings)
+    running(successor)
+    await until(lambda: successor.claims >= 3)
+
+    assert {t: published_seconds("count", t) - before[t] for t in before} == {
+        "repo-sweep": 1,
+        "repo-deleted": 1,
+    }
+    rows = await conn.fetch(
+        """
+        SELECT r.event_id, r.events_published_at,
+               (SELECT max(published_at) FROM gc.outbox o WHERE o.causation_id = r.event_id)
+                   AS last_published_at,
+               gc.elapsed_s(r.requested_at, r.events_published_at) AS seconds
+        FROM gc.request r
+        """
+    )
+    published = {row["event_id"]: row for row in rows}
+    for name in ("early", "late"):
+        assert published[name]["events_published_at"] == published[name]["last_published_at"]
+        observed = published_seconds("sum", names[name]) - sums[names[name]]
+        assert observed == pytest.approx(published[name]["seconds"])
+    assert published["open"]["events_published_at"] is None
+    assert published["empty"]["events_published_at"] is None
+
+
+async def test_a_command_s_relay_leaves_requests_to_a_service_s_relay(
+    db: asyncpg.Pool[asyncpg.Record],
+    registry: Registry,
+    settings: Settings,
+    running: Callable[[Relay], Running],
+) -> None:
+    """`collect`'s own relay (drain) publishes a finished request's events but does not
+    observe it: its process serves no metrics. A service's relay does, once."""
+    item = WorkItem(
+        event_id="sweep",
+        event_type="repo-sweep",
+        repository_id=1,
+        repository_path="acme/sweep",
+        source="/t",
+        requested_at=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    before = published_seconds("count", "repo-sweep")
+    conn = registry.conn
+    await queue.admit(conn, [item], NOW_MS)
+    await removals_of(conn, "sweep", 3)
+    await queue.finish(conn, await conn.fetchval("SELECT id FROM gc.request"), "collected", "t")
+
+    drained = await drain(db, settings, stall_s=WAIT_S)
+    unobserved = await conn.fetchval("SELECT events_published_at IS NULL FROM gc.request")
+    relay = Relay(db, settings)
+    running(relay)
+    await until(lambda: published_seconds("count", "repo-sweep") == before + 1)
+
+    assert (drained.published, drained.waiting) == (3, 0)
+    assert unobserved
+    assert await conn.fetchval("SELECT events_published_at IS NOT NULL FROM gc.request")

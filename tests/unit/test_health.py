@@ -1,5 +1,6 @@
 """The probes the metrics listener answers: /healthz from the event loop, /readyz from
-the readiness checks, /metrics without `_created` series, 404 elsewhere."""
+the readiness checks, /metrics without `_created` series, to GET and HEAD only; 404
+elsewhere."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 
@@ -21,8 +23,8 @@ from collector.health import Health
 Answer = tuple[str, dict[str, str], bytes]
 
 
-def get(health: Health, path: str) -> Answer:
-    """One GET of ``path`` through the listener's WSGI app."""
+def get(health: Health, path: str, method: str = "GET") -> Answer:
+    """One GET (or another ``method``) of ``path`` through the listener's WSGI app."""
     answer: dict[str, object] = {}
 
     def start_response(
@@ -30,7 +32,7 @@ def get(health: Health, path: str) -> Answer:
     ) -> None:
         answer["status"], answer["headers"] = status, dict(headers)
 
-    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": method, "QUERY_STRING": ""}
     body: Iterable[bytes] = metrics._app(health)(environ, start_response)  # type: ignore[arg-type]
     return str(answer["status"]), answer["headers"], b"".join(body)  # type: ignore[return-value]
 
@@ -82,6 +84,85 @@ async def test_metrics_only_at_metrics_and_without_created_series() -> None:
     assert b"registry_gc_removals_total" in page
     assert b"_created" not in page
     assert missing == "404 Not Found"
+
+
+PATHS = ["/metrics", "/healthz", "/readyz"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_head_answers_the_status_and_headers_of_get_without_the_body(path: str) -> None:
+    """HEAD is GET without the body: same status, same headers, the length the body
+    would have (/metrics too, which prometheus_client alone refuses to HEAD)."""
+    health = Health(asyncio.get_running_loop())
+    health.require("database", lambda: False)
+
+    status, headers, body = await asyncio.to_thread(get, health, path)
+    head_status, head_headers, head_body = await asyncio.to_thread(get, health, path, "HEAD")
+
+    assert head_status == status
+    assert head_status != "405 Method Not Allowed"
+    assert head_headers["Content-Type"] == headers["Content-Type"]
+    assert int(head_headers["Content-Length"]) > 0
+    if path != "/metrics":  # the same page: the same length (metrics may move between)
+        assert head_headers == headers
+        assert int(headers["Content-Length"]) == len(body)
+    assert head_body == b""
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"])
+@pytest.mark.parametrize("path", PATHS)
+async def test_other_methods_are_refused_with_405_and_the_allowed_ones(
+    path: str, method: str
+) -> None:
+    """Any method but GET and HEAD gets 405 Method Not Allowed with an Allow header, and
+    runs no check (a POST to /readyz must not count as a probe)."""
+    probed: list[str] = []
+
+    def database() -> bool:
+        probed.append("database")
+        return True
+
+    health = Health(asyncio.get_running_loop())
+    health.require("database", database)
+
+    status, headers, _ = await asyncio.to_thread(get, health, path, method)
+
+    assert status == "405 Method Not Allowed"
+    assert headers["Allow"] == "GET, HEAD"
+    assert probed == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+async def test_any_other_path_is_not_found_whatever_the_method(method: str) -> None:
+    health = Health(asyncio.get_running_loop())
+    for path in ("/", "/metrics/", "/ready", "/favicon.ico"):
+        status, _, _ = await asyncio.to_thread(get, health, path, method)
+        assert status == "404 Not Found", path
+
+
+async def test_the_listener_answers_head_without_a_body_and_refuses_post() -> None:
+    """Through a real HTTP listener: HEAD gets the headers and no body, POST a 405 that
+    says what is allowed."""
+    health = Health(asyncio.get_running_loop())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with metrics.served("127.0.0.1", port, health):
+        head = await asyncio.to_thread(send, f"http://127.0.0.1:{port}/healthz", "HEAD")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            await asyncio.to_thread(send, f"http://127.0.0.1:{port}/metrics", "POST")
+    with refused.value:
+        allowed = refused.value.headers["Allow"]
+
+    assert head == (200, b"")
+    assert (refused.value.code, allowed) == (405, "GET, HEAD")
+
+
+def send(url: str, method: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body: bytes = response.read()
+        return response.status, body
 
 
 async def test_a_check_that_fails_or_a_closed_loop_means_not_ready() -> None:

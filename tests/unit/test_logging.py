@@ -119,3 +119,25 @@ async def test_aiokafka_failing_to_reach_a_broker_logs_json_lines_only(
     assert connects, lines
     assert any('Unable connect to "127.0.0.1:1"' in line["event"] for line in connects)
     assert {line["level"] for line in connects} <= {"warning", "error"}
+
+
+def test_a_library_line_carries_the_request_bound_where_it_is_logged(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """asyncpg's or aiokafka's record, logged while a stage handles a request, names that
+    request like the stage's own lines do; logged after, it names none."""
+    configure_logging("info")
+    with structlog.contextvars.bound_contextvars(
+        event_id="request-1", causation_id="request-1", repository="acme/web"
+    ):
+        logging.getLogger("asyncpg.pool").warning("Failed to restore the pool connection floor")
+    logging.getLogger("aiokafka.conn").warning("Unable connect to %r", "127.0.0.1:1")
+
+    during, after = json_lines(capsys.readouterr().err)
+    assert (during["event_id"], during["causation_id"], during["repository"]) == (
+        "request-1",
+        "request-1",
+        "acme/web",
+    )
+    assert during["logger"] == "asyncpg.pool"
+    assert "event_id" not in after

@@ -35,3 +35,8 @@ WITH pruned AS (
     DELETE FROM gc.blob_deletion WHERE deleted_at < now() - $1::interval RETURNING 1
 )
 SELECT count(*) FROM pruned
+
+-- name: ping
+-- Whether the database answers (the deleter's readiness while it has nothing to delete).
+-- No parameters.
+SELECT 1

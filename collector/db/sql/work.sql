@@ -16,24 +16,35 @@ WHERE r.id = ANY($1::bigint[])
 
 -- name: admit
 -- Make accepted requests durable, due at once; an event id already known
--- (a concurrent intake after a rebalance) is skipped.
+-- (a concurrent intake after a rebalance) is skipped. Each request's time is
+-- given as its wall-clock time and UTC offset, and turned into an instant by
+-- the server, whose timestamptz holds any time a request can carry: year 1 at
+-- +23:59 is before year 1 in UTC, which no Python datetime (what asyncpg
+-- converts through) holds, and an offset past 15:59 is one the server does not
+-- take in a time's text. A request without one gets the time it is received.
 -- $1 text[] sources, $2 text[] event ids, $3 text[] types, $4 bigint[] repository ids,
 -- $5 text[] repository paths, $6 bigint[] tag ids, $7 bigint[] lifetime ends (ms),
 -- $8 text[] record topics, $9 int[] record partitions, $10 bigint[] record offsets,
--- $11 bigint now (ms), $12 bigint[] repository_tag ids, $13 bigint[] lifetime ends (s)
--- (arrays parallel, in arrival order)
+-- $11 bigint now (ms), $12 bigint[] repository_tag ids, $13 bigint[] lifetime ends (s),
+-- $14 text[] request wall-clock times (ISO 8601, no offset), $15 int[] their UTC
+-- offsets (s) (arrays parallel, in arrival order)
 INSERT INTO gc.request (
     source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-    repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, due_at_ms
+    repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, due_at_ms,
+    requested_at
 )
 SELECT source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-       repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, $11
+       repository_tag_id, lifetime_end_ts, record_topic, record_partition, record_offset, $11,
+       coalesce(
+           (wall_time::timestamp - utc_offset_s * interval '1 second') AT TIME ZONE 'UTC', now()
+       )
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[],
-    $8::text[], $9::int[], $10::bigint[], $12::bigint[], $13::bigint[]
+    $8::text[], $9::int[], $10::bigint[], $12::bigint[], $13::bigint[], $14::text[], $15::int[]
 ) WITH ORDINALITY AS e (
     source, event_id, event_type, repository_id, repository_path, tag_id, lifetime_end_ms,
-    record_topic, record_partition, record_offset, repository_tag_id, lifetime_end_ts, n
+    record_topic, record_partition, record_offset, repository_tag_id, lifetime_end_ts,
+    wall_time, utc_offset_s, n
 )
 ORDER BY n
 ON CONFLICT (source, event_id) DO NOTHING
@@ -90,8 +101,15 @@ SELECT false AS immutable,
 FROM gc.expiring_legacy_tag($1, $2, $3) t
 
 -- name: finish
+-- Finish a request, with when its removals had all committed (gc.reclaimed_at:
+-- now, or NULL when none did). Returns the seconds from the request's time to
+-- then (NULL: none committed, or its time is unknown).
 -- $1 bigint request id, $2 text outcome, $3 text finished by
-UPDATE gc.request SET finished_at = now(), outcome = $2, finished_by = $3 WHERE id = $1
+UPDATE gc.request r
+SET finished_at = now(), outcome = $2, finished_by = $3,
+    reclaimed_at = gc.reclaimed_at(r.event_id)
+WHERE r.id = $1
+RETURNING gc.elapsed_s(r.requested_at, r.reclaimed_at) AS reclaim_s
 
 -- name: finish_stale
 -- Finish the requests of these repositories, due or not, whose verdict is
@@ -99,10 +117,12 @@ UPDATE gc.request SET finished_at = now(), outcome = $2, finished_by = $3 WHERE 
 -- gone or has another lifetime end now. That verdict never changes (a tag does not get an old
 -- lifetime end back), so they need not wait for their turn: the collection
 -- of a repository's first expiry makes the expiries of its other collected
--- tags stale, and they end in that claim instead of one claim each.
+-- tags stale, and they end in that claim instead of one claim each. Returns
+-- them, each with its reclaim_s as `finish` says it.
 -- $1 bigint[] repository ids (whose heads this claim holds), $2 text finished by
 UPDATE gc.request r
-SET finished_at = now(), outcome = 'stale', finished_by = $2
+SET finished_at = now(), outcome = 'stale', finished_by = $2,
+    reclaimed_at = gc.reclaimed_at(r.event_id)
 FROM (
     SELECT q.id
     FROM gc.request q
@@ -123,7 +143,8 @@ FROM (
 ) stale
 WHERE r.id = stale.id
 RETURNING r.id, r.event_id, r.event_type, r.repository_id, r.repository_path, r.tag_id,
-          r.lifetime_end_ms, r.repository_tag_id, r.lifetime_end_ts
+          r.lifetime_end_ms, r.repository_tag_id, r.lifetime_end_ts,
+          gc.elapsed_s(r.requested_at, r.reclaimed_at) AS reclaim_s
 
 -- name: defer
 -- $1 bigint request id, $2 bigint due at (ms)
