@@ -60,7 +60,7 @@ from collector.sinks.storage import (
     Storage,
     blob_key,
 )
-from events import BlobRemoved, InvalidRecord, decode_event, removal_of
+from events import BlobRemoved, InvalidRecord, causation_id, decode_event, removal_of
 
 log = structlog.get_logger(__name__)
 
@@ -295,7 +295,10 @@ class BlobDeleter:
                 self.counts.other += 1
                 metrics.RECORDS_SKIPPED.labels("other_event").inc()
                 return None
-            with structlog.contextvars.bound_contextvars(event_id=event.id):
+            # The request that caused the removal: its lines follow it to the bytes.
+            with structlog.contextvars.bound_contextvars(
+                event_id=event.id, causation_id=causation_id(event)
+            ):
                 if event.id in self._seen:
                     self.counts.duplicates += 1
                     metrics.RECORDS_SKIPPED.labels("duplicate").inc()

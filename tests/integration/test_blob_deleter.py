@@ -220,7 +220,8 @@ async def test_files_a_deleter_deleted_are_not_missing_when_redelivered(
 async def test_a_digest_pushed_again_keeps_its_bytes(
     settings: Settings, storage: FilesystemStorage, registry: Registry
 ) -> None:
-    """A blob row with the removed digest exists again: the delete is skipped and logged."""
+    """A blob row with the removed digest exists again: the delete is skipped and logged,
+    naming the request whose removal it was."""
     await registry.blob(digest=digest(5))
     [repushed, gone] = stored(storage, digest(5), digest(6))
     await produce(settings, [blob_removed(digest(5)), blob_removed(digest(6))])
@@ -233,7 +234,9 @@ async def test_a_digest_pushed_again_keeps_its_bytes(
     assert repushed.exists()
     assert not gone.exists()
     assert (deleter.counts.repushed, deleter.counts.deleted) == (1, 1)
-    assert [entry["digest"] for entry in logged(logs, "blob_repushed")] == [digest(5)]
+    [line] = logged(logs, "blob_repushed")
+    assert line["digest"] == digest(5)
+    assert line["causation_id"] == "request-1"  # the request behind it, followed to the bytes
 
 
 async def test_the_digest_lock_is_held_across_check_and_delete(
