@@ -99,7 +99,8 @@ PUBLISHED_SECONDS = Histogram(
 )
 REMOVALS = Counter(
     "registry_gc_removals",
-    "Objects removed (committed deletions), by removal event type.",
+    "Objects removed (committed deletions), by removal event type without its"
+    " `registry.gc.` prefix (tag-removed, blob-removed, ...), as every `type` label here.",
     ["type"],
 )
 EVENTS_PUBLISHED = Counter(
@@ -140,8 +141,8 @@ OUTBOX_OLDEST_AGE = Gauge(
 )
 REMOVED_BYTES = Counter(
     "registry_gc_removed_bytes",
-    "Bytes of the objects whose removal committed, by removal event type (blobs: their"
-    " size; what the blob deleter may free).",
+    "Bytes of the objects whose removal committed, by removal event type without its"
+    " prefix (blob-removed: their size; what the blob deleter may free).",
     ["type"],
 )
 CONSUMER_LAG = Gauge(

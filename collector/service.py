@@ -37,7 +37,7 @@ from collector.outbox import store as outbox
 from collector.outbox.relay import Relay
 from collector.work import queue
 from collector.work.worker import Workers
-from events import BlobRemoved, Removal
+from events import TYPE_PREFIX, BlobRemoved, Removal
 
 log = structlog.get_logger(__name__)
 
@@ -318,9 +318,11 @@ class Backlog(Periodic):
 
 
 async def _count_removal(removal: Removal, causation_id: str) -> None:
-    metrics.REMOVALS.labels(removal.event_type).inc()
+    # Short type names, as every metric's `type` label has them (tag-expired, tag-removed).
+    kind = removal.event_type.removeprefix(TYPE_PREFIX)
+    metrics.REMOVALS.labels(kind).inc()
     if isinstance(removal, BlobRemoved):  # a registry row may hold any size: never < 0
-        metrics.REMOVED_BYTES.labels(removal.event_type).inc(max(removal.size, 0))
+        metrics.REMOVED_BYTES.labels(kind).inc(max(removal.size, 0))
 
 
 def _start(coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

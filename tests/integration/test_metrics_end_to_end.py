@@ -27,7 +27,15 @@ from collector.metrics import RECLAIM_BUCKETS
 from collector.service import Service
 from collector.sinks.blob_deleter import BlobDeleter
 from collector.sinks.storage import FilesystemStorage
-from events import RepoDeleted, RepoSweep, RequestData, TagExpired, request_event, to_record
+from events import (
+    TYPE_PREFIX,
+    RepoDeleted,
+    RepoSweep,
+    RequestData,
+    TagExpired,
+    request_event,
+    to_record,
+)
 from tests.pipeline import Record, pipeline_settings, produce, read_topic, topics, until
 from tests.registry import FixedClock, Registry
 
@@ -203,13 +211,12 @@ async def test_a_run_moves_the_counters_by_its_removals_and_bytes_and_the_histog
         r.event["data"]["size"] for r in events if r.event["type"].endswith("blob-removed")
     ]
     assert sum(blob_sizes) == freed
+    # Metrics name types as the requests' do: without the CloudEvents prefix.
     assert {
-        t: moved(before, after, "registry_gc_removals_total", type=t) for t in removals
+        t: moved(before, after, "registry_gc_removals_total", type=t.removeprefix(TYPE_PREFIX))
+        for t in removals
     } == removals
-    assert (
-        moved(before, after, "registry_gc_removed_bytes_total", type="registry.gc.blob-removed")
-        == freed
-    )
+    assert moved(before, after, "registry_gc_removed_bytes_total", type="blob-removed") == freed
     for name in HISTOGRAMS:
         assert {t: moved(before, after, f"{name}_count", type=t) for t in TYPES} == {
             "tag-expired": 1,
@@ -235,8 +242,8 @@ async def test_a_run_moves_the_counters_by_its_removals_and_bytes_and_the_histog
     # Nothing was counted after the last scrape, until both stopped.
     for name, labels in (
         *((f"{h}_count", {"type": t}) for h in HISTOGRAMS for t in TYPES),
-        *(("registry_gc_removals_total", {"type": t}) for t in removals),
-        ("registry_gc_removed_bytes_total", {"type": "registry.gc.blob-removed"}),
+        *(("registry_gc_removals_total", {"type": t.removeprefix(TYPE_PREFIX)}) for t in removals),
+        ("registry_gc_removed_bytes_total", {"type": "blob-removed"}),
         (deleted, {"outcome": "deleted"}),
         ("registry_gc_blob_deleter_freed_bytes_total", {}),
     ):

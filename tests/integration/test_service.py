@@ -597,7 +597,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
         "collected": sample(
             "registry_gc_requests_finished_total", type="repo-sweep", outcome="collected"
         ),
-        "tags": sample("registry_gc_removals_total", type="registry.gc.tag-removed"),
+        "tags": sample("registry_gc_removals_total", type="tag-removed"),
         "published": sample("registry_gc_events_published_total"),
     }
     service = asyncio.create_task(
@@ -610,7 +610,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
             page = await asyncio.to_thread(_fetch, f"http://127.0.0.1:{port}/metrics")
     await service
 
-    assert 'registry_gc_removals_total{type="registry.gc.tag-removed"}' in page
+    assert 'registry_gc_removals_total{type="tag-removed"}' in page
     assert sample("registry_gc_requests_received_total", verdict="accepted") == (
         before["accepted"] + 1
     )
@@ -623,7 +623,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
     assert sample(
         "registry_gc_requests_finished_total", type="repo-sweep", outcome="collected"
     ) == (before["collected"] + 1)
-    assert sample("registry_gc_removals_total", type="registry.gc.tag-removed") == (
+    assert sample("registry_gc_removals_total", type="tag-removed") == (
         before["tags"] + 1
     )
     assert sample("registry_gc_events_published_total") == before["published"] + 2
@@ -644,12 +644,12 @@ async def test_removed_bytes_and_the_outbox_age_are_counted(
         settings.topic_requests,
         [request(RepoSweep(namespace="acme", repository="web", repository_id=web))],
     )
-    before = sample("registry_gc_removed_bytes_total", type="registry.gc.blob-removed")
+    before = sample("registry_gc_removed_bytes_total", type="blob-removed")
 
     summary = await run_service(settings, clock, idle_s=1.0)
 
     assert summary.published == 3  # tag, manifest, blob
-    after = sample("registry_gc_removed_bytes_total", type="registry.gc.blob-removed")
+    after = sample("registry_gc_removed_bytes_total", type="blob-removed")
     assert after == before + 4096
     assert sample("registry_gc_outbox_oldest_age_seconds") == 0
 

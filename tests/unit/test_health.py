@@ -74,7 +74,7 @@ async def test_readyz_is_ready_only_when_every_check_passes() -> None:
 
 async def test_metrics_only_at_metrics_and_without_created_series() -> None:
     health = Health(asyncio.get_running_loop())
-    metrics.REMOVALS.labels("registry.gc.tag-removed").inc(0)
+    metrics.REMOVALS.labels("tag-removed").inc(0)
 
     status, headers, page = await asyncio.to_thread(get, health, "/metrics")
     missing, _, _ = await asyncio.to_thread(get, health, "/")
