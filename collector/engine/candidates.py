@@ -16,31 +16,38 @@ Batch = dict[int, str]
 KINDS = ("manifest", "label", "image", "blob")
 
 
-async def claim(conn: Connection, scope: Scope, kind: str, limit: int) -> Batch:
-    """Up to ``limit`` candidates of ``kind`` of the repositories in scope."""
+async def claim(
+    conn: Connection, scope: Scope, kind: str, limit: int, *, shares: int = 1, share: int = 0
+) -> Batch:
+    """Up to ``limit`` candidates of ``kind`` of the repositories in scope, of share
+    ``share`` of ``shares`` (object id modulo ``shares``): claims of different shares
+    running side by side never hold the same object."""
     match scope:
         case Purge(repository_id):
-            rows = await conn.fetch(_QUERIES["claim_in"], [repository_id], kind, limit)
+            rows = await conn.fetch(
+                _QUERIES["claim_in"], [repository_id], kind, limit, shares, share
+            )
         case Repositories():
-            rows = await conn.fetch(_QUERIES["claim_in"], scope.ids, kind, limit)
+            rows = await conn.fetch(_QUERIES["claim_in"], scope.ids, kind, limit, shares, share)
         case WholeRegistry():
-            rows = await conn.fetch(_QUERIES["claim_any"], kind, limit)
+            rows = await conn.fetch(_QUERIES["claim_any"], kind, limit, shares, share)
     batch: Batch = {}
     for row in rows:
         batch.setdefault(row["object_id"], row["causation_id"])
     return batch
 
 
-async def pending_kinds(conn: Connection, scope: Scope) -> set[str]:
-    """The kinds with candidates waiting in the repositories in scope."""
+async def pending(conn: Connection, scope: Scope, most: int) -> dict[str, int]:
+    """Kind -> how many candidates wait in the repositories in scope, counted up to
+    ``most``; kinds with none are left out."""
     match scope:
         case Purge(repository_id):
-            rows = await conn.fetch(_QUERIES["pending_kinds_in"], [repository_id])
+            rows = await conn.fetch(_QUERIES["pending_in"], [repository_id], most)
         case Repositories():
-            rows = await conn.fetch(_QUERIES["pending_kinds_in"], scope.ids)
+            rows = await conn.fetch(_QUERIES["pending_in"], scope.ids, most)
         case WholeRegistry():
-            rows = await conn.fetch(_QUERIES["pending_kinds_any"])
-    return {row["kind"] for row in rows}
+            rows = await conn.fetch(_QUERIES["pending_any"], most)
+    return {row["kind"]: row["waiting"] for row in rows}
 
 
 async def queue(conn: Connection, kind: str, objects: Mapping[int, tuple[int, str]]) -> None:

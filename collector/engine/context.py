@@ -72,6 +72,10 @@ class StepResult:
     #: Objects taken up for decision: a drain or the fixpoint ends when a step makes none.
     progress: int
     removed: list[Removed] = field(default_factory=list)
+    #: Whether the step, run again now, may find more: False once it took less than a
+    #: full batch (the rest is held by other transactions, and a drain ends there as
+    #: it would on the empty step after it).
+    more: bool = True
 
 
 @dataclass

@@ -16,7 +16,7 @@ _QUERIES = load_queries("legacy_tags.sql")
 async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: int) -> StepResult:
     """Remove one batch of due pre-OCI tags with their tag manifests, and queue the
     manifests, labels and images they held."""
-    rows = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
+    rows, more = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
     removed: list[Removed] = []
     for row in rows:
         scope_fields = {
@@ -39,4 +39,4 @@ async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: i
         )
         removed.append(Removed(tag, row["causation_id"]))
     # Progress is what was deleted, as for OCI tags: a failed re-check must not spin.
-    return StepResult(progress=len(rows), removed=removed)
+    return StepResult(progress=len(rows), removed=removed, more=more)

@@ -218,8 +218,11 @@ class Engine:
 
         log.info("collection_started", repositories=report.repositories, purges=len(marked))
         async with asyncio.TaskGroup() as group:
+            # Roots are locked SKIP LOCKED in id order: side by side, each drain takes
+            # the next batch the others do not hold.
             for roots in _ROOTS:
-                group.create_task(self._drain(report.add, self._roots(everywhere, roots)))
+                for _ in range(concurrency):
+                    group.create_task(self._drain(report.add, self._roots(everywhere, roots)))
             for repository_id in marked:
                 group.create_task(purge_roots(repository_id))
         if orphans:
@@ -295,14 +298,13 @@ class Engine:
         log.info(
             "purge_started", repository_id=purge.repository_id, causation_id=purge.causation_id
         )
-        await self._run(self._guarded(purge, self._seed_purge(purge)))
-        await _all_or_none(
-            *(
-                self._drain(report.add, self._guarded(purge, self._roots(purge, roots)))
-                for roots in _ROOTS
-            ),
-            self._drain(report.add, self._guarded(purge, self._app_tags(purge))),
-        )
+        # One transaction queues everything and takes the first batch of each kind of
+        # root: a small repository needs no other (one guard, one commit).
+        first = await self._run(self._guarded(purge, self._purge_batch(purge, seed=True)))
+        for removed in first.removed:
+            report.add(removed)
+        if first.progress and first.more:
+            await self._drain(report.add, self._guarded(purge, self._purge_batch(purge)))
 
     async def _finish_purge(self, purge: Purge, report: Report) -> bool:
         """Remove the repository once nothing is left in it; whether it went."""
@@ -316,20 +318,31 @@ class Engine:
         return True
 
     async def _fixpoint(self, scope: Scope, report: Report, claimers: int = 1) -> None:
-        """Rounds of the collectors with candidates waiting, ``claimers`` claims each,
-        until none waits or a round makes no progress (what waits is locked elsewhere)."""
+        """Rounds of the collectors with candidates waiting, up to ``claimers`` claims
+        each (as many as the waiting candidates fill batches), until none waits or a
+        round makes no progress (what waits is locked elsewhere).
+
+        The claims of one kind in a round take disjoint shares of the object ids, so
+        an object queued several times (a blob many manifests freed) is never locked
+        by two of them, one waiting for the other's whole transaction."""
+        batch_size = self._config.batch_size
         rounds = 0
         while True:
-            waiting = await self._retrying(lambda conn: candidates.pending_kinds(conn, scope))
+            waiting = await self._retrying(
+                lambda conn: candidates.pending(conn, scope, claimers * batch_size)
+            )
             if not waiting:
                 break
             rounds += 1
+            shares = {
+                kind: min(claimers, -(-count // batch_size)) for kind, count in waiting.items()
+            }
             results = await _all_or_none(
                 *(
-                    self._run(self._decide(scope, collector))
+                    self._run(self._decide(scope, collector, shares[collector.kind], share))
                     for collector in self._collectors
-                    if collector.kind in waiting
-                    for _ in range(claimers)
+                    if collector.kind in shares
+                    for share in range(shares[collector.kind])
                 )
             )
             for result in results:
@@ -340,13 +353,13 @@ class Engine:
         log.debug("fixpoint_reached", scope=scope, rounds=rounds)
 
     async def _drain(self, count: Callable[[Removed], None], step: Step) -> None:
-        """Run ``step`` in fresh transactions until it makes no progress; ``count`` each
-        removal once committed."""
+        """Run ``step`` in fresh transactions until it makes no progress or takes less
+        than a full batch; ``count`` each removal once committed."""
         while True:
             result = await self._run(step)
             for removed in result.removed:
                 count(removed)
-            if not result.progress:
+            if not result.progress or not result.more:
                 return
 
     def _later(self, why: str) -> Deferred:
@@ -363,9 +376,13 @@ class Engine:
 
         return step
 
-    def _decide(self, scope: Scope, collector: CandidateCollector) -> Step:
+    def _decide(
+        self, scope: Scope, collector: CandidateCollector, shares: int = 1, share: int = 0
+    ) -> Step:
         async def step(conn: Connection) -> StepResult:
-            batch = await candidates.claim(conn, scope, collector.kind, self._config.batch_size)
+            batch = await candidates.claim(
+                conn, scope, collector.kind, self._config.batch_size, shares=shares, share=share
+            )
             if not batch:
                 return StepResult(progress=0)
             removed = await collector.collect(conn, batch, self._clock.now_ms())
@@ -373,11 +390,23 @@ class Engine:
 
         return step
 
-    def _seed_purge(self, purge: Purge) -> Step:
+    def _purge_batch(self, purge: Purge, *, seed: bool = False) -> Step:
+        """A batch of each kind of root of the repository (tags of both models,
+        uploads, application tags), after (``seed``) queueing all its manifests and
+        legacy images."""
+        roots = [self._roots(purge, collect_batch) for collect_batch in _ROOTS]
+        roots.append(self._app_tags(purge))
+
         async def step(conn: Connection) -> StepResult:
-            await manifests.queue_all(conn, purge)
-            await images.queue_all(conn, purge)
-            return StepResult(progress=0)
+            if seed:
+                await manifests.queue_all(conn, purge)
+                await images.queue_all(conn, purge)
+            results = [await root(conn) for root in roots]
+            return StepResult(
+                progress=sum(result.progress for result in results),
+                removed=[removed for result in results for removed in result.removed],
+                more=any(result.more for result in results),
+            )
 
         return step
 
@@ -386,7 +415,7 @@ class Engine:
             count = await repositories.delete_app_tags(
                 conn, purge.repository_id, self._config.batch_size
             )
-            return StepResult(progress=count)
+            return StepResult(progress=count, more=count == self._config.batch_size)
 
         return step
 

@@ -22,10 +22,11 @@ async def lock_and_delete(
     *,
     now_ms: int,
     limit: int,
-) -> list[asyncpg.Record]:
+) -> tuple[list[asyncpg.Record], bool]:
     """Lock a batch of due tags in scope (a purge: any of its repository's) with
     ``lock_all``, ``lock_due_in`` or ``lock_due_any``, and remove them with ``delete``,
-    which re-checks them: the deleted rows. Shared by both tag models."""
+    which re-checks them: the deleted rows, and whether the batch was full (there
+    may be more). Shared by both tag models."""
     match scope:
         case Purge(repository_id):
             locked = await conn.fetch(queries["lock_all"], repository_id, limit)
@@ -34,19 +35,20 @@ async def lock_and_delete(
         case WholeRegistry():
             locked = await conn.fetch(queries["lock_due_any"], now_ms, limit)
     if not locked:
-        return []
-    return await conn.fetch(
+        return [], False
+    deleted = await conn.fetch(
         queries["delete"],
         [row["id"] for row in locked],
         now_ms,
         isinstance(scope, Purge),
         [scope.causation_of(row["repository_id"]) for row in locked],
     )
+    return deleted, len(locked) == limit
 
 
 async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: int) -> StepResult:
     """Remove one batch of due tags and queue their manifests."""
-    rows = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
+    rows, more = await lock_and_delete(conn, _QUERIES, scope, now_ms=now_ms, limit=limit)
     removed = [
         Removed(
             TagRemoved(
@@ -63,4 +65,4 @@ async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: i
     ]
     # Progress is what was deleted, not what was locked: a tag whose re-check
     # fails (its window just grew) must not keep the drain loop spinning.
-    return StepResult(progress=len(removed), removed=removed)
+    return StepResult(progress=len(removed), removed=removed, more=more)

@@ -29,4 +29,4 @@ async def collect_batch(conn: Connection, scope: Scope, *, now_ms: int, limit: i
         isinstance(scope, Purge),
         causation_ids,
     )
-    return StepResult(progress=count)
+    return StepResult(progress=count, more=count == limit)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from collector.engine import Cause, Deferred, Engine, ExpiredTag, Finished
+from collector.engine import Cause, Deferred, Engine, ExpiredTag, Finished, candidates
+from collector.engine.context import WholeRegistry
 from tests.registry import DAY_MS, NOW_MS, WINDOW_S, Registry, exists, outbox, snapshot
 
 CAUSE = "request-1"
@@ -552,3 +553,27 @@ async def test_collecting_for_requests_says_how_each_one_ended(
     assert not await exists(registry.conn, "tag", expired)
     assert not await exists(registry.conn, "repository_tag", legacy_expired)
     assert await exists(registry.conn, "tag", locked)
+
+
+async def test_claims_of_different_shares_never_hold_the_same_object(registry: Registry) -> None:
+    """An object queued several times (a blob freed by several manifests) falls in one
+    share only: claims side by side in a round never lock it both, and together the
+    shares take every candidate, whatever its id (negative ones too: a row may hold
+    any)."""
+    conn = registry.conn
+    repo = await registry.repository(await registry.namespace(), "app")
+    queued = {blob: (repo, CAUSE) for blob in (*range(1, 11), -1, -5, -(2**63), 2**63 - 1)}
+    for _ in range(3):
+        await candidates.queue(conn, "blob", queued)
+
+    claimed = []
+    for share in range(3):
+        async with conn.transaction():
+            batch = await candidates.claim(
+                conn, WholeRegistry(CAUSE), "blob", 100, shares=3, share=share
+            )
+        claimed.append(set(batch))
+
+    assert set.union(*claimed) == set(queued)
+    assert sum(map(len, claimed)) == len(queued)
+    assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0

@@ -162,6 +162,32 @@ async def test_purge_twice_changes_nothing_the_second_time(
     assert await outbox(registry.conn) == events
 
 
+async def test_purge_of_more_roots_than_a_batch_takes_them_all(
+    registry: Registry, engine: Engine
+) -> None:
+    """Tags of both models, uploads and application tags beyond one batch (the engine's
+    is 50) of each go, batch after batch, and then the repository."""
+    ns = await registry.namespace()
+    doomed = await registry.repository(ns, "doomed", state="marked_for_deletion")
+    manifest = await registry.manifest(doomed, blobs=(await registry.blob(),))
+    image = await registry.image(doomed, await registry.blob())
+    for i in range(120):
+        await registry.tag(doomed, manifest, f"t{i}")
+        await registry.repository_tag(doomed, image, f"r{i}")
+        await registry.app_tag(doomed, f"a{i}")
+    for _ in range(60):
+        await registry.upload(doomed, await registry.blob(), expires_ms=NOW_MS + DAY_MS)
+
+    report = await engine.purge(doomed, causation_id=CAUSE)
+
+    assert report.outcomes == {doomed: Finished.PURGED}
+    assert report.removed["registry.gc.tag-removed"] == 120
+    assert report.removed["registry.gc.legacy-tag-removed"] == 120
+    assert report.removed["registry.gc.blob-removed"] == 62
+    assert not await exists(registry.conn, "repository", doomed)
+    assert await registry.conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+
+
 async def test_collect_all_with_purge_collects_and_purges_every_marked_repository(
     registry: Registry, engine: Engine, callbacks: Callbacks
 ) -> None:

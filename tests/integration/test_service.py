@@ -623,9 +623,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
     assert sample(
         "registry_gc_requests_finished_total", type="repo-sweep", outcome="collected"
     ) == (before["collected"] + 1)
-    assert sample("registry_gc_removals_total", type="tag-removed") == (
-        before["tags"] + 1
-    )
+    assert sample("registry_gc_removals_total", type="tag-removed") == (before["tags"] + 1)
     assert sample("registry_gc_events_published_total") == before["published"] + 2
     assert sample("registry_gc_outbox_pending") == 0  # the relay drained the outbox
     with pytest.raises(urllib.error.URLError):  # the endpoint went with the service

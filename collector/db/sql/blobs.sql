@@ -19,10 +19,13 @@ WITH batch AS (
 ), placements AS (
     DELETE FROM blob_placement p USING batch b WHERE p.blob_id = b.id
     RETURNING p.blob_id, p.location
+), placed AS (
+    -- Grouped once: a look-up per blob into the placements would be quadratic.
+    SELECT blob_id, array_agg(location ORDER BY location) AS locations
+    FROM placements GROUP BY blob_id
 )
 DELETE FROM blob bl
-USING batch b
+USING batch b LEFT JOIN placed p ON p.blob_id = b.id
 WHERE bl.id = b.id
 RETURNING bl.id, bl.digest, bl.size, b.causation_id,
-          ARRAY(SELECT p.location FROM placements p WHERE p.blob_id = bl.id ORDER BY 1)
-              AS locations
+          coalesce(p.locations, '{}') AS locations
