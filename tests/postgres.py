@@ -42,7 +42,7 @@ class SparePostgres:
         assert process.returncode == 0, f"{command[0]} failed: {output.decode()}"
 
     async def _ctl(self, *args: str) -> None:
-        await self._run(str(_binaries() / "pg_ctl"), "-D", str(self._data), "-w", "-t", "60", *args)
+        await self._run(str(_binaries() / "pg_ctl"), "-D", str(self._data), "-w", "-t", "180", *args)
 
     async def up(self) -> None:
         """Create the cluster (once) and start it."""

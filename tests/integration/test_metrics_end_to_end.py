@@ -84,6 +84,11 @@ def moved(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+def total(scrape: Scrape, name: str) -> float:
+    """The sum of a series over all its labels."""
+    return sum(value for (series, _), value in scrape.items() if series == name)
+
+
 def registered(name: str, **labels: str) -> float:
     """The value in this process's registry, which the listener serves."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
@@ -188,8 +193,12 @@ async def test_a_run_moves_the_counters_by_its_removals_and_bytes_and_the_histog
         await produce(settings.topic_requests, requests)
 
         async def done() -> bool:
-            """Every request published (the last histogram) and every blob deleted."""
+            """Every request finished (the idle sweep too, which publishes nothing), every
+            event published (the last histogram) and every blob deleted."""
             now = await asyncio.to_thread(scrape, service_port)
+            finished = total(now, "registry_gc_requests_finished_total") - total(
+                before, "registry_gc_requests_finished_total"
+            )
             published = sum(
                 moved(before, now, "registry_gc_request_published_seconds_count", type=t)
                 for t in TYPES
@@ -197,7 +206,9 @@ async def test_a_run_moves_the_counters_by_its_removals_and_bytes_and_the_histog
             deleted = await asyncio.to_thread(scrape, deleter_port)
             outcome = "registry_gc_blob_deleter_blobs_total"
             return (
-                published >= 3 and moved(deleter_before, deleted, outcome, outcome="deleted") >= 3
+                finished >= len(requests)
+                and published >= 3
+                and moved(deleter_before, deleted, outcome, outcome="deleted") >= 3
             )
 
         await until(done, within=60)

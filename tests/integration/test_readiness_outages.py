@@ -1,8 +1,8 @@
 """/readyz of `collector run` and of the blob deleter through outages of PostgreSQL and of
 the broker: not ready while either is away, ready again once it is back, without a
 restart. Each outage is of a server of the test's own, beside the shared ones: a
-PostgreSQL on port 15433 (the fault suite's) and a broker on 19092 (the broker-outage
-test's), so these tests must not run beside those (README, Tests)."""
+PostgreSQL on port 15434 and a broker on 19094, ports no other test uses (the fault
+suite's server, on 15433, lives for the whole session)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from tests.pipeline import pipeline_settings, topics, until
 from tests.postgres import SparePostgres
 from tests.registry import FixedClock
 
-POSTGRES_PORT = 15433
-BROKER_PORT, CONTROLLER_PORT = 19092, 19093
+POSTGRES_PORT = 15434
+BROKER_PORT, CONTROLLER_PORT = 19094, 19095
 #: A generous bound on each change of state: an outage is noticed within seconds.
 WITHIN_S = 90.0
 
