@@ -38,11 +38,13 @@ class SparePostgres:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        output, _ = await asyncio.wait_for(process.communicate(), 120)
+        output, _ = await asyncio.wait_for(process.communicate(), 240)  # beyond pg_ctl -t
         assert process.returncode == 0, f"{command[0]} failed: {output.decode()}"
 
     async def _ctl(self, *args: str) -> None:
-        await self._run(str(_binaries() / "pg_ctl"), "-D", str(self._data), "-w", "-t", "180", *args)
+        await self._run(
+            str(_binaries() / "pg_ctl"), "-D", str(self._data), "-w", "-t", "180", *args
+        )
 
     async def up(self) -> None:
         """Create the cluster (once) and start it."""
