@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -55,18 +56,21 @@ URL = ADMIN_URL.rsplit("/", 1)[0] + "/registry_bench"
 TABLES = [table for table, _ in SEEDED_TABLES if table != "namespace"]
 
 
-async def fresh_database() -> None:
+async def fresh_database(database: str = "registry_bench") -> str:
+    """An empty, migrated ``database`` (dropped first if it exists); returns its URL."""
     admin = await asyncpg.connect(ADMIN_URL)
     try:
-        await admin.execute("DROP DATABASE IF EXISTS registry_bench WITH (FORCE)")
-        await admin.execute("CREATE DATABASE registry_bench")
+        await admin.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        await admin.execute(f"CREATE DATABASE {database}")
     finally:
         await admin.close()
-    conn = await asyncpg.connect(URL)
+    url = ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+    conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
+    return url
 
 
 async def total_rows(conn: Connection) -> int:
@@ -112,15 +116,29 @@ async def throughput(repositories: int, batch_size: int, concurrency: int, pre_o
     )
 
 
+@dataclass(frozen=True)
+class Sized:
+    """One collection of the growth scenario's garbage in a registry of ``rows`` rows."""
+
+    rows: int
+    objects: int
+    seconds: float
+
+
 async def garbage_vs_size(
-    repositories: int, scale: int, batch_size: int, concurrency: int, pre_oci: bool
-) -> None:
+    repositories: int,
+    scale: int,
+    batch_size: int,
+    concurrency: int,
+    pre_oci: bool,
+    database: str = "registry_bench",
+) -> list[Sized]:
     """The same garbage, collected from a registry and from one `scale` times larger."""
     timings = []
     for live_repositories in (repositories, repositories * scale):
-        await fresh_database()
+        url = await fresh_database(database)
         async with asyncpg.create_pool(
-            URL, min_size=2, max_size=engine_pool_size(concurrency)
+            url, min_size=2, max_size=engine_pool_size(concurrency)
         ) as pool:
             async with pool.acquire() as conn:
                 now = SystemClock().now_ms()
@@ -142,9 +160,11 @@ async def garbage_vs_size(
                 await conn.execute("VACUUM ANALYZE")
                 rows = await total_rows(conn)
             seconds, objects = await collect(pool, batch_size, concurrency)
-            timings.append(seconds)
+            timings.append(Sized(rows, objects, seconds))
             print(f"registry of {rows:,} rows: {objects:,} objects collected in {seconds:.2f}s")
-    print(f"time ratio, {scale}x larger registry / base: {timings[1] / timings[0]:.2f}")
+    base, larger = timings
+    print(f"time ratio, {scale}x larger registry / base: {larger.seconds / base.seconds:.2f}")
+    return timings
 
 
 async def sweep_cost(repositories: int, batch_size: int, concurrency: int, pre_oci: bool) -> None:

@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
-import os
-import platform
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
 from bench import floor
+from bench import report as report_file
 from bench.collect import ADMIN_URL
 from bench.seed_style import SeedStyle
 from collector.clock import SystemClock, ms_to_datetime
@@ -303,12 +300,7 @@ def print_table(rows: list[dict[str, object]]) -> None:
 
 
 def save(rows: list[dict[str, object]], arguments: dict[str, object], results: Path) -> Path:
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = results / f"compare-{stamp}.json"
-    machine = {"cores": os.cpu_count(), "python": platform.python_version()}
-    document = {"date": stamp, "machine": machine, "arguments": arguments, "figures": rows}
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = report_file.save("compare", rows, arguments, results)
     _chart(rows, path.with_suffix(".png"))
     return path
 
