@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 
 from collector.config import Settings
 from collector.kafka import client_options, ensure_topics
@@ -161,3 +163,32 @@ async def expired_repositories(
             RepoSweep(namespace="acme", repository=f"repo{number}", repository_id=repository)
         )
     return sweeps
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a metrics listener."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def undecodable_record(
+    topic: str, offset: int, key: bytes = b"acme/web"
+) -> ConsumerRecord[bytes, bytes]:
+    """A record of the requests topic that is no JSON at all, as the intake receives one
+    (for the dead letter it causes)."""
+    value = b"{not json"
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key),
+        serialized_value_size=len(value),
+        headers=(),
+    )

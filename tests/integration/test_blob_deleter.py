@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -25,7 +24,7 @@ from collector.sinks.blob_deleter import BlobDeleter, Counts, RecentIds, TooMany
 from collector.sinks.storage import FilesystemStorage, ObjectStorageError
 from events import BlobRemoved, CloudEvent, TagRemoved, removal_event, to_record
 from tests.integration.test_kafka import WAIT_S, bootstrap
-from tests.pipeline import pipeline_settings, topics, until
+from tests.pipeline import free_port, pipeline_settings, topics, until
 from tests.registry import Registry
 
 #: Short enough to keep each test at a few seconds, long enough for a fetch round trip.
@@ -564,9 +563,7 @@ async def test_metrics_and_probes_say_what_the_deleter_did_and_whether_it_is_rea
 ) -> None:
     """With a metrics port: blobs by outcome, bytes freed and skipped records on
     /metrics; /readyz ready once in its group, every check named; /healthz alive."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     stored(storage, digest(60))
     before = {
         "deleted": sample("registry_gc_blob_deleter_blobs_total", outcome="deleted"),

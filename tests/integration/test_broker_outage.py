@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 import structlog
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from prometheus_client import REGISTRY
 
 from collector.dead_letters import DeadLetters
@@ -29,6 +29,7 @@ from tests.pipeline import (
     read_topic,
     request,
     topics,
+    undecodable_record,
     until,
 )
 from tests.registry import FixedClock, Registry
@@ -126,22 +127,6 @@ async def _all_published(db: asyncpg.Pool[asyncpg.Record]) -> bool:
     return pending == 0
 
 
-def refused_record(topic: str, offset: int) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"acme/app",
-        value=b"{not json",
-        checksum=None,
-        serialized_key_size=8,
-        serialized_value_size=9,
-        headers=(),
-    )
-
-
 async def test_a_dead_letter_waits_out_a_broker_outage(spare_broker: SpareBroker) -> None:
     """A refusal that cannot be published is retried (the outage logged once) until the
     broker is back, then published whole: the intake holds its offset meanwhile."""
@@ -150,10 +135,10 @@ async def test_a_dead_letter_waits_out_a_broker_outage(spare_broker: SpareBroker
         letters = DeadLetters(settings, stopping=asyncio.Event())
         try:
             with structlog.testing.capture_logs() as logs:
-                first = refused_record(settings.topic_requests, 0)
+                first = undecodable_record(settings.topic_requests, 0, key=b"acme/app")
                 await letters.send(first, "malformed-json", "not JSON", None)
                 await spare_broker.down()
-                second = refused_record(settings.topic_requests, 1)
+                second = undecodable_record(settings.topic_requests, 1, key=b"acme/app")
                 sending = asyncio.create_task(
                     letters.send(second, "malformed-json", "not JSON", None)
                 )

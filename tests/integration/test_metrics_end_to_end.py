@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -36,7 +35,15 @@ from events import (
     request_event,
     to_record,
 )
-from tests.pipeline import Record, pipeline_settings, produce, read_topic, topics, until
+from tests.pipeline import (
+    Record,
+    free_port,
+    pipeline_settings,
+    produce,
+    read_topic,
+    topics,
+    until,
+)
 from tests.registry import FixedClock, Registry
 
 #: A scrape: (series name, its labels) -> value.
@@ -51,13 +58,6 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
     sink_group = f"test.blob-deleter.{uuid.uuid4().hex[:12]}"
     async with topics(pipeline_settings(database_url, sink_group_id=sink_group)) as settings:
         yield settings
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def fetch(url: str) -> str:

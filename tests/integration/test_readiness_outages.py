@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -27,7 +26,7 @@ from collector.db.migrations import migrate
 from collector.service import Service
 from collector.sinks.blob_deleter import BlobDeleter
 from tests.brokers import SpareBroker, running_broker
-from tests.pipeline import pipeline_settings, topics, until
+from tests.pipeline import free_port, pipeline_settings, topics, until
 from tests.postgres import SparePostgres
 from tests.registry import FixedClock
 
@@ -62,13 +61,6 @@ async def spare_broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     state = tmp_path_factory.mktemp("readiness-broker")
     async with running_broker(state, BROKER_PORT, CONTROLLER_PORT) as broker:
         yield broker
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def readiness(port: int) -> dict[str, Any]:

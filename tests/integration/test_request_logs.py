@@ -13,7 +13,6 @@ from typing import Any
 import asyncpg
 import pytest
 import structlog
-from aiokafka.structs import ConsumerRecord
 
 from collector.config import Settings
 from collector.dead_letters import DeadLetters
@@ -35,6 +34,7 @@ from tests.pipeline import (
     read_topic,
     request,
     topics,
+    undecodable_record,
     until,
 )
 from tests.registry import NOW_MS, WINDOW_S, FixedClock, Registry, at
@@ -420,22 +420,6 @@ def aiokafka_records() -> Iterator[_Bindings]:
     library.setLevel(level)
 
 
-def refused(topic: str, offset: int) -> Any:
-    return ConsumerRecord(
-        topic=topic,
-        partition=0,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=b"acme/web",
-        value=b"{",
-        checksum=None,
-        serialized_key_size=8,
-        serialized_value_size=1,
-        headers=(),
-    )
-
-
 async def test_the_dead_letter_producer_started_for_one_request_does_not_keep_its_ids(
     settings: Settings, aiokafka_records: _Bindings
 ) -> None:
@@ -448,7 +432,10 @@ async def test_the_dead_letter_producer_started_for_one_request_does_not_keep_it
         for offset, name in enumerate(("request-1", "request-2")):
             with structlog.contextvars.bound_contextvars(event_id=name):
                 await dead_letters.send(
-                    refused(settings.topic_requests, offset), "malformed-json", "not JSON", name
+                    undecodable_record(settings.topic_requests, offset),
+                    "malformed-json",
+                    "not JSON",
+                    name,
                 )
     finally:
         await dead_letters.stop()

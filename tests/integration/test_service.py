@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from tests.pipeline import (
     Received,
     Record,
     expired_repositories,
+    free_port,
     pipeline_settings,
     produce,
     read_topic,
@@ -587,9 +587,7 @@ async def test_metrics_count_every_decision_and_are_served_on_loopback(
     await registry.expired_tag(web, await registry.manifest(web))
     sweep = request(RepoSweep(namespace="acme", repository="web", repository_id=web))
     await produce(settings.topic_requests, [sweep, sweep, Record(b"acme/web", b"{")])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     before = {
         "accepted": sample("registry_gc_requests_received_total", verdict="accepted"),
         "duplicate": sample("registry_gc_requests_received_total", verdict="duplicate"),
@@ -657,9 +655,7 @@ async def test_the_metrics_listener_answers_health_and_readiness_probes(
 ) -> None:
     """/healthz answers while the service runs; /readyz turns ready once the consumer
     joined its group, every check named; the metrics listener serves nothing else."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     service = Service(settings.model_copy(update={"metrics_port": port}), clock=clock)
     running = asyncio.create_task(service.run())
     base = f"http://127.0.0.1:{port}"
