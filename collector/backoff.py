@@ -108,6 +108,7 @@ class Outage:
             with Outage._lock:
                 Outage._current[self._what] += 1
             metrics.UNAVAILABLE.labels(self._what).inc()
+            metrics.OUTAGES.labels(self._what).inc()
             # Run by recovered(), or when this object is collected while down.
             self._ended = weakref.finalize(self, Outage._end, self._what)
             log.warning(f"{self._what}_unavailable", error=repr(error))

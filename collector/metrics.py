@@ -162,6 +162,13 @@ CANDIDATE_OLDEST_AGE = Gauge(
     "How long the oldest undecided candidate of each kind has waited (0 when none).",
     ["kind"],
 )
+OUTAGES = Counter(
+    "registry_gc_outages",
+    "Outages of a dependency (database, broker, storage) that a stage met, counted when"
+    " each begins: the errors an operator looks for, in `collector run` and in the blob"
+    " deleter; registry_gc_unavailable says which last now.",
+    ["dependency"],
+)
 UNAVAILABLE = Gauge(
     "registry_gc_unavailable",
     "Stages that find a dependency unavailable right now, by dependency (database,"
