@@ -577,3 +577,32 @@ async def test_claims_of_different_shares_never_hold_the_same_object(registry: R
     assert set.union(*claimed) == set(queued)
     assert sum(map(len, claimed)) == len(queued)
     assert await conn.fetchval("SELECT count(*) FROM gc.candidate") == 0
+
+
+async def test_claims_side_by_side_take_a_repositorys_manifests_together(
+    registry: Registry,
+) -> None:
+    """Manifests (and legacy images) hold one another within their repository: all of
+    one repository's fall in one share, so two claims never delete a list and its
+    child, or a subject and its referrer, in two transactions that deadlock."""
+    conn = registry.conn
+    ns = await registry.namespace()
+    repositories = [await registry.repository(ns, f"r{i}") for i in range(5)]
+    for repository in repositories:
+        queued = {
+            manifest: (repository, CAUSE)
+            for manifest in range(repository * 100, repository * 100 + 7)
+        }
+        await candidates.queue(conn, "manifest", queued)
+
+    shares_of: dict[int, set[int]] = {}
+    for share in range(3):
+        async with conn.transaction():
+            batch = await candidates.claim(
+                conn, WholeRegistry(CAUSE), "manifest", 100, shares=3, share=share
+            )
+        for manifest in batch:
+            shares_of.setdefault(manifest // 100, set()).add(share)
+
+    assert set(shares_of) == set(repositories)
+    assert all(len(shares) == 1 for shares in shares_of.values()), shares_of

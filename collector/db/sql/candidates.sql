@@ -1,15 +1,14 @@
 -- name: claim_in
 -- Take up to $3 candidates of kind $2 of the repositories $1, of share $5 of
--- $4 (the object id's remainder modulo $4, made positive: any id a registry row
--- holds has one; claims running side by side never hold the same object, which
--- a shared blob or child manifest queued twice would otherwise make one wait
--- for the other's whole transaction); the rows are deleted in the claiming
--- transaction, so a rollback hands them back.
+-- $4 (gc.candidate_share, migration 0015: claims side by side neither hold the
+-- same object nor objects that hold one another); the rows are deleted in the
+-- claiming transaction, so a rollback hands them back.
 -- $1 bigint[] repository ids, $2 text kind, $3 int limit, $4 int shares, $5 int share
 DELETE FROM gc.candidate
 WHERE id IN (
     SELECT id FROM gc.candidate
-    WHERE repository_id = ANY($1::bigint[]) AND kind = $2 AND abs(object_id % $4) = $5
+    WHERE repository_id = ANY($1::bigint[]) AND kind = $2
+      AND gc.candidate_share(kind, object_id, repository_id, $4) = $5
     ORDER BY id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -19,12 +18,13 @@ RETURNING object_id, causation_id
 -- name: claim_any
 -- Take up to $2 candidates of kind $1, whatever their repository (a
 -- registry-wide collection: full batches however small each repository is),
--- of share $4 of $3 (object id modulo $3, as claim_in).
+-- of share $4 of $3 (gc.candidate_share, as claim_in).
 -- $1 text kind, $2 int limit, $3 int shares, $4 int share
 DELETE FROM gc.candidate
 WHERE id IN (
     SELECT id FROM gc.candidate
-    WHERE kind = $1 AND abs(object_id % $3) = $4
+    WHERE kind = $1
+      AND gc.candidate_share(kind, object_id, repository_id, $3) = $4
     ORDER BY id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
