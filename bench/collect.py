@@ -100,10 +100,7 @@ async def throughput(repositories: int, batch_size: int, concurrency: int, pre_o
             started = time.perf_counter()
             seeded = sum((await write(conn, plan)).values())
             seed_s = time.perf_counter() - started
-            await expire_tags(conn, plan.run, fraction=0.4, now_ms=now, seed=1)
-            await expire_legacy_tags(conn, plan.run, fraction=0.4, now_ms=now, seed=1)
-            await delete_repositories(conn, plan.run, fraction=0.1, seed=1)
-            await conn.execute("VACUUM ANALYZE")
+            await give_garbage(conn, plan.run, now, seed=1)
             before = await total_rows(conn)
         seconds, objects = await collect(pool, batch_size, concurrency)
         async with pool.acquire() as conn:
@@ -114,6 +111,15 @@ async def throughput(repositories: int, batch_size: int, concurrency: int, pre_o
         f"{deleted / seconds:,.0f} rows/s, {objects / seconds:,.0f} objects/s "
         f"(batch {batch_size}, {concurrency} repositories at a time)"
     )
+
+
+async def give_garbage(conn: Connection, run: str, now_ms: int, *, seed: int) -> None:
+    """The throughput scenario's garbage in the seeded registry ``run``: 40% of the tags
+    of both models expired, 10% of the repositories marked for deletion."""
+    await expire_tags(conn, run, fraction=0.4, now_ms=now_ms, seed=seed)
+    await expire_legacy_tags(conn, run, fraction=0.4, now_ms=now_ms, seed=seed)
+    await delete_repositories(conn, run, fraction=0.1, seed=seed)
+    await conn.execute("VACUUM ANALYZE")
 
 
 @dataclass(frozen=True)

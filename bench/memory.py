@@ -22,19 +22,12 @@ from pathlib import Path
 import asyncpg
 
 from bench import report
-from bench.collect import total_rows
+from bench.collect import give_garbage, total_rows
 from bench.harness import bench_settings, run_measured, scratch_database
 from collector import publish
 from collector.clock import SystemClock
 from collector.config import Settings
-from collector.demo.seed import (
-    Shape,
-    delete_repositories,
-    expire_legacy_tags,
-    expire_tags,
-    plan_registry,
-    write,
-)
+from collector.demo.seed import Shape, plan_registry, write
 from collector.logging import configure_logging
 from events import RequestData
 from tests.pipeline import topics
@@ -55,10 +48,7 @@ async def seed(url: str, rows: int) -> list[RequestData]:
         await write(conn, plan)
         run = plan.run
         del plan  # a million rows planned weigh more than the collector should
-        await expire_tags(conn, run, fraction=0.4, now_ms=now, seed=5)
-        await expire_legacy_tags(conn, run, fraction=0.4, now_ms=now, seed=5)
-        await delete_repositories(conn, run, fraction=0.1, seed=5)
-        await conn.execute("VACUUM ANALYZE")
+        await give_garbage(conn, run, now, seed=5)
         return list((await publish.scan(conn, now)).requests)
     finally:
         await conn.close()

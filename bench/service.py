@@ -18,11 +18,11 @@ import argparse
 import asyncio
 import os
 import time
-import uuid
 
 import asyncpg
 
 from bench.collect import ADMIN_URL, total_rows
+from bench.harness import bench_settings
 from collector import publish
 from collector.clock import SystemClock
 from collector.config import Settings
@@ -71,15 +71,7 @@ async def prepare(repositories: int, mode: str, settings: Settings) -> tuple[int
 
 async def main(repositories: int, mode: str, concurrency: int) -> None:
     await fresh_database()
-    suffix = uuid.uuid4().hex[:8]
-    settings = Settings(
-        database_url=URL,
-        topic_requests=f"bench.requests.{suffix}",
-        topic_removals=f"bench.removals.{suffix}",
-        topic_dead_letter=f"bench.dead-letter.{suffix}",
-        group_id=f"bench.{suffix}",
-        repository_concurrency=concurrency,
-    )
+    settings = bench_settings(URL, repository_concurrency=concurrency)
     async with topics(settings):
         rows_before, requests = await prepare(repositories, mode, settings)
         started = time.perf_counter()
